@@ -1,0 +1,1 @@
+"""Example sweep files: `jq enqueue experiments.quickstart` from the repository root."""

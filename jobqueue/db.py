@@ -1,0 +1,255 @@
+"""Open a queue database: URL -> engine, SQLite pragmas, and the migrations applied on open.
+
+SQLite is the default (one file, WAL, a busy timeout); PostgreSQL when many machines share a queue.
+The schema is only ever made by the Alembic migrations, applied under a file lock (SQLite) or an
+advisory lock (PostgreSQL) so that many workers opening a fresh DB at once do not race.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from jobqueue.errors import UserError
+
+DEFAULT_DB = "jobqueue.db"
+SCHEMA_HEAD = "0001"  # the newest migration; a test checks it against migrations/versions
+BUSY_TIMEOUT_MS = 30_000
+PG_MIGRATION_LOCK = 0x6A6F6271  # "jobq", the advisory lock key that serializes migrations
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "fuse.glusterfs", "ceph"}
+
+T = TypeVar("T")
+
+
+def resolve_url(db: str | None) -> str:
+    """--db value (a file path or an SQLAlchemy URL), else $JQ_DB, else ./jobqueue.db -> a URL."""
+    db = db or os.environ.get("JQ_DB") or DEFAULT_DB
+    if "://" in db:
+        return db
+    return f"sqlite:///{os.path.abspath(db)}"
+
+
+def data_path(name: str) -> Path:
+    """A file shipped with jobqueue: inside the package in a wheel, at the repository top in a checkout."""
+    packaged = Path(__file__).parent / "_data" / name
+    return packaged if packaged.exists() else Path(__file__).parent.parent / name
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the file system holding `path`, from /proc/mounts (longest matching mount point)."""
+    best, fstype = "", ""
+    try:
+        with open("/proc/mounts") as mounts:
+            for line in mounts:
+                parts = line.split()
+                if len(parts) >= 3:
+                    mount_point = parts[1].replace("\\040", " ")
+                    if str(path).startswith(mount_point) and len(mount_point) > len(best):
+                        best, fstype = mount_point, parts[2]
+    except OSError:
+        pass
+    return fstype
+
+
+@dataclass
+class Database:
+    url: str
+    engine: sa.Engine
+    path: Path | None  # the file, for SQLite
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.path is not None
+
+    @contextmanager
+    def begin(self, write: bool = True) -> Iterator[sa.Connection]:
+        """One transaction. On SQLite a write transaction takes the write lock at once (BEGIN IMMEDIATE)."""
+        with self.engine.connect() as conn:
+            if self.is_sqlite and not write:
+                conn = conn.execution_options(sqlite_begin="BEGIN")
+            with conn.begin():
+                yield conn
+
+    def run(self, fn: Callable[[sa.Connection], T], write: bool = True, attempts: int = 8) -> T:
+        """Run fn(conn) in one transaction, retried with backoff while the database says it is busy."""
+        for attempt in range(attempts):
+            try:
+                with self.begin(write) as conn:
+                    return fn(conn)
+            except sa.exc.OperationalError as exc:
+                if not _is_busy(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _is_busy(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database is busy" in text or "deadlock detected" in text
+
+
+def open_db(db: str | None = None, *, create: bool = True) -> Database:
+    """Open (and create or upgrade, when needed) the queue DB. Raises UserError with the fix on bad input."""
+    url = resolve_url(db)
+    if url.startswith("sqlite"):
+        database = _open_sqlite(url, create)
+    elif url.startswith("postgresql"):
+        database = _open_postgres(url)
+    else:
+        raise UserError(f"--db {url}: unsupported database; use a file path or a postgresql+psycopg:// URL")
+    try:
+        _ensure_schema(database)
+    except sa.exc.DatabaseError as exc:
+        database.dispose()
+        raise UserError(_explain_db_error(database, exc)) from None
+    return database
+
+
+def _open_sqlite(url: str, create: bool) -> Database:
+    path = Path(sa.engine.make_url(url).database or "")
+    shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+    if not path.parent.is_dir():
+        raise UserError(f"--db {shown}: directory {path.parent} does not exist; create it or choose another path")
+    if path.exists():
+        if path.is_dir():
+            raise UserError(f"--db {shown}: is a directory; give a file path such as {shown}/jobqueue.db")
+        with open(path, "rb") as f:
+            header = f.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise UserError(f"--db {shown}: is not an SQLite database; point --db at a jobqueue DB or a new file")
+    elif not create:
+        raise UserError(f"--db {shown}: no such database; run `jq enqueue SWEEP` first or check --db / $JQ_DB")
+    elif not os.access(path.parent, os.W_OK):
+        raise UserError(f"--db {shown}: directory {path.parent} is not writable; choose a writable place for the DB")
+
+    journal = "WAL"
+    fstype = filesystem_type(path.parent.resolve())
+    if fstype in NETWORK_FILESYSTEMS:
+        # WAL keeps its index in shared memory, which a network file system does not share between hosts.
+        journal = "DELETE"
+        warnings.warn(
+            f"{shown} is on {fstype}: using a rollback journal instead of WAL; for workers on many hosts "
+            "use --db postgresql+psycopg://…",
+            stacklevel=2,
+        )
+    engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        dbapi_conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+        if os.access(path.parent, os.W_OK):
+            mode = dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.upper() != journal:
+                dbapi_conn.execute(f"PRAGMA journal_mode={journal}")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN IMMEDIATE"))
+
+    return Database(url=url, engine=engine, path=path)
+
+
+def _open_postgres(url: str) -> Database:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise UserError(
+            'PostgreSQL needs psycopg 3: pip install "jobqueue[postgres]" (or pip install "psycopg[binary]")'
+        ) from None
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    return Database(url=url, engine=engine, path=None)
+
+
+def current_revision(conn: sa.Connection) -> str | None:
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _ensure_schema(database: Database) -> None:
+    """Fast path: one read. Otherwise take the lock and run the migrations (or refuse a newer DB)."""
+    with database.begin(write=False) as conn:
+        revision = current_revision(conn)
+    if revision == SCHEMA_HEAD:
+        return
+    _check_known(revision, database)
+    if database.is_sqlite:
+        from filelock import FileLock
+
+        with FileLock(str(database.path) + ".lock"):
+            _migrate(database)
+    else:
+        with database.engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": PG_MIGRATION_LOCK})
+            try:
+                _migrate(database)
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": PG_MIGRATION_LOCK})
+                conn.commit()
+
+
+def _alembic_config():
+    from alembic.config import Config
+
+    config = Config(str(data_path("alembic.ini")))
+    config.set_main_option("script_location", str(data_path("migrations")))
+    return config
+
+
+def _check_known(revision: str | None, database: Database) -> None:
+    if revision is None:
+        return
+    from alembic.script import ScriptDirectory
+
+    known = {script.revision for script in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+    if revision not in known:
+        raise UserError(
+            f"{database.path or database.url}: written by a newer jobqueue (schema {revision}); "
+            "upgrade jobqueue (pip install -U jobqueue) to open it"
+        )
+
+
+def _migrate(database: Database) -> None:
+    from alembic import command
+
+    with database.begin(write=False) as conn:
+        if current_revision(conn) == SCHEMA_HEAD:
+            return  # another process migrated while we waited for the lock
+    config = _alembic_config()
+    config.attributes["engine"] = database.engine
+    command.upgrade(config, "head")
+
+
+def _explain_db_error(database: Database, exc: Exception) -> str:
+    where = database.path or database.url
+    text = str(getattr(exc, "orig", exc))
+    if "not a database" in text or "malformed" in text:
+        return f"--db {where}: the file is damaged or not a jobqueue database ({text}); restore it or use a new file"
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return f"--db {where}: cannot write here ({text}); make the DB and its directory writable"
+    return f"--db {where}: {text}"
+
+
+def sqlite_readonly_connection(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write, for `jq sql` and other readers."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute("PRAGMA query_only=ON")
+    return conn

@@ -1,0 +1,165 @@
+"""The tables, exactly as the Alembic migrations make them (a test compares the two).
+
+Table and column names are an interface: users query them with `jq sql`. Times are naive UTC.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False, unique=True),
+    sa.Column("sweep", sa.Text, nullable=False),  # the module or file it was enqueued from
+    sa.Column("train_dir", sa.Text, nullable=False),
+    sa.Column("suffix", sa.String(255), nullable=False, server_default=""),
+    sa.Column("cwd", sa.Text, nullable=False),
+    sa.Column("settings", sa.JSON, nullable=True),  # default launch settings, then what `jq launch` used
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", name="fk_jobs_run"), nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),  # position in the sweep's expansion
+    sa.Column("name", sa.String(512), nullable=False),
+    sa.Column("experiment", sa.String(255), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("argv", sa.JSON, nullable=False),
+    sa.Column("cmd", sa.Text, nullable=False),
+    sa.Column("env", sa.JSON, nullable=True),
+    sa.Column("cwd", sa.Text, nullable=False),
+    sa.Column("root_dir", sa.Text, nullable=False),
+    sa.Column("log_dir", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # claims so far
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),  # failed or timed-out attempts
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("timeout", sa.Float, nullable=True),
+    sa.Column("worker_id", sa.Integer, nullable=True),  # the worker running it now
+    sa.Column("exit_code", sa.Integer, nullable=True),  # of the last attempt
+    sa.Column("signal", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=True),
+    sa.Column("ended_at", sa.DateTime, nullable=True),
+    sa.UniqueConstraint("run_id", "name", name="uq_jobs_run_name"),
+    sa.Index("ix_jobs_state_id", "state", "id"),  # claim: the oldest queued job
+    sa.Index("ix_jobs_run_state_id", "run_id", "state", "id"),  # claim within a run, status counts
+)
+
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", name="fk_attempts_job"), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("worker_id", sa.Integer, nullable=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=True),
+    sa.Column("gpus", sa.String(255), nullable=True),
+    sa.Column("slot", sa.Integer, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("ended_at", sa.DateTime, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("signal", sa.Integer, nullable=True),
+    sa.Column("log_path", sa.Text, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.UniqueConstraint("job_id", "number", name="uq_attempts_job_number"),
+    sa.Index("ix_attempts_state_worker", "state", "worker_id"),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("pid_started", sa.Float, nullable=True),  # process start time: tells a reused PID apart
+    sa.Column("boot_id", sa.String(64), nullable=True),  # tells a rebooted host apart
+    sa.Column("gpus", sa.String(255), nullable=True),
+    sa.Column("slots", sa.Integer, nullable=False),
+    sa.Column("backend", sa.String(32), nullable=False),
+    sa.Column("run_id", sa.Integer, nullable=True),
+    sa.Column("slurm_job_id", sa.String(64), nullable=True),
+    sa.Column("slurm_array_task_id", sa.Integer, nullable=True),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+    sa.Column("stopped_at", sa.DateTime, nullable=True),
+    sa.Index("ix_workers_stopped", "stopped_at"),
+)
+
+submissions = sa.Table(
+    "submissions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", name="fk_submissions_run"), nullable=False),
+    sa.Column("backend", sa.String(32), nullable=False),  # slurm or ngc
+    sa.Column("mode", sa.String(32), nullable=False),  # workers or per-job
+    sa.Column("job_id", sa.Integer, nullable=True),  # the one job, in per-job mode
+    sa.Column("external_id", sa.String(64), nullable=True),  # Slurm or NGC job id
+    sa.Column("tasks", sa.Integer, nullable=True),  # array size
+    sa.Column("state", sa.String(32), nullable=False),  # submitted, failed, cancelled, or the backend's word
+    sa.Column("command", sa.JSON, nullable=False),
+    sa.Column("stdout", sa.Text, nullable=True),
+    sa.Column("stderr", sa.Text, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("submitted_at", sa.DateTime, nullable=False),
+    sa.Index("ix_submissions_run", "run_id"),
+)
+
+
+class db_now(FunctionElement):
+    """The database's clock (naive UTC).
+
+    Heartbeats and leases use it rather than each host's clock, so skew between hosts cannot make
+    a live worker look dead.
+    """
+
+    type = sa.DateTime()
+    inherit_cache = True
+
+
+class db_ago(FunctionElement):
+    """The database's clock minus some seconds (for leases). Not cached: the SQL carries the number."""
+
+    type = sa.DateTime()
+    inherit_cache = False
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        super().__init__()
+
+
+# Six fraction digits, the format SQLAlchemy itself writes, so stored times compare as text.
+_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now'{})"
+_PG_NOW = "(clock_timestamp() at time zone 'utc'{})"
+
+
+@compiles(db_now, "sqlite")
+def _sqlite_now(element, compiler, **kw):
+    return _SQLITE_NOW.format("")
+
+
+@compiles(db_now, "postgresql")
+def _pg_now(element, compiler, **kw):
+    return _PG_NOW.format("")
+
+
+@compiles(db_ago, "sqlite")
+def _sqlite_ago(element, compiler, **kw):
+    return _SQLITE_NOW.format(f", '-{element.seconds:f} seconds'")
+
+
+@compiles(db_ago, "postgresql")
+def _pg_ago(element, compiler, **kw):
+    return _PG_NOW.format(f" - interval '{element.seconds:f} seconds'")

@@ -1,0 +1,500 @@
+"""Queue operations: each move of a job is one function and one transaction, named after what it does.
+
+enqueue -> claim_next_job -> record_pid -> finish_attempt; requeue_lost_jobs, cancel_jobs and
+retry_jobs move jobs back or out. The allowed moves are listed in states.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+
+from jobqueue.db import Database
+from jobqueue.errors import UserError
+from jobqueue.models import attempts, db_ago, db_now, jobs, runs, submissions, workers
+from jobqueue.states import AttemptState, JobState
+from jobqueue.sweep import JobSpec
+
+DEFAULT_LEASE_SECONDS = 60.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def run_key(run_name: str, suffix: str) -> str:
+    """The run's name in the DB: the sweep's run_name, with the experiment suffix when one is given."""
+    return f"{run_name}_{suffix}" if suffix else run_name
+
+
+# --- enqueue -----------------------------------------------------------------------------------
+
+
+@dataclass
+class EnqueueResult:
+    run_id: int
+    run_name: str
+    added: int
+    existing: int
+    changed: list[str] = field(default_factory=list)  # names already queued with another command
+
+
+def enqueue(
+    db: Database,
+    run_name: str,
+    specs: list[JobSpec],
+    *,
+    sweep: str,
+    train_dir: str,
+    suffix: str = "",
+    cwd: str | None = None,
+    settings: dict | None = None,
+    max_attempts: int | None = None,
+) -> EnqueueResult:
+    """Add a run's jobs in one transaction. Jobs already there (by name) are left alone: idempotent."""
+    cwd = cwd or os.getcwd()
+
+    def _enqueue(conn: sa.Connection) -> EnqueueResult:
+        now = utcnow()
+        run_id = conn.execute(sa.select(runs.c.id).where(runs.c.name == run_name)).scalar()
+        if run_id is None:
+            run_id = conn.execute(
+                runs.insert()
+                .values(name=run_name, sweep=sweep, train_dir=train_dir, suffix=suffix, cwd=cwd,
+                        settings=settings or {}, created_at=now)
+                .returning(runs.c.id)
+            ).scalar_one()
+            existing: dict[str, list] = {}
+        else:
+            if settings:
+                old = conn.execute(sa.select(runs.c.settings).where(runs.c.id == run_id)).scalar() or {}
+                conn.execute(runs.update().where(runs.c.id == run_id).values(settings={**settings, **old}))
+            existing = dict(conn.execute(sa.select(jobs.c.name, jobs.c.argv).where(jobs.c.run_id == run_id)).all())
+        new_rows = []
+        changed = []
+        for spec in specs:
+            if spec.name in existing:
+                if existing[spec.name] != spec.argv:
+                    changed.append(spec.name)
+                continue
+            new_rows.append(
+                {
+                    "run_id": run_id, "idx": spec.index, "name": spec.name, "experiment": spec.experiment,
+                    "params": spec.params, "argv": spec.argv, "cmd": spec.cmd, "env": spec.env, "cwd": cwd,
+                    "root_dir": spec.root_dir, "log_dir": os.path.join(cwd, spec.experiment_dir),
+                    "state": JobState.QUEUED.value, "attempts": 0, "failures": 0,
+                    "max_attempts": max_attempts or 1, "timeout": spec.timeout,
+                    "created_at": now, "updated_at": now,
+                }
+            )
+        if new_rows:
+            conn.execute(jobs.insert(), new_rows)
+        return EnqueueResult(run_id, run_name, len(new_rows), len(specs) - len(new_rows), changed)
+
+    return db.run(_enqueue)
+
+
+def update_run_settings(db: Database, run_id: int, settings: dict) -> None:
+    def _update(conn):
+        old = conn.execute(sa.select(runs.c.settings).where(runs.c.id == run_id)).scalar() or {}
+        conn.execute(runs.update().where(runs.c.id == run_id).values(settings={**old, **settings}))
+
+    db.run(_update)
+
+
+def set_max_attempts(db: Database, run_id: int, max_attempts: int) -> None:
+    db.run(lambda conn: conn.execute(jobs.update().where(jobs.c.run_id == run_id).values(max_attempts=max_attempts)))
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def find_run(conn: sa.Connection, name: str) -> dict:
+    row = conn.execute(sa.select(runs).where(runs.c.name == name)).mappings().first()
+    if row is None:
+        names = conn.execute(sa.select(runs.c.name).order_by(runs.c.id)).scalars().all()
+        known = ", ".join(names[-5:]) if names else "none yet; run `jq enqueue SWEEP`"
+        raise UserError(f"no run named {name!r} in this DB (runs: {known}); check the name or --db")
+    return dict(row)
+
+
+def get_run(db: Database, name: str) -> dict:
+    return db.run(lambda conn: find_run(conn, name), write=False)
+
+
+def only_run(db: Database) -> dict | None:
+    """The DB's run when it holds exactly one (so RUN can be left out), else None."""
+    rows = db.run(lambda conn: conn.execute(sa.select(runs).limit(2)).mappings().all(), write=False)
+    return dict(rows[0]) if len(rows) == 1 else None
+
+
+def status_counts(db: Database, run: str | None = None) -> list[tuple[str, str, int]]:
+    """(run name, state, jobs) for every run, or one."""
+
+    def _counts(conn):
+        # Counting per run_id first keeps it an index-only scan of ix_jobs_run_state_id.
+        counts = sa.select(jobs.c.run_id, jobs.c.state, sa.func.count().label("n")).group_by(jobs.c.run_id, jobs.c.state)
+        if run is not None:
+            counts = counts.where(jobs.c.run_id == find_run(conn, run)["id"])
+        counts = counts.subquery()
+        stmt = sa.select(runs.c.name, counts.c.state, counts.c.n).join(counts, counts.c.run_id == runs.c.id).order_by(runs.c.id)
+        return [tuple(r) for r in conn.execute(stmt)]
+
+    return db.run(_counts, write=False)
+
+
+def list_jobs(db: Database, run: str | None = None, state: str | None = None, ids: Iterable[int] | None = None) -> list[dict]:
+    def _list(conn):
+        stmt = sa.select(jobs, runs.c.name.label("run")).join(runs, runs.c.id == jobs.c.run_id).order_by(jobs.c.id)
+        if run is not None:
+            stmt = stmt.where(jobs.c.run_id == find_run(conn, run)["id"])
+        if state is not None:
+            stmt = stmt.where(jobs.c.state == state)
+        if ids is not None:
+            stmt = stmt.where(jobs.c.id.in_(list(ids)))
+        return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    return db.run(_list, write=False)
+
+
+def last_attempts(db: Database, job_ids: list[int]) -> dict[int, dict]:
+    """The newest attempt of each job."""
+    if not job_ids:
+        return {}
+
+    def _last(conn):
+        newest = sa.select(sa.func.max(attempts.c.id)).where(attempts.c.job_id.in_(job_ids)).group_by(attempts.c.job_id)
+        rows = conn.execute(sa.select(attempts).where(attempts.c.id.in_(newest))).mappings()
+        return {r["job_id"]: dict(r) for r in rows}
+
+    return db.run(_last, write=False)
+
+
+def job_attempts(db: Database, job_id: int) -> list[dict]:
+    def _attempts(conn):
+        if conn.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id)).first() is None:
+            raise UserError(f"no job with id {job_id}; `jq list` shows the ids")
+        stmt = sa.select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.number)
+        return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    return db.run(_attempts, write=False)
+
+
+# --- workers -----------------------------------------------------------------------------------
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+@dataclass
+class WorkerInfo:
+    id: int
+    host: str
+    pid: int
+
+
+def register_worker(db: Database, *, slots: int, gpus: str | None, backend: str, run_id: int | None) -> WorkerInfo:
+    host, pid = socket.gethostname(), os.getpid()
+    values = dict(
+        host=host, pid=pid, pid_started=process_start_time(pid), boot_id=boot_id(), gpus=gpus, slots=slots,
+        backend=backend, run_id=run_id, slurm_job_id=os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
+        slurm_array_task_id=_int_or_none(os.environ.get("SLURM_ARRAY_TASK_ID")),
+        started_at=db_now(), heartbeat_at=db_now(),
+    )
+    worker_id = db.run(lambda conn: conn.execute(workers.insert().values(**values).returning(workers.c.id)).scalar_one())
+    return WorkerInfo(worker_id, host, pid)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def heartbeat(db: Database, worker_id: int, attempt_ids: list[int]) -> list[int] | None:
+    """Mark the worker alive; return its attempts that are no longer its to run (cancelled, taken away).
+
+    None means the worker itself was declared dead (a reaper took its jobs): it must stop them all.
+    """
+
+    def _beat(conn):
+        alive = conn.execute(
+            workers.update().where(workers.c.id == worker_id, workers.c.stopped_at.is_(None)).values(heartbeat_at=db_now())
+        ).rowcount
+        if not alive:
+            return None
+        if not attempt_ids:
+            return []
+        stmt = sa.select(attempts.c.id).where(attempts.c.id.in_(attempt_ids), attempts.c.state != AttemptState.RUNNING.value)
+        return list(conn.execute(stmt).scalars())
+
+    return db.run(_beat)
+
+
+def stop_worker(db: Database, worker_id: int) -> None:
+    db.run(lambda conn: conn.execute(
+        workers.update().where(workers.c.id == worker_id, workers.c.stopped_at.is_(None)).values(stopped_at=db_now())
+    ))
+
+
+# --- claim, run, finish ------------------------------------------------------------------------
+
+
+@dataclass
+class ClaimedJob:
+    job_id: int
+    run_id: int
+    name: str
+    argv: list[str]
+    env: dict | None
+    cwd: str
+    number: int  # which attempt this is
+    attempt_id: int
+    timeout: float | None
+    log_path: str
+
+
+def claim_next_job(
+    db: Database, worker: WorkerInfo, *, slot: int, gpus: str | None,
+    run_id: int | None = None, job_id: int | None = None,
+) -> ClaimedJob | None:
+    """Take the oldest queued job (of a run, or one job) and open its attempt, in one short transaction."""
+    oldest = sa.select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value).order_by(jobs.c.id).limit(1)
+    if run_id is not None:
+        oldest = oldest.where(jobs.c.run_id == run_id)
+    if job_id is not None:
+        oldest = oldest.where(jobs.c.id == job_id)
+    if not db.is_sqlite:
+        oldest = oldest.with_for_update(skip_locked=True)  # SQLite's BEGIN IMMEDIATE already serializes
+    take = (
+        jobs.update()
+        .where(jobs.c.id == oldest.scalar_subquery(), jobs.c.state == JobState.QUEUED.value)
+        .values(state=JobState.RUNNING.value, attempts=jobs.c.attempts + 1, worker_id=worker.id,
+                started_at=db_now(), updated_at=db_now(), ended_at=None, exit_code=None, signal=None)
+        .returning(jobs.c.id, jobs.c.run_id, jobs.c.name, jobs.c.argv, jobs.c.env, jobs.c.cwd,
+                   jobs.c.log_dir, jobs.c.attempts, jobs.c.timeout)
+    )
+
+    def _claim(conn) -> ClaimedJob | None:
+        row = conn.execute(take).first()
+        if row is None:
+            return None
+        log_path = os.path.join(row.log_dir, "jq_logs", f"{row.name}.attempt-{row.attempts}.log")
+        attempt_id = conn.execute(
+            attempts.insert()
+            .values(job_id=row.id, number=row.attempts, worker_id=worker.id, host=worker.host, gpus=gpus, slot=slot,
+                    state=AttemptState.RUNNING.value, started_at=db_now(), log_path=log_path)
+            .returning(attempts.c.id)
+        ).scalar_one()
+        return ClaimedJob(row.id, row.run_id, row.name, row.argv, row.env, row.cwd, row.attempts, attempt_id,
+                          row.timeout, log_path)
+
+    return db.run(_claim)
+
+
+def record_pid(db: Database, attempt_id: int, pid: int) -> None:
+    db.run(lambda conn: conn.execute(attempts.update().where(attempts.c.id == attempt_id).values(pid=pid)))
+
+
+def finish_attempt(
+    db: Database, job: ClaimedJob, worker_id: int, outcome: AttemptState, *,
+    exit_code: int | None = None, signal: int | None = None, reason: str | None = None,
+) -> JobState | None:
+    """Record how an attempt ended and move its job on. Exactly once: None if the job was no longer ours."""
+    failed = outcome in (AttemptState.FAILED, AttemptState.TIMEOUT)
+    if outcome == AttemptState.SUCCEEDED:
+        new_state: Any = JobState.SUCCEEDED.value
+    elif failed:
+        final = JobState.FAILED.value if outcome == AttemptState.FAILED else JobState.TIMEOUT.value
+        # Automatic retries: back to the queue while failures stay under max_attempts.
+        new_state = sa.case((jobs.c.failures + 1 < jobs.c.max_attempts, JobState.QUEUED.value), else_=final)
+    elif outcome == AttemptState.INTERRUPTED:
+        new_state = JobState.QUEUED.value
+    elif outcome == AttemptState.CANCELLED:
+        new_state = JobState.CANCELLED.value
+    else:
+        raise ValueError(outcome)
+
+    def _finish(conn) -> JobState | None:
+        moved = conn.execute(
+            jobs.update()
+            .where(jobs.c.id == job.job_id, jobs.c.state == JobState.RUNNING.value,
+                   jobs.c.attempts == job.number, jobs.c.worker_id == worker_id)
+            .values(state=new_state, failures=jobs.c.failures + (1 if failed else 0), exit_code=exit_code,
+                    signal=signal, worker_id=None, updated_at=db_now(), ended_at=db_now())
+            .returning(jobs.c.state)
+        ).first()
+        if moved is None:
+            return None
+        conn.execute(
+            attempts.update().where(attempts.c.id == job.attempt_id, attempts.c.state == AttemptState.RUNNING.value)
+            .values(state=outcome.value, ended_at=db_now(), exit_code=exit_code, signal=signal, reason=reason)
+        )
+        return JobState(moved.state)
+
+    return db.run(_finish)
+
+
+# --- lost workers --------------------------------------------------------------------------------
+
+
+@dataclass
+class LostWorker:
+    id: int
+    host: str
+    pid: int
+    why: str
+
+
+def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> list[LostWorker]:
+    """Workers not stopped cleanly that are gone: on this host by PID (and its start time), elsewhere by lease."""
+    import psutil
+
+    host, this_boot = socket.gethostname(), boot_id()
+    expired = (workers.c.heartbeat_at < db_ago(lease)).label("expired")
+    rows = db.run(
+        lambda conn: conn.execute(sa.select(workers, expired).where(workers.c.stopped_at.is_(None))).mappings().all(),
+        write=False,
+    )
+    dead = []
+    for w in rows:
+        if w["host"] != host:
+            if w["expired"]:
+                dead.append(LostWorker(w["id"], w["host"], w["pid"], f"no heartbeat for {lease:.0f}s"))
+            continue
+        if w["boot_id"] and this_boot and w["boot_id"] != this_boot:
+            dead.append(LostWorker(w["id"], w["host"], w["pid"], "its host rebooted"))
+            continue
+        started = process_start_time(w["pid"])
+        if started is None or (w["pid_started"] is not None and abs(started - w["pid_started"]) > 1.0):
+            dead.append(LostWorker(w["id"], w["host"], w["pid"], f"process {w['pid']} is gone"))
+            continue
+        if w["expired"]:
+            # Alive but silent past the lease: stopped (SIGSTOP) or hung. Kill it, or its jobs would be stuck.
+            try:
+                proc = psutil.Process(w["pid"])
+                proc.kill()
+                proc.wait(5)
+            except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+                pass
+            dead.append(LostWorker(w["id"], w["host"], w["pid"], f"hung for over {lease:.0f}s, killed"))
+    return dead
+
+
+def running_attempts_of(db: Database, worker_ids: list[int]) -> list[dict]:
+    stmt = sa.select(attempts).where(attempts.c.worker_id.in_(worker_ids), attempts.c.state == AttemptState.RUNNING.value)
+    return db.run(lambda conn: [dict(r) for r in conn.execute(stmt).mappings()], write=False)
+
+
+def requeue_jobs_of_dead_worker(db: Database, worker: LostWorker) -> list[int]:
+    """Mark the worker stopped, its running attempts lost, and put its jobs back in the queue: one transaction.
+
+    The caller has already killed the attempts' processes when they ran on this host.
+    """
+
+    def _requeue(conn) -> list[int]:
+        taken = conn.execute(
+            workers.update().where(workers.c.id == worker.id, workers.c.stopped_at.is_(None)).values(stopped_at=db_now())
+        ).rowcount
+        if not taken:
+            return []  # another reaper got there first
+        conn.execute(
+            attempts.update().where(attempts.c.worker_id == worker.id, attempts.c.state == AttemptState.RUNNING.value)
+            .values(state=AttemptState.LOST.value, ended_at=db_now(), reason=f"worker {worker.id} lost: {worker.why}")
+        )
+        rows = conn.execute(
+            jobs.update().where(jobs.c.worker_id == worker.id, jobs.c.state == JobState.RUNNING.value)
+            .values(state=JobState.QUEUED.value, worker_id=None, updated_at=db_now())
+            .returning(jobs.c.id)
+        )
+        return [r.id for r in rows]
+
+    return db.run(_requeue)
+
+
+# --- control ---------------------------------------------------------------------------------------
+
+
+def select_job_ids(conn, run: str | None, job_ids: list[int] | None, states: Iterable[str]) -> list[int]:
+    stmt = sa.select(jobs.c.id).where(jobs.c.state.in_(list(states)))
+    if run is not None:
+        stmt = stmt.where(jobs.c.run_id == find_run(conn, run)["id"])
+    if job_ids:
+        known = set(conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(job_ids))).scalars())
+        unknown = sorted(set(job_ids) - known)
+        if unknown:
+            raise UserError(f"no job with id {', '.join(map(str, unknown))}; `jq list` shows the ids")
+        stmt = stmt.where(jobs.c.id.in_(job_ids))
+    return list(conn.execute(stmt).scalars())
+
+
+def cancel_jobs(db: Database, run: str | None = None, job_ids: list[int] | None = None) -> tuple[int, list[dict]]:
+    """Cancel queued and running jobs. Returns (how many, the running attempts whose processes must stop)."""
+
+    def _cancel(conn):
+        ids = select_job_ids(conn, run, job_ids, [JobState.QUEUED.value, JobState.RUNNING.value])
+        if not ids:
+            return 0, []
+        running = [dict(r) for r in conn.execute(
+            sa.select(attempts).where(attempts.c.job_id.in_(ids), attempts.c.state == AttemptState.RUNNING.value)
+        ).mappings()]
+        conn.execute(
+            attempts.update().where(attempts.c.job_id.in_(ids), attempts.c.state == AttemptState.RUNNING.value)
+            .values(state=AttemptState.CANCELLED.value, ended_at=db_now(), reason="cancelled by jq cancel")
+        )
+        conn.execute(
+            jobs.update().where(jobs.c.id.in_(ids))
+            .values(state=JobState.CANCELLED.value, worker_id=None, updated_at=db_now(), ended_at=db_now())
+        )
+        return len(ids), running
+
+    return db.run(_cancel)
+
+
+def retry_jobs(db: Database, run: str | None = None, job_ids: list[int] | None = None, failed_only: bool = False) -> int:
+    """Put failed (and, unless failed_only, timed-out and cancelled) jobs back in the queue."""
+    states = [JobState.FAILED.value] if failed_only else [JobState.FAILED.value, JobState.TIMEOUT.value, JobState.CANCELLED.value]
+
+    def _retry(conn):
+        ids = select_job_ids(conn, run, job_ids, states)
+        if ids:
+            conn.execute(jobs.update().where(jobs.c.id.in_(ids)).values(state=JobState.QUEUED.value, failures=0, updated_at=db_now()))
+        return len(ids)
+
+    return db.run(_retry)
+
+
+def record_submission(db: Database, **values) -> int:
+    values.setdefault("submitted_at", utcnow())
+    return db.run(lambda conn: conn.execute(submissions.insert().values(**values).returning(submissions.c.id)).scalar_one())
+
+
+def run_submissions(db: Database, run_id: int, backend: str | None = None) -> list[dict]:
+    stmt = sa.select(submissions).where(submissions.c.run_id == run_id).order_by(submissions.c.id)
+    if backend:
+        stmt = stmt.where(submissions.c.backend == backend)
+    return db.run(lambda conn: [dict(r) for r in conn.execute(stmt).mappings()], write=False)
+
+
+def update_submission(db: Database, submission_id: int, **values) -> None:
+    db.run(lambda conn: conn.execute(submissions.update().where(submissions.c.id == submission_id).values(**values)))

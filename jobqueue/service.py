@@ -1,0 +1,285 @@
+"""What each `jq` command does, as functions tests can call: plan and enqueue a sweep, report, query."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from jobqueue import queue
+from jobqueue.db import Database, sqlite_readonly_connection
+from jobqueue.errors import UserError
+from jobqueue.loader import LoadedSweep, load_sweep
+from jobqueue.states import DISPLAY_ORDER, FINISHED, JobState
+from jobqueue.sweep import JobSpec, expand
+
+# Launch settings a sweep file may give as extra RunDescription keyword arguments (Sample Factory's names).
+KNOWN_LAUNCH_DEFAULTS = {"num_gpus", "use_gpus", "experiments_per_gpu", "max_parallel", "pause_between", "max_attempts", "timeout"}
+
+
+@dataclass
+class SweepPlan:
+    loaded: LoadedSweep
+    run_name: str
+    specs: list[JobSpec]
+    train_dir: str
+    suffix: str
+
+
+def plan_sweep(target: str, *, train_dir: str = "./train_dir", suffix: str = "") -> SweepPlan:
+    """Load a sweep file and expand it, touching no database."""
+    loaded = load_sweep(target)
+    try:
+        specs = expand(loaded.run, train_dir=train_dir, suffix=suffix)
+    except UserError as exc:
+        raise UserError(f"{os.path.relpath(loaded.path)}: {exc}") from None
+    return SweepPlan(loaded, queue.run_key(loaded.run.run_name, suffix), specs, train_dir, suffix)
+
+
+def enqueue_plan(db: Database, plan: SweepPlan, settings: dict | None = None, max_attempts: int | None = None) -> queue.EnqueueResult:
+    defaults = dict(plan.loaded.run.launch_defaults)
+    return queue.enqueue(
+        db, plan.run_name, plan.specs, sweep=plan.loaded.target, train_dir=plan.train_dir, suffix=plan.suffix,
+        settings={**defaults, **(settings or {})}, max_attempts=max_attempts or defaults.get("max_attempts"),
+    )
+
+
+def describe_enqueue(result: queue.EnqueueResult, db: Database) -> str:
+    where = os.path.relpath(db.path) if db.path else db.url
+    total = result.added + result.existing
+    if result.added == 0:
+        line = f"Nothing to add: all {total} jobs of run {result.run_name!r} are already in {where}."
+    else:
+        line = f"Enqueued {result.added} new jobs for run {result.run_name!r} in {where} ({result.existing} were already there)."
+    if result.changed:
+        line += (f"\nNote: {len(result.changed)} jobs already queued under the same name now expand to a different command "
+                 f"(e.g. {result.changed[0]!r}); they keep their old command. Use --suffix for a separate run.")
+    return line
+
+
+# --- status and list -----------------------------------------------------------------------------
+
+
+def status_report(db: Database, run: str | None = None, tail_lines: int = 3) -> dict:
+    counts: dict[str, dict[str, int]] = {}
+    for run_name, state, n in queue.status_counts(db, run):
+        counts.setdefault(run_name, {})[state] = n
+    if run is not None and run not in counts:
+        queue.get_run(db, run)  # raises the clear error for an unknown run
+        counts[run] = {}
+    report = []
+    for run_name, by_state in counts.items():
+        failed = [j for j in queue.list_jobs(db, run_name, JobState.FAILED.value)][-5:]
+        last = queue.last_attempts(db, [j["id"] for j in failed])
+        run_row = queue.get_run(db, run_name)
+        report.append({
+            "run": run_name,
+            "counts": {s.value: by_state.get(s.value, 0) for s in DISPLAY_ORDER},
+            "total": sum(by_state.values()),
+            "failed": [
+                {"id": j["id"], "name": j["name"], "exit_code": j["exit_code"], "signal": j["signal"],
+                 "reason": last.get(j["id"], {}).get("reason"), "log": last.get(j["id"], {}).get("log_path"),
+                 "tail": tail(last.get(j["id"], {}).get("log_path"), tail_lines)}
+                for j in failed
+            ],
+            "submissions": [
+                {k: s[k] for k in ("backend", "mode", "external_id", "tasks", "state", "job_id", "exit_code")}
+                for s in queue.run_submissions(db, run_row["id"])
+            ],
+            "executes": (run_row.get("settings") or {}).get("executes", "workers"),
+        })
+    return {"runs": report}
+
+
+def tail(path: str | None, lines: int) -> list[str]:
+    if not path or not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 64 * 1024))
+        return [line.decode(errors="replace").rstrip("\n") for line in deque(f, maxlen=lines)]
+
+
+def print_status(report: dict, console) -> None:
+    from rich.table import Table
+
+    if not report["runs"]:
+        console.print("No runs yet: `jq enqueue SWEEP` adds one.")
+        return
+    table = Table(title_justify="left")
+    table.add_column("run")
+    for state in DISPLAY_ORDER:
+        table.add_column(state.value, justify="right")
+    table.add_column("total", justify="right")
+    for r in report["runs"]:
+        table.add_row(r["run"], *[str(r["counts"][s.value]) for s in DISPLAY_ORDER], str(r["total"]))
+    console.print(table)
+    for r in report["runs"]:
+        for job in r["failed"]:
+            why = f"exit code {job['exit_code']}" if job["signal"] is None else f"signal {job['signal']}"
+            if job["reason"]:
+                why += f": {job['reason']}"
+            console.print(f"[red]failed[/red] {r['run']} job {job['id']} {job['name']} ({why}); log: {job['log']}")
+            for line in job["tail"]:
+                console.print(f"    {line}", markup=False)
+        if r["executes"] == "direct":
+            console.print(f"{r['run']}: jobs run directly on the backend, so the DB records submissions, not execution.")
+        for s in r["submissions"]:
+            what = f"{s['tasks']} workers" if s["mode"] == "workers" else f"job {s['job_id']}"
+            console.print(f"{r['run']}: {s['backend']} {s['mode']} submission {s['external_id'] or '-'} ({what}): {s['state']}")
+
+
+def job_rows(db: Database, run: str | None, state: str | None, tail_lines: int = 3) -> list[dict]:
+    if state is not None and state not in {s.value for s in JobState}:
+        raise UserError(f"--state {state}: unknown state; use one of {', '.join(s.value for s in JobState)}")
+    rows = queue.list_jobs(db, run, state)
+    unhappy = [r["id"] for r in rows if r["state"] in (JobState.FAILED.value, JobState.TIMEOUT.value)]
+    last = queue.last_attempts(db, unhappy)
+    return [
+        {"id": r["id"], "run": r["run"], "name": r["name"], "state": r["state"], "attempts": r["attempts"],
+         "exit_code": r["exit_code"], "signal": r["signal"], "cmd": r["cmd"], "params": r["params"], "argv": r["argv"],
+         "env": r["env"], "cwd": r["cwd"], "started_at": r["started_at"], "ended_at": r["ended_at"],
+         **({"log": last[r["id"]]["log_path"], "tail": tail(last[r["id"]]["log_path"], tail_lines)} if r["id"] in last else {})}
+        for r in rows
+    ]
+
+
+def print_jobs(rows: list[dict], console) -> None:
+    """One line per job; the command last and whole, so the line can be copied into a shell."""
+    if not rows:
+        console.print("No jobs match.")
+        return
+    width = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in ("id", "run", "name", "state")}
+    console.print(f"{'id':>{width['id']}}  {'run':<{width['run']}}  {'name':<{width['name']}}  "
+                  f"{'state':<{width['state']}}  tries  exit  command", markup=False)
+    for r in rows:
+        exit_ = "" if r["exit_code"] is None else str(r["exit_code"])
+        if r["signal"] is not None:
+            exit_ = f"sig{r['signal']}"
+        console.print(f"{r['id']:>{width['id']}}  {r['run']:<{width['run']}}  {r['name']:<{width['name']}}  "
+                      f"{r['state']:<{width['state']}}  {r['attempts']:>5}  {exit_:>4}  {r['cmd']}", markup=False)
+    for r in rows:
+        if r.get("tail"):
+            console.print(f"[red]{r['state']}[/red] job {r['id']} {r['name']}: last lines of {r['log']}")
+            for line in r["tail"]:
+                console.print(f"    {line}", markup=False)
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+
+def show_log(db: Database, job_id: int, *, follow: bool = False, attempt: int | None = None, out=None) -> None:
+    out = out or sys.stdout
+    tries = queue.job_attempts(db, job_id)
+    if not tries:
+        raise UserError(f"job {job_id} has not run yet, so it has no log")
+    chosen = tries[-1] if attempt is None else next((a for a in tries if a["number"] == attempt), None)
+    if chosen is None:
+        raise UserError(f"job {job_id} has no attempt {attempt}; it has {len(tries)}")
+    path = chosen["log_path"]
+    deadline_missing = time.monotonic() + 10
+    while not os.path.exists(path):
+        if not follow or time.monotonic() > deadline_missing:
+            raise UserError(f"log {path} of job {job_id} does not exist (deleted, or on another machine)")
+        time.sleep(0.2)
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                out.buffer.write(chunk) if hasattr(out, "buffer") else out.write(chunk.decode(errors="replace"))
+                out.flush()
+                continue
+            if not follow:
+                return
+            current = queue.job_attempts(db, job_id)[-1]
+            if current["state"] != "running" and current["id"] == chosen["id"]:
+                rest = f.read()
+                if rest:
+                    out.buffer.write(rest) if hasattr(out, "buffer") else out.write(rest.decode(errors="replace"))
+                    out.flush()
+                return
+            time.sleep(0.25)
+
+
+# --- read-only SQL -------------------------------------------------------------------------------
+
+READ_ONLY_REFUSAL = "jq sql is read-only and this statement would write ({}); change jobs with jq cancel / jq retry"
+
+
+def read_only_query(db: Database, query: str) -> tuple[list[str], list[tuple]]:
+    """Run one statement on a connection that cannot write. A write is refused with a clear error."""
+    if db.is_sqlite:
+        conn = sqlite_readonly_connection(db.path)
+        conn.set_authorizer(_deny_attach)
+        try:
+            cursor = conn.execute(query)
+            rows = cursor.fetchall()
+            columns = [d[0] for d in cursor.description or []]
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if "readonly" in text or "not authorized" in text:
+                raise UserError(READ_ONLY_REFUSAL.format(text)) from None
+            raise UserError(f"jq sql: {text}; check the query (tables: runs, jobs, attempts, workers, submissions)") from None
+        except sqlite3.Warning as exc:
+            raise UserError(f"jq sql: {exc}; give one statement") from None
+        finally:
+            conn.close()
+        return columns, rows
+    with db.engine.connect() as conn:
+        try:
+            with conn.begin():
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                result = conn.exec_driver_sql(query)
+                columns = list(result.keys()) if result.returns_rows else []
+                rows = [tuple(r) for r in result] if result.returns_rows else []
+        except sa.exc.DBAPIError as exc:
+            text = str(exc.orig).strip().splitlines()[0]
+            if "read-only transaction" in text:
+                raise UserError(READ_ONLY_REFUSAL.format(text)) from None
+            raise UserError(f"jq sql: {text}; check the query (tables: runs, jobs, attempts, workers, submissions)") from None
+    return columns, rows
+
+
+def _deny_attach(action, *args):
+    return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
+
+
+def print_rows(columns: list[str], rows: list[tuple], *, as_json: bool, as_csv: bool, console) -> None:
+    if as_json:
+        print(json.dumps([dict(zip(columns, r)) for r in rows], indent=2, default=str))
+    elif as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        from rich.table import Table
+
+        table = Table()
+        for c in columns:
+            table.add_column(c, overflow="fold")
+        for r in rows:
+            table.add_row(*["" if v is None else str(v) for v in r])
+        console.print(table)
+
+
+def refresh_submissions(db: Database, run: str | None) -> None:
+    """Ask NGC for the state of the run's submitted jobs (Slurm states are read live by status)."""
+    from jobqueue.backends import ngc
+
+    ngc.refresh_states(db, run)
+
+
+def job_finished(state: str) -> bool:
+    return state in {s.value for s in FINISHED}
+
+
+def here(path: str) -> str:
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else str(Path(path))

@@ -1,0 +1,272 @@
+"""The sweep API users already know from Sample Factory's launcher, and its expansion into jobs.
+
+Pure functions and small objects: no database, no I/O. Names, commands and order follow Sample
+Factory exactly; argv is kept as a list so values with spaces or quotes stay one argument.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shlex
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from itertools import product
+from os.path import join
+from typing import Any, Iterable
+
+from jobqueue.errors import UserError
+
+# Randomized orders and seeds() must be the same each time the same sweep is loaded, because job
+# names carry the index and a re-enqueue must find the same names. The loader sets the sweep's
+# identity here before running the file; each call then draws from its own seeded generator.
+_seed_state = {"sweep": "", "calls": 0}
+
+
+def set_sweep_seed(sweep_id: str) -> None:
+    _seed_state["sweep"] = sweep_id
+    _seed_state["calls"] = 0
+
+
+def _next_rng(kind: str) -> random.Random:
+    _seed_state["calls"] += 1
+    return random.Random(f"{_seed_state['sweep']}:{kind}:{_seed_state['calls']}")
+
+
+def seeds(num_seeds: int) -> list[int]:
+    """Sample Factory's `launcher_utils.seeds`: n integers in [1000000, 9999999), reproducible per sweep file.
+
+    Asking for more seeds later (a growing sweep) keeps the first ones: the same call in the file
+    draws from the same generator.
+    """
+    rng = _next_rng("seeds")
+    return [rng.randrange(1000000, 9999999) for _ in range(num_seeds)]
+
+
+class ParamGenerator:
+    def generate_params(self, randomize: bool = True) -> list[dict]:
+        raise NotImplementedError
+
+
+class ParamList(ParamGenerator):
+    """The list of parameter combinations, as given."""
+
+    def __init__(self, combinations: Iterable[dict]):
+        self.combinations = list(combinations)
+
+    def generate_params(self, randomize: bool = True) -> list[dict]:
+        # A list rather than a generator: it can be given to several Experiments.
+        combinations = list(self.combinations)
+        if randomize:
+            _next_rng("permutation").shuffle(combinations)
+        return combinations
+
+
+class ParamGrid(ParamGenerator):
+    """Grid search: the cartesian product in the order listed, the last parameter varying fastest.
+
+    A key may be a tuple of names whose values are tuples, to tie parameters together:
+    `(("use_rnn", "recurrence"), ([False, 1], [True, 16]))`.
+    """
+
+    def __init__(self, grid_tuples):
+        self.grid = OrderedDict(grid_tuples)
+
+    def generate_params(self, randomize: bool = False) -> list[dict]:
+        if not self.grid:
+            return []
+        names = tuple(self.grid.keys())
+        combinations = list(product(*self.grid.values()))
+        if randomize:
+            # Sample Factory's numpy permutation crashes on tied parameters; shuffling tuples does not.
+            _next_rng("permutation").shuffle(combinations)
+        params = []
+        for combination in combinations:
+            combination_dict = {}
+            for name, value in zip(names, combination):
+                if isinstance(name, (list, tuple)):
+                    for tied_name, tied_value in zip(name, value):
+                        combination_dict[tied_name] = tied_value
+                else:
+                    combination_dict[name] = value
+            params.append(combination_dict)
+        return params
+
+
+# One-shot iterators already turned into an Experiment's parameters: a second Experiment given the
+# same one would silently get nothing.
+_consumed_iterators: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+class Experiment:
+    def __init__(self, name, cmd, param_generator=(), env_vars=None, timeout: float | None = None):
+        """
+        :param name: base name of the experiment's jobs
+        :param cmd: base command to append the parameters to
+        :param param_generator: iterable of parameter dicts (e.g. ParamGrid(...).generate_params())
+        :param env_vars: extra environment variables for every job of this experiment
+        :param timeout: seconds after which a job is stopped and recorded as `timeout`
+        """
+        self.base_name = name
+        self.cmd = cmd
+        if iter(param_generator) is param_generator:
+            if param_generator in _consumed_iterators:
+                raise UserError(
+                    f"Experiment {name!r} was given a generator that an earlier Experiment already used up; "
+                    "call generate_params() once per Experiment (or pass a list)"
+                )
+            try:
+                _consumed_iterators.add(param_generator)
+            except TypeError:
+                pass
+        self.params = list(param_generator)
+        self.env_vars = env_vars
+        self.timeout = timeout
+
+    def generate_experiments(self, experiment_arg_name, customize_experiment_name, param_prefix):
+        """Yields (extra argv tokens, experiment_name), Sample Factory's naming."""
+        num_experiments = 1 if len(self.params) == 0 else len(self.params)
+        for experiment_idx in range(num_experiments):
+            tokens = []
+            name_tokens = [self.base_name]
+            shorthands: list[str] = []
+            params = self.params[experiment_idx] if self.params else {}
+            for param, value in params.items():
+                tokens.append(f"{param_prefix}{param}={value}")
+                shorthand = param_shorthand(param, shorthands)
+                shorthands.append(shorthand)
+                name_tokens.append(f"{shorthand}_{value}")
+            if customize_experiment_name:
+                experiment_name = f"{experiment_idx:02d}_" + "_".join(name_tokens)
+            else:
+                experiment_name = f"{experiment_idx:02d}_{self.base_name}"
+            tokens.append(f"{experiment_arg_name}={experiment_name}")
+            yield tokens, experiment_name, params
+
+
+def param_shorthand(param: str, taken: list[str]) -> str:
+    """`train_for_env_steps` -> `t.f.e.ste`: first letters, then 3 letters of the last token, longer while taken."""
+    tokens = re.split("[._-]", param)
+    head = [t[:1] for t in tokens[:-1]]
+    last = tokens[-1]
+    length = min(3, len(last))
+    shorthand = ".".join(head + [last[:length]])
+    while length <= len(last) and shorthand in taken:
+        length += 1
+        shorthand = ".".join(head + [last[:length]])
+    return shorthand
+
+
+class RunDescription:
+    def __init__(
+        self,
+        run_name,
+        experiments,
+        experiment_arg_name="--experiment",
+        experiment_dir_arg_name="--train_dir",
+        customize_experiment_name=True,
+        param_prefix="--",
+        timeout: float | None = None,
+        **launch_defaults,
+    ):
+        """
+        :param run_name: overall name of the experiment and the name of the root folder
+        :param experiments: a list of Experiment objects to run
+        :param experiment_arg_name: CLI argument that gets each job's unique name. Default: --experiment
+        :param experiment_dir_arg_name: CLI argument for the root train dir. Default: --train_dir
+        :param customize_experiment_name: whether to add the hyperparameter combination to the name
+        :param param_prefix: prefix of each parameter ("" for Hydra)
+        :param timeout: default per-job timeout in seconds
+        :param launch_defaults: anything else (e.g. max_parallel=1, experiments_per_gpu=-1) is kept as
+               the run's default launch settings
+        """
+        self.run_name = run_name
+        self.experiments = experiments
+        self.experiment_suffix = ""
+        self.experiment_arg_name = experiment_arg_name
+        self.experiment_dir_arg_name = experiment_dir_arg_name
+        self.customize_experiment_name = customize_experiment_name
+        self.param_prefix = param_prefix
+        self.timeout = timeout
+        self.launch_defaults = launch_defaults
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One experiment of a sweep, as it will be stored and run."""
+
+    name: str
+    experiment: str
+    params: dict
+    argv: list[str]
+    cmd: str
+    root_dir: str
+    experiment_dir: str
+    env: dict | None = None
+    timeout: float | None = None
+    index: int = field(default=0)
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "cmd": self.cmd, "argv": self.argv, "root_dir": self.root_dir, "env": self.env}
+
+
+def display_command(base_cmd: str, tokens: list[str]) -> str:
+    """Sample Factory's command string, with shell quoting only where a token needs it."""
+    return " ".join([base_cmd] + [shlex.quote(t) for t in tokens])
+
+
+def expand(run: RunDescription, train_dir: str = "./train_dir", suffix: str | None = None) -> list[JobSpec]:
+    """All jobs of a run, in Sample Factory's order. Raises UserError on duplicate names or bad values."""
+    suffix = run.experiment_suffix if suffix is None else suffix
+    jobs: list[JobSpec] = []
+    seen: dict[str, str] = {}
+    for experiment in run.experiments:
+        if not isinstance(experiment, Experiment):
+            raise UserError(f"RUN_DESCRIPTION.experiments holds a {type(experiment).__name__}; use Experiment(...)")
+        root_dir = join(run.run_name, f"{experiment.base_name}_{suffix}")
+        experiment_dir = join(train_dir, root_dir)
+        try:
+            base_argv = shlex.split(experiment.cmd)
+        except ValueError as exc:
+            raise UserError(f"experiment {experiment.base_name!r}: cannot split its command ({exc}); check its quotes")
+        generated = experiment.generate_experiments(
+            run.experiment_arg_name, run.customize_experiment_name, run.param_prefix
+        )
+        for tokens, name, params in generated:
+            if name in seen:
+                raise UserError(
+                    f"two jobs are named {name!r} (experiments {seen[name]!r} and {experiment.base_name!r}); "
+                    "give the Experiments different names or remove the repeated parameter values"
+                )
+            seen[name] = experiment.base_name
+            _check_storable(experiment.base_name, params)
+            tokens = tokens + [f"{run.experiment_dir_arg_name}={experiment_dir}"]
+            env = {str(k): str(v) for k, v in experiment.env_vars.items()} if experiment.env_vars else None
+            jobs.append(
+                JobSpec(
+                    name=name,
+                    experiment=experiment.base_name,
+                    params=params,
+                    argv=base_argv + tokens,
+                    cmd=display_command(experiment.cmd, tokens),
+                    root_dir=root_dir,
+                    experiment_dir=experiment_dir,
+                    env=env,
+                    timeout=experiment.timeout if experiment.timeout is not None else run.timeout,
+                    index=len(jobs),
+                )
+            )
+    return jobs
+
+
+def _check_storable(experiment: str, params: dict) -> None:
+    for key, value in params.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise UserError(
+                f"experiment {experiment!r}: parameter {key!r} has a value of type {type(value).__name__} "
+                f"({value!r:.60}) that cannot be stored; use str, int, float, bool, None or lists of them"
+            ) from None
