@@ -167,6 +167,138 @@ def sql(
     service.print_rows(columns, rows, as_json=as_json, as_csv=as_csv, console=_console())
 
 
+# --- running -------------------------------------------------------------------------------------
+
+
+@app.command()
+def worker(
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPUs for this worker's jobs: 0, or 0,1 (each job gets both), or none (default: CUDA_VISIBLE_DEVICES as inherited)."),
+    slots: int = typer.Option(1, "--slots", min=1, help="How many jobs run at once."),
+    run: Optional[str] = typer.Option(None, "--run", help="Only take jobs of this run (default: any run, oldest job first)."),
+    job: Optional[int] = typer.Option(None, "--job", help="Only take this one job (Slurm/NGC per-job mode)."),
+    experiments_per_gpu: int = typer.Option(-1, "--experiments-per-gpu", help="With --gpu 0,1,...: pin each job to ONE of them, the least busy, at most K jobs per GPU."),
+    wait: bool = typer.Option(False, "--wait", help="Keep polling for new jobs until SIGTERM instead of exiting when the queue is drained."),
+    pause_between: float = typer.Option(0.0, "--pause-between", min=0, help="Seconds between two job starts (Sample Factory's throttle; 0 here)."),
+    grace: float = typer.Option(30.0, "--grace", min=0, help="On SIGTERM/SIGINT/SIGUSR1: seconds jobs get after TERM before KILL."),
+    heartbeat: float = typer.Option(5.0, "--heartbeat", min=0.05, help="Seconds between heartbeats."),
+    lease: float = typer.Option(60.0, "--lease", min=0.1, help="A worker on another host silent this long is lost; its jobs are requeued."),
+    reap_every: float = typer.Option(30.0, "--reap-every", min=0.1, help="Seconds between checks for lost workers."),
+    backend: str = typer.Option("processes", "--backend", hidden=True),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """Claim queued jobs and run them, N at a time, until the queue is drained.
+
+    Each job runs in its recorded working directory, in its own process group, with JQ_JOB_ID, JQ_RUN,
+    JQ_ATTEMPT and JQ_SLOT set. A command whose first word starts with `python` runs under this worker's
+    own interpreter, as in Sample Factory. Logs: under the job's train dir, in jq_logs/ (see `jq logs`).
+    Exits 1 if a job it ran failed; on SIGTERM/SIGINT/SIGUSR1 it hands its jobs back to the queue.
+    """
+    from jobqueue import queue as q
+    from jobqueue.worker import Worker, WorkerSettings, parse_gpus
+
+    database = _open(db, create=False)
+    run_id = q.get_run(database, run)["id"] if run else None
+    settings = WorkerSettings(
+        slots=slots, gpus=parse_gpus(gpu), experiments_per_gpu=experiments_per_gpu, run_id=run_id, job_id=job,
+        wait=wait, pause_between=pause_between, grace=grace, heartbeat_interval=heartbeat, lease=lease,
+        reap_interval=reap_every, backend=backend, quiet=quiet,
+    )
+    result = Worker(database, settings).run()
+    if not quiet:
+        _stderr(f"jq worker: ran {result.ran} attempts, {result.failed} failed, {result.interrupted} handed back")
+    raise typer.Exit(result.exit_code)
+
+
+def _launch_overrides(**flags) -> dict:
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+@app.command(context_settings={"allow_interspersed_args": True})
+def launch(
+    sweep: Optional[str] = typer.Argument(None, help="Sweep file: dotted module or .py path (or --run=MODULE, as in Sample Factory)."),
+    run_module: Optional[str] = typer.Option(None, "--run", help="Sample Factory's spelling of SWEEP."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="processes (this machine), slurm or ngc."),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPUs 0..N-1 to spread jobs over (with --experiments-per-gpu)."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="Exactly these GPUs, e.g. 0,2 (instead of --num-gpus)."),
+    experiments_per_gpu: Optional[int] = typer.Option(None, "--experiments-per-gpu", help="Jobs per GPU; -1 (default) leaves CUDA_VISIBLE_DEVICES alone."),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help="Most jobs at once (default 4)."),
+    pause_between: Optional[float] = typer.Option(None, "--pause-between", min=0, help="Seconds between job starts (default 0)."),
+    train_dir: str = typer.Option("./train_dir", "--train-dir", help="Root directory for the jobs' --train_dir."),
+    experiment_suffix: str = typer.Option("", "--experiment-suffix", "--suffix", help="Appended to each experiment's directory."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="Seconds before a job is stopped and recorded as timeout."),
+    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", min=1, help="Run a failing job up to this many times."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No live progress view."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """Enqueue a sweep (idempotently) and run it to the end, with a live progress view.
+
+    Accepts Sample Factory's spellings too: replace `python -m sample_factory.launcher.run` by `jq launch`
+    (--run=mod --backend=processes --max_parallel=8 --num_gpus=4 --experiments_per_gpu=2 ...).
+    Exits non-zero if any job failed. Ctrl-C hands running jobs back to the queue; `jq resume` carries on.
+    """
+    from jobqueue import launch as launching
+    from jobqueue import service
+
+    target = sweep or run_module
+    if not target:
+        raise UserError("name the sweep: `jq launch experiments.quickstart` (or --run=experiments.quickstart)")
+    plan = service.plan_sweep(target, train_dir=train_dir, suffix=experiment_suffix)
+    overrides = _launch_overrides(backend=backend, num_gpus=num_gpus, gpus=gpus, experiments_per_gpu=experiments_per_gpu,
+                                  max_parallel=max_parallel, pause_between=pause_between, timeout=timeout,
+                                  max_attempts=max_attempts)
+    raise typer.Exit(launching.launch(_open(db), plan, overrides, progress=not no_progress))
+
+
+@app.command()
+def resume(
+    run: Optional[str] = typer.Argument(None, help="Only this run (default: every run with queued jobs)."),
+    failed: bool = typer.Option(False, "--failed", help="Also queue failed and timed-out jobs again."),
+    requeue_only: bool = typer.Option(False, "--requeue-only", help="Requeue and clean up, but start no workers."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Override the backend recorded by jq launch."),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help="Override the recorded --max-parallel."),
+    experiments_per_gpu: Optional[int] = typer.Option(None, "--experiments-per-gpu"),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus"),
+    lease: float = typer.Option(60.0, "--lease", help="Workers on other hosts silent this long count as lost."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No live progress view."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """After a crash, reboot or Ctrl-C: requeue lost jobs, kill orphans, and run the rest with the recorded settings."""
+    from jobqueue import launch as launching
+
+    overrides = _launch_overrides(backend=backend, max_parallel=max_parallel, experiments_per_gpu=experiments_per_gpu, num_gpus=num_gpus)
+    code = launching.resume(_open(db, create=False), run, failed=failed, requeue_only=requeue_only, overrides=overrides,
+                            progress=not no_progress, lease=lease)
+    raise typer.Exit(code)
+
+
+@app.command()
+def cancel(
+    targets: Optional[List[str]] = typer.Argument(None, help="A run name, or job ids."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """Cancel a run's (or some jobs') queued and running jobs; running ones are terminated and recorded as cancelled."""
+    from jobqueue import launch as launching
+
+    print(launching.cancel(_open(db, create=False), targets or []))
+
+
+@app.command()
+def retry(
+    targets: Optional[List[str]] = typer.Argument(None, help="A run name, or job ids (default: every run)."),
+    failed: bool = typer.Option(False, "--failed", help="Only failed jobs (not timed-out or cancelled ones)."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """Put failed, timed-out and cancelled jobs back in the queue (then run `jq worker` or `jq resume`)."""
+    from jobqueue import launch as launching
+    from jobqueue import queue as q
+
+    database = _open(db, create=False)
+    run_name, job_ids = launching._parse_targets(database, targets) if targets else (None, None)
+    n = q.retry_jobs(database, run_name, job_ids, failed_only=failed)
+    print(f"{n} jobs queued again")
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 # Sample Factory's launcher flags take underscores and `=True/False`; typer's take dashes and bare flags.
@@ -201,6 +333,13 @@ def main() -> None:
     except KeyboardInterrupt:
         _stderr("jq: interrupted")
         sys.exit(130)
+    except Exception as exc:
+        # A damaged DB file shows only when a damaged page is read: still the user's to fix, not a bug.
+        text = str(getattr(exc, "orig", exc))
+        if "malformed" in text or "file is not a database" in text:
+            _stderr(f"jq: error: the DB file is damaged ({text}); restore it from a backup or use a new --db")
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

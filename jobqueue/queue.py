@@ -6,6 +6,7 @@ retry_jobs move jobs back or out. The allowed moves are listed in states.py.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from dataclasses import dataclass, field
@@ -108,8 +109,17 @@ def update_run_settings(db: Database, run_id: int, settings: dict) -> None:
     db.run(_update)
 
 
-def set_max_attempts(db: Database, run_id: int, max_attempts: int) -> None:
-    db.run(lambda conn: conn.execute(jobs.update().where(jobs.c.run_id == run_id).values(max_attempts=max_attempts)))
+def set_job_limits(db: Database, run_id: int, *, timeout: float | None, max_attempts: int | None) -> None:
+    """Apply a launch's --timeout (to jobs without their own) and --max-attempts to the run's unfinished jobs."""
+
+    def _limit(conn):
+        unfinished = (jobs.c.run_id == run_id) & jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value])
+        if timeout is not None:
+            conn.execute(jobs.update().where(unfinished, jobs.c.timeout.is_(None)).values(timeout=timeout))
+        if max_attempts is not None:
+            conn.execute(jobs.update().where(unfinished).values(max_attempts=max_attempts))
+
+    db.run(_limit)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -126,6 +136,10 @@ def find_run(conn: sa.Connection, name: str) -> dict:
 
 def get_run(db: Database, name: str) -> dict:
     return db.run(lambda conn: find_run(conn, name), write=False)
+
+
+def run_names(db: Database) -> dict[int, str]:
+    return db.run(lambda conn: dict(conn.execute(sa.select(runs.c.id, runs.c.name)).all()), write=False)
 
 
 def only_run(db: Database) -> dict | None:
@@ -274,46 +288,98 @@ class ClaimedJob:
     log_path: str
 
 
-def claim_next_job(
-    db: Database, worker: WorkerInfo, *, slot: int, gpus: str | None,
-    run_id: int | None = None, job_id: int | None = None,
-) -> ClaimedJob | None:
-    """Take the oldest queued job (of a run, or one job) and open its attempt, in one short transaction."""
+@functools.lru_cache(maxsize=None)
+def _claim_statement(postgres: bool, by_run: bool, by_job: bool):
+    """Built once per shape: constructing SQLAlchemy statements costs more than running them on SQLite."""
     oldest = sa.select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value).order_by(jobs.c.id).limit(1)
-    if run_id is not None:
-        oldest = oldest.where(jobs.c.run_id == run_id)
-    if job_id is not None:
-        oldest = oldest.where(jobs.c.id == job_id)
-    if not db.is_sqlite:
+    if by_run:
+        oldest = oldest.where(jobs.c.run_id == sa.bindparam("p_run_id"))
+    if by_job:
+        oldest = oldest.where(jobs.c.id == sa.bindparam("p_job_id"))
+    if postgres:
         oldest = oldest.with_for_update(skip_locked=True)  # SQLite's BEGIN IMMEDIATE already serializes
-    take = (
+    return (
         jobs.update()
         .where(jobs.c.id == oldest.scalar_subquery(), jobs.c.state == JobState.QUEUED.value)
-        .values(state=JobState.RUNNING.value, attempts=jobs.c.attempts + 1, worker_id=worker.id,
+        .values(state=JobState.RUNNING.value, attempts=jobs.c.attempts + 1, worker_id=sa.bindparam("p_worker_id"),
                 started_at=db_now(), updated_at=db_now(), ended_at=None, exit_code=None, signal=None)
         .returning(jobs.c.id, jobs.c.run_id, jobs.c.name, jobs.c.argv, jobs.c.env, jobs.c.cwd,
                    jobs.c.log_dir, jobs.c.attempts, jobs.c.timeout)
     )
 
+
+_open_attempt = (
+    attempts.insert()
+    .values(job_id=sa.bindparam("p_job_id"), number=sa.bindparam("p_number"), worker_id=sa.bindparam("p_worker_id"),
+            host=sa.bindparam("p_host"), gpus=sa.bindparam("p_gpus"), slot=sa.bindparam("p_slot"),
+            state=AttemptState.RUNNING.value, started_at=db_now(), log_path=sa.bindparam("p_log_path"))
+    .returning(attempts.c.id)
+)
+
+
+def claim_next_job(
+    db: Database, worker: WorkerInfo, *, slot: int, gpus: str | None,
+    run_id: int | None = None, job_id: int | None = None,
+) -> ClaimedJob | None:
+    """Take the oldest queued job (of a run, or one job) and open its attempt, in one short transaction."""
+    take = _claim_statement(not db.is_sqlite, run_id is not None, job_id is not None)
+    params = {"p_worker_id": worker.id, "p_run_id": run_id, "p_job_id": job_id}
+
     def _claim(conn) -> ClaimedJob | None:
-        row = conn.execute(take).first()
+        row = conn.execute(take, params).first()
         if row is None:
             return None
         log_path = os.path.join(row.log_dir, "jq_logs", f"{row.name}.attempt-{row.attempts}.log")
-        attempt_id = conn.execute(
-            attempts.insert()
-            .values(job_id=row.id, number=row.attempts, worker_id=worker.id, host=worker.host, gpus=gpus, slot=slot,
-                    state=AttemptState.RUNNING.value, started_at=db_now(), log_path=log_path)
-            .returning(attempts.c.id)
-        ).scalar_one()
+        attempt_id = conn.execute(_open_attempt, {
+            "p_job_id": row.id, "p_number": row.attempts, "p_worker_id": worker.id, "p_host": worker.host,
+            "p_gpus": gpus, "p_slot": slot, "p_log_path": log_path,
+        }).scalar_one()
         return ClaimedJob(row.id, row.run_id, row.name, row.argv, row.env, row.cwd, row.attempts, attempt_id,
                           row.timeout, log_path)
 
     return db.run(_claim)
 
 
+_record_pid = attempts.update().where(attempts.c.id == sa.bindparam("p_attempt_id")).values(pid=sa.bindparam("p_pid"))
+
+
 def record_pid(db: Database, attempt_id: int, pid: int) -> None:
-    db.run(lambda conn: conn.execute(attempts.update().where(attempts.c.id == attempt_id).values(pid=pid)))
+    db.run(lambda conn: conn.execute(_record_pid, {"p_attempt_id": attempt_id, "p_pid": pid}))
+
+
+def _job_state_after(outcome: AttemptState):
+    if outcome == AttemptState.SUCCEEDED:
+        return JobState.SUCCEEDED.value
+    if outcome in (AttemptState.FAILED, AttemptState.TIMEOUT):
+        final = JobState.FAILED.value if outcome == AttemptState.FAILED else JobState.TIMEOUT.value
+        # Automatic retries: back to the queue while failures stay under max_attempts.
+        return sa.case((jobs.c.failures + 1 < jobs.c.max_attempts, JobState.QUEUED.value), else_=final)
+    if outcome == AttemptState.INTERRUPTED:
+        return JobState.QUEUED.value
+    if outcome == AttemptState.CANCELLED:
+        return JobState.CANCELLED.value
+    raise ValueError(outcome)
+
+
+@functools.lru_cache(maxsize=None)
+def _finish_statements(outcome: AttemptState):
+    failed = outcome in (AttemptState.FAILED, AttemptState.TIMEOUT)
+    move_job = (
+        jobs.update()
+        .where(jobs.c.id == sa.bindparam("p_job_id"), jobs.c.state == JobState.RUNNING.value,
+               jobs.c.attempts == sa.bindparam("p_number"), jobs.c.worker_id == sa.bindparam("p_worker_id"))
+        .values(state=_job_state_after(outcome), failures=jobs.c.failures + (1 if failed else 0),
+                exit_code=sa.bindparam("p_exit_code"), signal=sa.bindparam("p_signal"), worker_id=None,
+                updated_at=db_now(), ended_at=db_now())
+        .returning(jobs.c.state)
+    )
+    close_attempt = (
+        attempts.update()
+        .where(attempts.c.id == sa.bindparam("p_attempt_id"), attempts.c.state == AttemptState.RUNNING.value)
+        .values(state=outcome.value, ended_at=db_now(), exit_code=sa.bindparam("p_exit_code"),
+                signal=sa.bindparam("p_signal"), reason=sa.bindparam("p_reason"))
+    )
+    return move_job, close_attempt
 
 
 def finish_attempt(
@@ -321,35 +387,16 @@ def finish_attempt(
     exit_code: int | None = None, signal: int | None = None, reason: str | None = None,
 ) -> JobState | None:
     """Record how an attempt ended and move its job on. Exactly once: None if the job was no longer ours."""
-    failed = outcome in (AttemptState.FAILED, AttemptState.TIMEOUT)
-    if outcome == AttemptState.SUCCEEDED:
-        new_state: Any = JobState.SUCCEEDED.value
-    elif failed:
-        final = JobState.FAILED.value if outcome == AttemptState.FAILED else JobState.TIMEOUT.value
-        # Automatic retries: back to the queue while failures stay under max_attempts.
-        new_state = sa.case((jobs.c.failures + 1 < jobs.c.max_attempts, JobState.QUEUED.value), else_=final)
-    elif outcome == AttemptState.INTERRUPTED:
-        new_state = JobState.QUEUED.value
-    elif outcome == AttemptState.CANCELLED:
-        new_state = JobState.CANCELLED.value
-    else:
-        raise ValueError(outcome)
+    move_job, close_attempt = _finish_statements(outcome)
+    # Bind names must not be column names: SQLAlchemy would add those to the SET clause.
+    params = {"p_job_id": job.job_id, "p_number": job.number, "p_worker_id": worker_id, "p_attempt_id": job.attempt_id,
+              "p_exit_code": exit_code, "p_signal": signal, "p_reason": reason}
 
     def _finish(conn) -> JobState | None:
-        moved = conn.execute(
-            jobs.update()
-            .where(jobs.c.id == job.job_id, jobs.c.state == JobState.RUNNING.value,
-                   jobs.c.attempts == job.number, jobs.c.worker_id == worker_id)
-            .values(state=new_state, failures=jobs.c.failures + (1 if failed else 0), exit_code=exit_code,
-                    signal=signal, worker_id=None, updated_at=db_now(), ended_at=db_now())
-            .returning(jobs.c.state)
-        ).first()
+        moved = conn.execute(move_job, params).first()
         if moved is None:
             return None
-        conn.execute(
-            attempts.update().where(attempts.c.id == job.attempt_id, attempts.c.state == AttemptState.RUNNING.value)
-            .values(state=outcome.value, ended_at=db_now(), exit_code=exit_code, signal=signal, reason=reason)
-        )
+        conn.execute(close_attempt, params)
         return JobState(moved.state)
 
     return db.run(_finish)
@@ -399,6 +446,11 @@ def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> lis
                 pass
             dead.append(LostWorker(w["id"], w["host"], w["pid"], f"hung for over {lease:.0f}s, killed"))
     return dead
+
+
+def attempt_states(db: Database, attempt_ids: list[int]) -> dict[int, str]:
+    stmt = sa.select(attempts.c.id, attempts.c.state).where(attempts.c.id.in_(attempt_ids))
+    return db.run(lambda conn: dict(conn.execute(stmt).all()), write=False)
 
 
 def running_attempts_of(db: Database, worker_ids: list[int]) -> list[dict]:

@@ -1,0 +1,74 @@
+"""`jq launch` against `xargs -P 8` on the same commands, in one go on this machine.
+
+    python benchmarks/launch_vs_xargs.py [--jobs 1000] [--slots 8]
+
+Prints: 1,000 x `true` on 8 slots, jq launch vs xargs -P 8 (and the ratio; target <= 2x), and
+32 x `sleep 1` on 8 slots (ideal 4 s; target within 0.25 s).
+"""
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+SWEEP = """
+from jobqueue import Experiment, ParamGrid, RunDescription
+RUN_DESCRIPTION = RunDescription("{name}", experiments=[
+    Experiment("{name}", {cmd!r}, ParamGrid([("i", list(range({n})))]).generate_params()),
+])
+"""
+
+
+def jq_command() -> list[str]:
+    exe = shutil.which("jq", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "jobqueue"]
+
+
+def timed(argv, cwd, stdin=None) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, input=stdin, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def sweep_commands(cwd: str, module: str) -> list[str]:
+    out = subprocess.run(jq_command() + ["enqueue", module, "--dry-run", "--json"], cwd=cwd, check=True,
+                         capture_output=True, text=True).stdout
+    import json
+
+    return [" ".join(job["argv"][len(shlex.split(job["cmd"].split(" --")[0])):]) for job in json.loads(out)]
+
+
+def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float]:
+    with open(os.path.join(cwd, f"{name}.py"), "w") as f:
+        f.write(SWEEP.format(name=name, cmd=cmd, n=n))
+    db = os.path.join(cwd, f"{name}.db")
+    jq = timed(jq_command() + ["launch", name, "--max-parallel", str(slots), "--no-progress", "--db", db], cwd)
+    args = "\n".join(sweep_commands(cwd, name)) + "\n"
+    program = shlex.split(cmd)
+    xargs = timed(["xargs", "-P", str(slots), "-L", "1"] + program, cwd, stdin=args.encode())
+    return jq, xargs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--sleeps", type=int, default=32)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as cwd:
+        jq, xargs = one(cwd, "bench_true", "true", args.jobs, args.slots)
+        print(f"{args.jobs} x true, {args.slots} slots: jq launch {jq:.2f} s, xargs -P {args.slots} {xargs:.2f} s, "
+              f"ratio {jq / xargs:.2f}x (target <= 2x)")
+        jq, xargs = one(cwd, "bench_sleep", "sh -c 'sleep 1' sleep", args.sleeps, args.slots)
+        ideal = args.sleeps / args.slots
+        print(f"{args.sleeps} x sleep 1, {args.slots} slots: jq launch {jq:.2f} s (ideal {ideal:.0f} s, "
+              f"+{jq - ideal:.2f} s; target +0.25 s), xargs -P {args.slots} {xargs:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""How workers get started: on this machine (processes), as Slurm array jobs (slurm), as NGC batch jobs (ngc)."""

@@ -1,0 +1,412 @@
+"""The worker loop: claim jobs, run up to N at once, record how each ended, heartbeat, reap the dead.
+
+One thread per slot claims a job, starts it in its own process group and waits on a pidfd, so the
+next job starts the moment a slot frees. The main thread owns the signals (TERM, INT, USR1 for
+Slurm's pre-preemption warning), the heartbeat and the reaper.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from jobqueue import queue
+from jobqueue.db import Database
+from jobqueue.errors import UserError
+from jobqueue.processes import PDEATHSIG_PREFIX, signal_group, stop_group, wait_exit
+from jobqueue.states import AttemptState, JobState
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def parse_gpus(spec: str | None) -> list[str] | None:
+    """`none` (inherit CUDA_VISIBLE_DEVICES), `0`, `0,1` -> None or the list of GPU ids."""
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return None
+    gpus = [g.strip() for g in spec.split(",") if g.strip()]
+    if not all(g.isdigit() for g in gpus):
+        raise UserError(f"--gpu {spec}: give GPU indices like 0 or 0,1 (or none to leave CUDA_VISIBLE_DEVICES alone)")
+    return gpus
+
+
+@dataclass
+class WorkerSettings:
+    slots: int = 1
+    gpus: list[str] | None = None  # None: leave CUDA_VISIBLE_DEVICES as inherited
+    experiments_per_gpu: int = -1  # > 0: pin each job to one GPU of `gpus`, at most this many per GPU
+    run_id: int | None = None
+    job_id: int | None = None
+    wait: bool = False
+    pause_between: float = 0.0
+    grace: float = 30.0
+    heartbeat_interval: float = 5.0
+    lease: float = queue.DEFAULT_LEASE_SECONDS
+    reap_interval: float = 30.0
+    poll_interval: float = 1.0
+    backend: str = "processes"
+    quiet: bool = False
+    on_event: object = None  # callable(str) for progress lines; default: stderr unless quiet
+
+
+@dataclass
+class _Slot:
+    index: int
+    wake_r: int
+    wake_w: int
+    job: queue.ClaimedJob | None = None
+    cancelled: bool = False
+    gpu: str | None = None
+
+
+@dataclass
+class WorkerResult:
+    ran: int = 0
+    failed: int = 0
+    interrupted: int = 0
+    stop_signal: int | None = None
+    fenced: bool = False
+    crashed: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.fenced or self.crashed:
+            return 3
+        if self.stop_signal is not None:
+            return 128 + self.stop_signal
+        return 1 if self.failed else 0
+
+
+class Worker:
+    def __init__(self, db: Database, settings: WorkerSettings):
+        self.db = db
+        self.s = settings
+        if settings.experiments_per_gpu > 0:
+            if not settings.gpus:
+                raise UserError("--experiments-per-gpu needs --gpu with the GPUs to spread jobs over, e.g. --gpu 0,1")
+            settings.slots = min(settings.slots, len(settings.gpus) * settings.experiments_per_gpu)
+        self.stopping = threading.Event()
+        self.slot_exited = threading.Event()
+        self.lock = threading.Condition()
+        self.busy = 0
+        self.drained = False
+        self.next_start = 0.0
+        self.gpu_load = {g: 0 for g in settings.gpus or []}
+        self.slots: list[_Slot] = []
+        self.result = WorkerResult()
+        self.run_names: dict[int, str] = {}
+        self.info: queue.WorkerInfo | None = None
+
+    # --- main thread -------------------------------------------------------------------------
+
+    def run(self) -> WorkerResult:
+        self.info = queue.register_worker(
+            self.db, slots=self.s.slots, gpus=",".join(self.s.gpus) if self.s.gpus else None,
+            backend=self.s.backend, run_id=self.s.run_id,
+        )
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        try:
+            reap(self.db, self.s.lease, say=self._say)  # pick up what died before we started
+            threads = []
+            for index in range(self.s.slots):
+                wake_r, wake_w = os.pipe()
+                slot = _Slot(index, wake_r, wake_w)
+                self.slots.append(slot)
+                thread = threading.Thread(target=self._slot_loop, args=(slot,), name=f"slot-{index}", daemon=True)
+                thread.start()
+                threads.append(thread)
+            self._supervise(threads)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            queue.stop_worker(self.db, self.info.id)
+            for slot in self.slots:
+                os.close(slot.wake_r)
+                os.close(slot.wake_w)
+        return self.result
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.result.stop_signal is None:
+            self.result.stop_signal = signum
+            self._say(f"worker {self.info.id}: got {signal.Signals(signum).name}, stopping its jobs and handing them back")
+        self._stop_all()
+
+    def _stop_all(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            self.lock.notify_all()
+        for slot in self.slots:
+            os.write(slot.wake_w, b"x")
+
+    def _supervise(self, threads: list[threading.Thread]) -> None:
+        last_beat = last_ok = last_reap = time.monotonic()
+        while any(t.is_alive() for t in threads):
+            # Woken by a signal handler (which runs here, in the main thread) or a slot thread exiting.
+            self.slot_exited.wait(min(0.5, self.s.heartbeat_interval))
+            self.slot_exited.clear()
+            now = time.monotonic()
+            if now - last_beat >= self.s.heartbeat_interval:
+                last_beat = now
+                running = {slot.job.attempt_id: slot for slot in self.slots if slot.job is not None}
+                try:
+                    taken = queue.heartbeat(self.db, self.info.id, list(running))
+                    last_ok = now
+                except Exception as exc:  # the DB is unreachable: keep the jobs, unless the lease runs out
+                    self._say(f"worker {self.info.id}: heartbeat failed ({exc}); retrying")
+                    taken = [] if now - last_ok < 0.8 * self.s.lease else None
+                if taken is None:
+                    self._say(f"worker {self.info.id}: declared lost by another worker; stopping its jobs")
+                    self.result.fenced = True
+                    self._stop_all()
+                else:
+                    for attempt_id in taken:
+                        slot = running[attempt_id]
+                        slot.cancelled = True
+                        os.write(slot.wake_w, b"x")
+            if now - last_reap >= self.s.reap_interval and not self.stopping.is_set():
+                last_reap = now
+                try:
+                    reap(self.db, self.s.lease, say=self._say)
+                except Exception as exc:
+                    self._say(f"worker {self.info.id}: reaper failed ({exc})")
+
+    # --- slot threads ------------------------------------------------------------------------
+
+    def _slot_loop(self, slot: _Slot) -> None:
+        try:
+            self._claim_and_run(slot)
+        except BaseException:
+            # A bug or a DB that stays unreachable: stop the whole worker loudly rather than run on with fewer slots.
+            import traceback
+
+            traceback.print_exc()
+            self.result.crashed = True
+            self._stop_all()
+        finally:
+            self.slot_exited.set()
+
+    def _claim_and_run(self, slot: _Slot) -> None:
+        while not self.stopping.is_set():
+            self._pause_before_start()
+            gpu = self._take_gpu()
+            if gpu is False:
+                continue
+            job = None
+            try:
+                job = queue.claim_next_job(self.db, self.info, slot=slot.index, gpus=gpu if gpu else self._gpu_text(),
+                                           run_id=self.s.run_id, job_id=self.s.job_id)
+            finally:
+                if job is None:
+                    self._release_gpu(gpu)
+            if job is None:
+                if self._idle_should_exit():
+                    return
+                continue
+            slot.gpu = gpu
+            with self.lock:
+                self.busy += 1
+            try:
+                self._run_job(slot, job)
+            finally:
+                self._release_gpu(gpu)
+                with self.lock:
+                    self.busy -= 1
+                    self.lock.notify_all()
+
+    def _gpu_text(self) -> str | None:
+        return ",".join(self.s.gpus) if self.s.gpus else None
+
+    def _pause_before_start(self) -> None:
+        if self.s.pause_between <= 0:
+            return
+        with self.lock:
+            start = max(time.monotonic(), self.next_start)
+            self.next_start = start + self.s.pause_between
+        self.stopping.wait(max(0.0, start - time.monotonic()))
+
+    def _take_gpu(self):
+        """In pinning mode, the least busy GPU with room (as Sample Factory picks); None otherwise."""
+        if self.s.experiments_per_gpu <= 0:
+            return None
+        with self.lock:
+            while not self.stopping.is_set():
+                gpu = min(self.gpu_load, key=lambda g: (self.gpu_load[g], int(g)))
+                if self.gpu_load[gpu] < self.s.experiments_per_gpu:
+                    self.gpu_load[gpu] += 1
+                    return gpu
+                self.lock.wait(self.s.poll_interval)
+        return False
+
+    def _release_gpu(self, gpu) -> None:
+        if gpu:
+            with self.lock:
+                self.gpu_load[gpu] -= 1
+                self.lock.notify_all()
+
+    def _idle_should_exit(self) -> bool:
+        """Nothing to claim: exit once every slot is idle (unless --wait); meanwhile wait for a sibling."""
+        with self.lock:
+            if self.drained:
+                return True
+            if not self.s.wait and self.busy == 0:
+                self.drained = True
+                self.lock.notify_all()
+                return True
+            self.lock.wait(self.s.poll_interval)
+            return self.drained
+
+    def _run_job(self, slot: _Slot, job: queue.ClaimedJob) -> None:
+        slot.job, slot.cancelled = job, False
+        started = time.monotonic()
+        if self.stopping.is_set():  # the stop signal came while we were claiming
+            self._finish(slot, job, AttemptState.INTERRUPTED, reason="worker stopping")
+            return
+        env = self._job_env(job, slot)
+        argv = list(job.argv)
+        if argv and argv[0].startswith("python"):
+            argv[0] = sys.executable  # as Sample Factory does: the worker's own interpreter (its venv)
+        problem = self._cannot_start(argv, job, env)
+        if problem:
+            self._finish(slot, job, AttemptState.FAILED, exit_code=127, reason=problem)
+            return
+        os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
+        with open(job.log_path, "ab") as log:
+            try:
+                proc = subprocess.Popen(PDEATHSIG_PREFIX + argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, process_group=0)
+            except OSError as exc:
+                self._finish(slot, job, AttemptState.FAILED, exit_code=126, reason=f"cannot start {argv[0]}: {exc.strerror}")
+                return
+        pidfd = os.pidfd_open(proc.pid)
+        try:
+            queue.record_pid(self.db, job.attempt_id, proc.pid)
+            self._say(f"started job {job.job_id} {job.name} (attempt {job.number}, slot {slot.index}"
+                      f"{', GPU ' + env['CUDA_VISIBLE_DEVICES'] if slot.gpu or self.s.gpus else ''}) pid {proc.pid}")
+            outcome, reason = self._wait_job(slot, job, proc, pidfd, started)
+        finally:
+            os.close(pidfd)
+        rc = proc.wait()
+        exit_code, sig = (None, -rc) if rc < 0 else (rc, None)
+        if outcome is None:
+            outcome = AttemptState.SUCCEEDED if rc == 0 else AttemptState.FAILED
+        self._finish(slot, job, outcome, exit_code=exit_code, signal=sig, reason=reason, seconds=time.monotonic() - started)
+
+    def _wait_job(self, slot, job, proc, pidfd, started) -> tuple[AttemptState | None, str | None]:
+        """Wait for the job; stop it on timeout, cancel, or a stop signal. Returns (outcome, reason) if it was stopped."""
+        deadline = started + job.timeout if job.timeout else None
+        while True:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            event = wait_exit(pidfd, timeout, slot.wake_r)
+            if event == "exited":
+                signal_group(proc.pid, signal.SIGKILL)  # what it left in its group (the leader is a zombie still)
+                return None, None
+            if event == "timeout":
+                stop_group(pidfd, proc.pid, self.s.grace)
+                return AttemptState.TIMEOUT, f"ran over its timeout of {job.timeout:g}s"
+            _drain(slot.wake_r)
+            if self.result.fenced:
+                stop_group(pidfd, proc.pid, 0)
+                return AttemptState.INTERRUPTED, "its worker was declared lost"
+            if slot.cancelled:
+                stop_group(pidfd, proc.pid, self.s.grace)
+                return AttemptState.CANCELLED, "cancelled"
+            if self.stopping.is_set():
+                name = signal.Signals(self.result.stop_signal).name if self.result.stop_signal else "stop"
+                stop_group(pidfd, proc.pid, self.s.grace)
+                return AttemptState.INTERRUPTED, f"worker stopped by {name}"
+
+    def _cannot_start(self, argv: list[str], job: queue.ClaimedJob, env: dict) -> str | None:
+        if not argv:
+            return "empty command"
+        if not os.path.isdir(job.cwd):
+            return f"working directory {job.cwd} does not exist"
+        program = argv[0]
+        if os.sep in program:
+            path = program if os.path.isabs(program) else os.path.join(job.cwd, program)
+            if not os.path.exists(path):
+                return f"command not found: {program}"
+        elif not _which(program, env.get("PATH", os.defpath)):
+            return f"command not found: {program} (not on PATH)"
+        return None
+
+    def _job_env(self, job: queue.ClaimedJob, slot: _Slot) -> dict:
+        env = os.environ.copy()
+        if job.env:
+            env.update(job.env)
+        if job.run_id not in self.run_names:
+            self.run_names.update(queue.run_names(self.db))
+        env.update(JQ_JOB_ID=str(job.job_id), JQ_RUN=self.run_names.get(job.run_id, ""), JQ_ATTEMPT=str(job.number),
+                   JQ_SLOT=str(slot.index), JQ_ATTEMPT_ID=str(job.attempt_id), JQ_DB=self.db.url)
+        if slot.gpu:
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        elif self.s.gpus and self.s.experiments_per_gpu <= 0:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.s.gpus)
+        return env
+
+    def _finish(self, slot, job, outcome, *, exit_code=None, signal=None, reason=None, seconds=None) -> None:
+        state = queue.finish_attempt(self.db, job, self.info.id, outcome, exit_code=exit_code, signal=signal, reason=reason)
+        slot.job = None
+        with self.lock:
+            self.result.ran += 1
+            if state in (JobState.FAILED, JobState.TIMEOUT):
+                self.result.failed += 1
+            if outcome == AttemptState.INTERRUPTED:
+                self.result.interrupted += 1
+        took = f" in {seconds:.1f}s" if seconds is not None else ""
+        what = state.value if state else f"{outcome.value} (no longer this worker's)"
+        if state == JobState.QUEUED and outcome != AttemptState.INTERRUPTED:
+            what = f"{outcome.value}, queued again for another attempt"
+        detail = f"; {reason}" if reason else (f"; exit code {exit_code}" if exit_code else "")
+        self._say(f"job {job.job_id} {job.name}: {what}{took}{detail}")
+
+    def _say(self, message: str) -> None:
+        if self.s.on_event is not None:
+            self.s.on_event(message)
+        elif not self.s.quiet:
+            print(f"jq worker: {message}", file=sys.stderr, flush=True)
+
+
+def _drain(fd: int) -> None:
+    os.set_blocking(fd, False)
+    try:
+        while os.read(fd, 1024):
+            pass
+    except BlockingIOError:
+        pass
+
+
+_which_cache: dict[tuple[str, str], bool] = {}
+
+
+def _which(program: str, path: str) -> bool:
+    import shutil
+
+    key = (program, path)
+    if key not in _which_cache:
+        _which_cache[key] = shutil.which(program, path=path) is not None
+    return _which_cache[key]
+
+
+def reap(db: Database, lease: float, say=None) -> list[int]:
+    """Requeue the jobs of dead workers, after killing whatever they left running on this host."""
+    from jobqueue.processes import attempt_processes, kill_processes
+
+    requeued = []
+    dead = queue.find_dead_workers(db, lease)
+    if not dead:
+        return requeued
+    local = [w for w in dead if w.host == queue.socket.gethostname()]
+    if local:
+        attempt_ids = {a["id"] for a in queue.running_attempts_of(db, [w.id for w in local])}
+        if attempt_ids:
+            kill_processes(attempt_processes(attempt_ids, db.url))
+    for w in dead:
+        jobs = queue.requeue_jobs_of_dead_worker(db, w)
+        if jobs and say:
+            say(f"worker {w.id} on {w.host} (pid {w.pid}) is lost ({w.why}): requeued jobs {', '.join(map(str, jobs))}")
+        requeued += jobs
+    return requeued

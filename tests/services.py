@@ -1,0 +1,168 @@
+"""Real servers for the test session: PostgreSQL 15 and a single-node Slurm with four fake GPUs.
+
+Recipes from shared/notes/postgres.md and shared/notes/slurm.md, checked on this machine kind.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    """The server refuses to run as root: run its tools as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--"] + argv if os.geteuid() == 0 else argv
+
+
+@dataclass
+class Postgres:
+    root: Path
+    port: int
+
+    def run(self, argv: list[str]) -> None:
+        subprocess.run(_as_postgres(argv), check=True, capture_output=True, timeout=60)
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql+psycopg://postgres@/{dbname}?host={self.root}&port={self.port}"
+
+    def create_database(self, dbname: str) -> str:
+        import psycopg
+
+        with psycopg.connect(host=str(self.root), port=self.port, user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+        return self.url(dbname)
+
+    def stop(self) -> None:
+        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "stop"]),
+                       capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_postgres(_tmp: Path) -> Postgres:
+    if not (PG_BIN / "initdb").exists():
+        raise RuntimeError(f"{PG_BIN}/initdb not found; apt-get install postgresql")
+    # A directory of its own under /tmp: pytest's tmp dirs are private to root, and postgres must enter it.
+    root = Path(f"/tmp/jq-pg-{os.getpid()}")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(mode=0o755)
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+    server = Postgres(root, 15432)
+    server.run([str(PG_BIN / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres", "--no-sync"])
+    server.run([str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "pg.log"), "-w", "-o",
+                f"-k {root} -p {server.port} -c listen_addresses='' -c fsync=off -c max_connections=300", "start"])
+    return server
+
+
+# --- Slurm -------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Slurm:
+    root: Path
+    host: str
+    env: dict = field(default_factory=dict)
+
+    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(list(argv), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60, check=check)
+
+    def squeue(self) -> list[str]:
+        return [line for line in self.run("squeue", "-h", "-o", "%i %t").stdout.splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        for pidfile in (self.root / "run").glob("*.pid"):
+            try:
+                os.kill(int(pidfile.read_text().strip()), 15)
+            except (OSError, ValueError):
+                pass
+        subprocess.run(["munged", "-S", str(self.root / "munge" / "sock"), "--stop"], capture_output=True)
+        time.sleep(0.5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+SLURM_CONF = """\
+ClusterName=jqtest
+SlurmctldHost={host}
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthType=auth/munge
+AuthInfo=socket={root}/munge/sock
+CryptoType=crypto/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool/slurmd-%n
+SlurmctldPidFile={root}/run/slurmctld.pid
+SlurmdPidFile={root}/run/slurmd.pid
+SlurmctldLogFile={root}/log/slurmctld.log
+SlurmdLogFile={root}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1
+ReturnToService=2
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={root}/log/jobcomp.txt
+GresTypes=gpu
+KillWait=5
+MinJobAge=300
+InactiveLimit=0
+NodeName={host} CPUs={cpus} RealMemory=4000 Gres=gpu:4 State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+"""
+
+
+def start_slurm(root: Path) -> Slurm:
+    for tool in ("slurmctld", "slurmd", "munged", "sbatch"):
+        if not shutil.which(tool):
+            raise RuntimeError(f"{tool} not found; apt-get install slurm-wlm munge")
+    if os.geteuid() != 0:
+        raise RuntimeError("the test Slurm runs as root (SlurmUser=root, mknod for the fake GPUs)")
+    shutil.rmtree(root, ignore_errors=True)
+    for sub in ("munge", "state", "spool", "log", "run", "dev"):
+        (root / sub).mkdir(parents=True)
+    key = root / "munge" / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    subprocess.run(["munged", f"--key-file={key}", f"--socket={root}/munge/sock", f"--pid-file={root}/munge/munged.pid",
+                    f"--log-file={root}/munge/munged.log", f"--seed-file={root}/munge/seed", "--force"],
+                   check=True, capture_output=True, timeout=30)
+    for i in range(4):
+        os.mknod(root / "dev" / f"nvidia{i}", 0o600 | 0o020000, os.makedev(195, i))
+    host = socket.gethostname().split(".")[0]
+    cpus = min(os.cpu_count() or 2, int(subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout.split("CPUs=")[1].split()[0]))
+    conf = root / "slurm.conf"
+    conf.write_text(SLURM_CONF.format(host=host, root=root, ctld_port=_free_port(), d_port=_free_port(), cpus=cpus))
+    (root / "gres.conf").write_text(f"AutoDetect=off\nNodeName={host} Name=gpu File={root}/dev/nvidia[0-3]\n")
+    cluster = Slurm(root, host, {"SLURM_CONF": str(conf)})
+    cluster.run("slurmctld", "-f", str(conf))
+    cluster.run("slurmd", "-f", str(conf))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = cluster.run("sinfo", "-h", "-o", "%t", check=False).stdout.strip()
+        if state == "idle":
+            return cluster
+        time.sleep(0.2)
+    log = (root / "log" / "slurmctld.log").read_text()[-2000:] if (root / "log" / "slurmctld.log").exists() else ""
+    cluster.stop()
+    raise RuntimeError(f"the node did not become idle within 30 s (state {state!r}); slurmctld.log: {log}")

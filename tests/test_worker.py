@@ -1,0 +1,270 @@
+"""Workers with real processes and signals: no job lost, run twice at once, or left running."""
+
+import json
+import os
+import signal
+import sys
+import time
+
+import psutil
+import pytest
+
+# A job that appends "<job> start|end <time> <pid>" to a ledger around a short sleep.
+LEDGER_JOB = """sh -c 'echo "$JQ_JOB_ID start $(date +%s.%N) $$" >> ledger; sleep 0.3; echo "$JQ_JOB_ID end $(date +%s.%N) $$" >> ledger' job"""
+
+
+def read_ledger(path):
+    events = []
+    for line in path.read_text().splitlines():
+        job, what, when, pid = line.split()
+        events.append((float(when), 1 if what == "start" else -1, int(job), int(pid)))
+    return sorted(events)
+
+
+def max_concurrency(events) -> int:
+    running = peak = 0
+    for _, delta, _, _ in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def overlapping_attempts(events) -> int:
+    """Moments when two attempts of one job ran at the same time."""
+    live: dict[int, int] = {}
+    overlaps = 0
+    for _, delta, job, _ in events:
+        live[job] = live.get(job, 0) + delta
+        overlaps += live[job] > 1
+    return overlaps
+
+
+def job_processes(db: str) -> list:
+    """Live processes on this machine that a worker of this DB started (found by their environment)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if env.get("JQ_DB", "").endswith(db.split("/")[-1]) and "JQ_ATTEMPT_ID" in env and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_two_workers_with_two_slots_run_twenty_jobs_each_once_and_never_more_than_four_at_a_time(project):
+    project.sweep("ledger", LEDGER_JOB, 20)
+    project.jq("enqueue", "ledger", check=True)
+    (project.path / "train_dir").mkdir()
+    workers = [project.start("worker", "--slots", "2") for _ in range(2)]
+    assert [w.wait(120) for w in workers] == [0, 0], [w.stderr.read() for w in workers]
+    events = read_ledger(project.path / "ledger")
+    starts = [job for _, delta, job, _ in events if delta == 1]
+    assert sorted(starts) == sorted(j["id"] for j in project.jobs())  # every job once, none twice
+    assert max_concurrency(events) <= 4
+    assert max_concurrency(events) >= 3  # and the slots were really used in parallel
+    assert project.states() == {"succeeded": 20}
+    attempts = project.sql("select count(*) as n, count(distinct job_id) as jobs, min(exit_code) as lo, max(exit_code) as hi from attempts")
+    assert attempts == [{"n": 20, "jobs": 20, "lo": 0, "hi": 0}]
+
+
+ENV_JOB = """sh -c 'echo "$CUDA_VISIBLE_DEVICES|$JQ_JOB_ID|$JQ_RUN|$JQ_ATTEMPT|$JQ_SLOT" > train_dir/env_$JQ_JOB_ID; sleep 0.2' job"""
+
+
+def env_lines(project):
+    return [(project.path / "train_dir" / name).read_text().strip() for name in sorted(os.listdir(project.path / "train_dir")) if name.startswith("env_")]
+
+
+@pytest.mark.parametrize("gpu, inherited, expected", [
+    ("0", None, {"0"}),
+    ("0,1", None, {"0,1"}),
+    ("none", "7", {"7"}),
+    (None, None, {""}),
+])
+def test_cuda_visible_devices_follows_gpu(sqlite_project, gpu, inherited, expected):
+    p = sqlite_project
+    p.sweep("gpus", ENV_JOB, 4)
+    p.jq("enqueue", "gpus", check=True)
+    (p.path / "train_dir").mkdir()
+    env = p.env(**({"CUDA_VISIBLE_DEVICES": inherited} if inherited else {}))
+    p.jq("worker", "--slots", "2", *(["--gpu", gpu] if gpu else []), env=env, check=True)
+    lines = env_lines(p)
+    assert {line.split("|")[0] for line in lines} == expected
+    assert {tuple(line.split("|")[2:4]) for line in lines} == {("gpus", "1")}
+    assert {line.split("|")[4] for line in lines} <= {"0", "1"}
+
+
+def test_experiments_per_gpu_pins_each_job_to_one_gpu_with_at_most_k_per_gpu(sqlite_project):
+    p = sqlite_project
+    job = """sh -c 'echo "$CUDA_VISIBLE_DEVICES start $(date +%s.%N)" >> train_dir/gpu_ledger; sleep 0.4; echo "$CUDA_VISIBLE_DEVICES end $(date +%s.%N)" >> train_dir/gpu_ledger' job"""
+    p.sweep("pinned", job, 12)
+    (p.path / "train_dir").mkdir()
+    p.jq("launch", "pinned", "--num-gpus", "3", "--experiments-per-gpu", "2", "--max-parallel", "8", "--no-progress", check=True)
+    per_gpu: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    lines = sorted((p.path / "train_dir" / "gpu_ledger").read_text().splitlines(), key=lambda l: float(l.split()[2]))
+    for line in lines:
+        gpu, what, _ = line.split()
+        per_gpu[gpu] = per_gpu.get(gpu, 0) + (1 if what == "start" else -1)
+        peak[gpu] = max(peak.get(gpu, 0), per_gpu[gpu])
+    assert set(peak) == {"0", "1", "2"}
+    assert max(peak.values()) == 2  # K per GPU, used fully, never more
+    assert p.states() == {"succeeded": 12}
+
+
+def test_sigterm_hands_running_jobs_back_and_leaves_nothing_running(project):
+    project.sweep("slow", "sh -c 'sleep 30' job", 4)
+    project.jq("enqueue", "slow", check=True)
+    worker = project.start("worker", "--slots", "2", "--grace", "5")
+    project.wait_for(lambda: project.states().get("running") == 2, what="two running jobs")
+    project.wait_for(lambda: len(job_processes(project.db)) >= 2, what="job processes")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 128 + signal.SIGTERM
+    assert project.states() == {"queued": 4}
+    assert project.sql("select state, count(*) as n from attempts group by state") == [{"state": "interrupted", "n": 2}]
+    assert job_processes(project.db) == []
+
+
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(sqlite_project):
+    p = sqlite_project
+    p.sweep("stubborn", """sh -c 'trap "" TERM; sleep 30' job""", 1)
+    p.jq("enqueue", "stubborn", check=True)
+    worker = p.start("worker", "--grace", "1")
+    p.wait_for(lambda: len(job_processes(p.db)) >= 1, what="the job to start")
+    time.sleep(0.3)
+    started = time.monotonic()
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(30) == 128 + signal.SIGINT
+    assert 0.9 < time.monotonic() - started < 10
+    assert job_processes(p.db) == []
+    (attempt,) = p.sql("select state, signal from attempts")
+    assert attempt == {"state": "interrupted", "signal": signal.SIGKILL}
+
+
+RESUMABLE_JOB = """sh -c 'if [ "$JQ_ATTEMPT" = 1 ]; then sleep 60 & sleep 60; fi; echo done-$JQ_JOB_ID' job"""
+
+
+def test_a_sigkilled_worker_leaves_no_orphans_after_resume_which_completes_every_job(project):
+    project.sweep("crash", RESUMABLE_JOB, 3)
+    project.jq("enqueue", "crash", check=True)
+    worker = project.start("worker", "--slots", "3")
+    project.wait_for(lambda: len(job_processes(project.db)) >= 6, what="jobs and their children")
+    worker.kill()
+    worker.wait(10)
+    time.sleep(0.3)
+    assert project.states() == {"running": 3}  # nobody has noticed yet
+    survivors = job_processes(project.db)
+    assert survivors, "the background children escape the parent-death signal; resume must find them"
+    proc = project.jq("resume", "--no-progress", check=True)
+    assert "3 lost jobs requeued" in proc.stdout
+    assert job_processes(project.db) == []
+    assert project.states() == {"succeeded": 3}
+    rows = project.sql("select job_id, number, state from attempts order by job_id, number")
+    assert [r["state"] for r in rows] == ["lost", "succeeded"] * 3
+
+
+def test_timeouts_are_recorded_as_timeout(project):
+    project.sweep("timeouts", "sh -c 'sleep 30' job", 2, timeout=0.5)
+    project.jq("enqueue", "timeouts", check=True)
+    proc = project.jq("worker", "--slots", "2", "--grace", "1")
+    assert proc.returncode == 1
+    assert project.states() == {"timeout": 2}
+    reasons = {r["reason"] for r in project.sql("select reason from attempts")}
+    assert reasons == {"ran over its timeout of 0.5s"}
+
+
+def test_a_value_with_spaces_and_quotes_arrives_as_one_argv_item(sqlite_project):
+    p = sqlite_project
+    value = """it's "quoted" $HOME; rm -rf /tmp/nothing & echo"""
+    p.write("quoting.py", f"""
+        from jobqueue import Experiment, RunDescription
+        RUN_DESCRIPTION = RunDescription("quoting", experiments=[
+            Experiment("q", "python -c 'import sys, json; print(json.dumps(sys.argv[1:]))'", [{{"msg": {value!r}}}]),
+        ])
+    """)
+    p.jq("enqueue", "quoting", check=True)
+    p.jq("worker", check=True)
+    (job,) = p.jobs()
+    log = p.jq("logs", str(job["id"]), check=True).stdout
+    assert json.loads(log)[0] == f"--msg={value}"
+
+
+def test_sample_factory_spellings_of_launch(sqlite_project):
+    p = sqlite_project
+    p.sweep("sfmod", ENV_JOB, 4)
+    (p.path / "train_dir").mkdir()
+    proc = p.jq("launch", "--run=sfmod", "--backend=processes", "--max_parallel=2", "--pause_between=0",
+                "--experiments_per_gpu=1", "--num_gpus=2", "--experiment_suffix=sfx", "--train_dir=./td", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert p.states("sfmod_sfx") == {"succeeded": 4}
+    assert all("--train_dir=./td/sfmod/j_sfx" in j["cmd"] for j in p.jobs())
+    gpus = {line.split("|")[0] for line in env_lines(p)}
+    assert gpus == {"0", "1"}
+    (run,) = p.sql("select settings from runs")
+    settings = json.loads(run["settings"])
+    assert (settings["max_parallel"], settings["experiments_per_gpu"], settings["num_gpus"]) == (2, 1, 2)
+
+
+def test_failures_exit_non_zero_show_log_tails_and_retry_up_to_max_attempts(project):
+    project.sweep("flaky", """sh -c 'echo "attempt $JQ_ATTEMPT of $JQ_JOB_ID"; [ "$JQ_ATTEMPT" -ge 2 ] || exit 3' job""", 2)
+    proc = project.jq("launch", "flaky", "--max-attempts", "2", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert project.states() == {"succeeded": 2}
+    assert [r["exit_code"] for r in project.sql("select exit_code from attempts order by job_id, number")] == [3, 0, 3, 0]
+    project.sweep("broken", "sh -c 'echo boom-line; exit 5' job", 1)
+    proc = project.jq("launch", "broken", "--no-progress")
+    assert proc.returncode == 1
+    listing = project.jq("list", "--state", "failed", check=True).stdout
+    assert "boom-line" in listing
+    status = project.jq("status", "broken", check=True).stdout
+    assert "exit code 5" in status and "boom-line" in status
+    assert "1 jobs queued again" in project.jq("retry", "broken", check=True).stdout
+    assert project.states("broken") == {"queued": 1}
+
+
+def test_a_missing_command_fails_with_a_clear_reason_and_the_worker_goes_on(project):
+    project.write("mixed.py", """
+        from jobqueue import Experiment, RunDescription
+        RUN_DESCRIPTION = RunDescription("mixed", experiments=[
+            Experiment("missing", "no-such-program-xyz --flag"),
+            Experiment("fine", "true"),
+        ])
+    """)
+    project.jq("enqueue", "mixed", check=True)
+    proc = project.jq("worker")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert {j["name"]: j["state"] for j in project.jobs()} == {"00_missing": "failed", "00_fine": "succeeded"}
+    (attempt,) = project.sql("select reason, exit_code from attempts where exit_code != 0")
+    assert attempt == {"reason": "command not found: no-such-program-xyz (not on PATH)", "exit_code": 127}
+
+
+def test_cancel_stops_a_running_job_and_records_it(project):
+    project.sweep("cancelme", "sh -c 'sleep 30' job", 3)
+    project.jq("enqueue", "cancelme", check=True)
+    worker = project.start("worker", "--slots", "1", "--heartbeat", "0.2", "--grace", "2")
+    project.wait_for(lambda: project.states().get("running") == 1, what="a running job")
+    out = project.jq("cancel", "cancelme", check=True).stdout
+    assert "cancelled 3 jobs (1 were running)" in out
+    worker.wait(30)
+    assert project.states() == {"cancelled": 3}
+    assert job_processes(project.db) == []
+    assert [r["state"] for r in project.sql("select state from attempts")] == ["cancelled"]
+
+
+def test_a_worker_for_a_run_that_does_not_exist_is_a_clear_error(sqlite_project):
+    p = sqlite_project
+    p.sweep("real", "true", 1)
+    p.jq("enqueue", "real", check=True)
+    proc = p.jq("worker", "--run", "imaginary")
+    assert proc.returncode == 2 and "no run named 'imaginary'" in proc.stderr
+
+
+def test_logs_follow_a_running_job_to_its_end(sqlite_project):
+    p = sqlite_project
+    p.sweep("chatty", "sh -c 'for i in 1 2 3; do echo line-$i; sleep 0.3; done' job", 1)
+    p.jq("enqueue", "chatty", check=True)
+    worker = p.start("worker")
+    p.wait_for(lambda: p.states().get("running") == 1, what="the job to start")
+    follow = p.jq("logs", "1", "-f", check=True, timeout=30).stdout
+    assert follow.split() == ["line-1", "line-2", "line-3"]
+    assert worker.wait(30) == 0
