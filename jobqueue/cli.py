@@ -299,6 +299,18 @@ def retry(
     print(f"{n} jobs queued again")
 
 
+@db_app.command("copy")
+def db_copy(
+    src: str = typer.Argument(..., help="The queue to copy: a file path or URL."),
+    dst: str = typer.Argument(..., help="A new, empty DB: a file path or postgresql+psycopg://... URL."),
+) -> None:
+    """Copy a queue with its history (runs, jobs, attempts, workers, submissions), e.g. from SQLite to PostgreSQL."""
+    from jobqueue.copy import copy_queue
+
+    copied = copy_queue(_open(src, create=False), _open(dst))
+    print("copied " + ", ".join(f"{n} {table}" for table, n in copied.items()))
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 # Sample Factory's launcher flags take underscores and `=True/False`; typer's take dashes and bare flags.

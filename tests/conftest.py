@@ -122,11 +122,12 @@ def postgres_server(tmp_path_factory):
     server.stop()
 
 
-def _pg_factory(server):
-    counter = iter(range(10**6))
+_pg_databases = iter(range(10**6))
 
+
+def _pg_factory(server):
     def make(_tmp_path) -> str:
-        return server.create_database(f"jq_test_{os.getpid()}_{next(counter)}")
+        return server.create_database(f"jq_test_{os.getpid()}_{next(_pg_databases)}")
 
     return make
 
