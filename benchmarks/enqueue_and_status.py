@@ -1,0 +1,67 @@
+"""Enqueue a 100,000-job grid and read `jq status` on a 1,000,000-job DB, through the real CLI.
+
+    python benchmarks/enqueue_and_status.py [--jobs 100000] [--big 1000000]
+
+Targets: enqueue under 3 s; status under 0.2 s. Prints the wall time of the whole command (Python
+start-up included) and, for reference, a bare `python -c pass` on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SWEEP = """
+from jobqueue import Experiment, ParamGrid, RunDescription
+RUN_DESCRIPTION = RunDescription("{name}", experiments=[
+    Experiment("e", "python train.py", ParamGrid([("seed", list(range({seeds}))), ("lr", list(range(100)))]).generate_params()),
+])
+"""
+
+
+def jq() -> list[str]:
+    exe = shutil.which("jq", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "jobqueue"]
+
+
+def timed(argv, cwd, repeat=1) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--big", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as cwd:
+        with open(os.path.join(cwd, "grid.py"), "w") as f:
+            f.write(SWEEP.format(name="grid", seeds=args.jobs // 100))
+        fresh = timed(jq() + ["enqueue", "grid", "--db", "fresh.db"], cwd)
+        again = timed(jq() + ["enqueue", "grid", "--db", "fresh.db"], cwd)
+        print(f"enqueue {args.jobs:,} jobs into a new DB: {fresh:.2f} s (target < 3 s); again, adding nothing: {again:.2f} s")
+
+        db = os.path.join(cwd, "big.db")
+        for i in range(args.big // args.jobs):
+            with open(os.path.join(cwd, f"part{i}.py"), "w") as f:
+                f.write(SWEEP.format(name=f"part{i}", seeds=args.jobs // 100))
+            subprocess.run(jq() + ["enqueue", f"part{i}", "--db", db], cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+        status = timed(jq() + ["status", "--db", db], cwd, repeat=5)
+        status_json = timed(jq() + ["status", "--json", "--db", db], cwd, repeat=5)
+        bare = timed([sys.executable, "-c", "pass"], cwd, repeat=5)
+        print(f"jq status on {args.big:,} jobs: {status:.3f} s, --json {status_json:.3f} s (target < 0.2 s); "
+              f"python -c pass alone: {bare:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
