@@ -229,6 +229,22 @@ def launch(
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="Seconds before a job is stopped and recorded as timeout."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", min=1, help="Run a failing job up to this many times."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress view."),
+    slurm_gpus_per_job: Optional[int] = typer.Option(None, "--slurm-gpus-per-job", help="[slurm] GPUs per Slurm job (--gres=gpu:G). Default 1."),
+    slurm_cpus_per_gpu: Optional[int] = typer.Option(None, "--slurm-cpus-per-gpu", help="[slurm] CPUs per GPU (-c G*C; -c C when G is 0). Default 14."),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="[slurm] Partition (-p)."),
+    slurm_timeout: Optional[str] = typer.Option(None, "--slurm-timeout", help="[slurm] Time limit in Slurm's format (e.g. 2-00:00:00); 0 = none."),
+    slurm_workdir: Optional[str] = typer.Option(None, "--slurm-workdir", help="[slurm] Where sbatch scripts and Slurm logs go. Default ./slurm."),
+    slurm_sbatch_template: Optional[str] = typer.Option(None, "--slurm-sbatch-template", help="[slurm] Your sbatch script template ($CMD, $GPU, $CPU, ...)."),
+    slurm_print_only: bool = typer.Option(False, "--slurm-print-only", help="[slurm] Print the scripts and sbatch commands; submit nothing."),
+    slurm_workers: Optional[int] = typer.Option(None, "--slurm-workers", min=1, help="[slurm] Array tasks (workers). Default: one per queued job."),
+    slurm_max_running: Optional[int] = typer.Option(None, "--slurm-max-running", min=1, help="[slurm] At most this many workers at once (the array's %throttle)."),
+    slurm_mode: Optional[str] = typer.Option(None, "--slurm-mode", help="[slurm] workers (one array draining the queue) or per-job (one sbatch per experiment)."),
+    slurm_signal_lead: Optional[int] = typer.Option(None, "--slurm-signal-lead", help="[slurm] Seconds of warning (USR1) before a time limit or preemption. Default 60."),
+    slots: Optional[int] = typer.Option(None, "--slots", min=1, help="[slurm/ngc] Jobs at once per worker. Default 1."),
+    grace: Optional[float] = typer.Option(None, "--grace", min=0, help="Seconds jobs get after TERM before KILL when a worker stops. Default 30."),
+    ngc_job_template: Optional[str] = typer.Option(None, "--ngc-job-template", help="[ngc] File with an `ngc batch run ...` command line using {{ name }} and {{ experiment_cmd }}."),
+    ngc_print_only: bool = typer.Option(False, "--ngc-print-only", help="[ngc] Print the ngc commands; submit nothing."),
+    ngc_workers: Optional[int] = typer.Option(None, "--ngc-workers", min=1, help="[ngc] Run W NGC jobs that each run a worker (needs a PostgreSQL --db)."),
     db: Optional[str] = DbOption,
 ) -> None:
     """Enqueue a sweep (idempotently) and run it to the end, with a live progress view.
@@ -246,7 +262,15 @@ def launch(
     plan = service.plan_sweep(target, train_dir=train_dir, suffix=experiment_suffix)
     overrides = _launch_overrides(backend=backend, num_gpus=num_gpus, gpus=gpus, experiments_per_gpu=experiments_per_gpu,
                                   max_parallel=max_parallel, pause_between=pause_between, timeout=timeout,
-                                  max_attempts=max_attempts)
+                                  max_attempts=max_attempts, slurm_gpus_per_job=slurm_gpus_per_job,
+                                  slurm_cpus_per_gpu=slurm_cpus_per_gpu, slurm_partition=slurm_partition,
+                                  slurm_timeout=slurm_timeout, slurm_workdir=slurm_workdir,
+                                  slurm_sbatch_template=slurm_sbatch_template, slurm_workers=slurm_workers,
+                                  slurm_max_running=slurm_max_running, slurm_mode=slurm_mode,
+                                  slurm_signal_lead=slurm_signal_lead, slots=slots, grace=grace,
+                                  ngc_job_template=ngc_job_template, ngc_workers=ngc_workers)
+    # Print-only is a property of this call, never recorded for a later resume.
+    overrides["slurm_print_only"], overrides["ngc_print_only"] = slurm_print_only, ngc_print_only
     raise typer.Exit(launching.launch(_open(db), plan, overrides, progress=not no_progress))
 
 
@@ -261,12 +285,20 @@ def resume(
     num_gpus: Optional[int] = typer.Option(None, "--num-gpus"),
     lease: float = typer.Option(60.0, "--lease", help="Workers on other hosts silent this long count as lost."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress view."),
+    slurm_workers: Optional[int] = typer.Option(None, "--slurm-workers", min=1, help="[slurm] Array tasks for the new submission."),
+    slurm_max_running: Optional[int] = typer.Option(None, "--slurm-max-running", min=1),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition"),
+    slurm_timeout: Optional[str] = typer.Option(None, "--slurm-timeout"),
+    slurm_print_only: bool = typer.Option(False, "--slurm-print-only", help="[slurm] Print what would be submitted."),
     db: Optional[str] = DbOption,
 ) -> None:
     """After a crash, reboot or Ctrl-C: requeue lost jobs, kill orphans, and run the rest with the recorded settings."""
     from jobqueue import launch as launching
 
-    overrides = _launch_overrides(backend=backend, max_parallel=max_parallel, experiments_per_gpu=experiments_per_gpu, num_gpus=num_gpus)
+    overrides = _launch_overrides(backend=backend, max_parallel=max_parallel, experiments_per_gpu=experiments_per_gpu,
+                                  num_gpus=num_gpus, slurm_workers=slurm_workers, slurm_max_running=slurm_max_running,
+                                  slurm_partition=slurm_partition, slurm_timeout=slurm_timeout)
+    overrides["slurm_print_only"] = slurm_print_only
     code = launching.resume(_open(db, create=False), run, failed=failed, requeue_only=requeue_only, overrides=overrides,
                             progress=not no_progress, lease=lease)
     raise typer.Exit(code)

@@ -55,7 +55,7 @@ def _check_backend_settings(db: Database, settings: dict) -> None:
 
 
 def _recordable(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if not k.startswith("_")}
+    return {k: v for k, v in settings.items() if not k.endswith("_print_only")}
 
 
 def start_workers(db: Database, run: dict, settings: dict, progress: bool = True) -> int:

@@ -90,13 +90,24 @@ def status_report(db: Database, run: str | None = None, tail_lines: int = 3) -> 
                  "tail": tail(last.get(j["id"], {}).get("log_path"), tail_lines)}
                 for j in failed
             ],
-            "submissions": [
-                {k: s[k] for k in ("backend", "mode", "external_id", "tasks", "state", "job_id", "exit_code")}
-                for s in queue.run_submissions(db, run_row["id"])
-            ],
+            "submissions": _submissions_with_live_state(queue.run_submissions(db, run_row["id"])),
             "executes": (run_row.get("settings") or {}).get("executes", "workers"),
         })
     return {"runs": report}
+
+
+def _submissions_with_live_state(submissions: list[dict]) -> list[dict]:
+    """The run's Slurm/NGC submissions; a Slurm job still submitted shows its live state from squeue."""
+    live = {}
+    if any(s["backend"] == "slurm" and s["state"] == "submitted" for s in submissions):
+        from jobqueue.backends import slurm
+
+        live = slurm.describe_states([s for s in submissions if s["state"] == "submitted"])
+    return [
+        {**{k: s[k] for k in ("backend", "mode", "external_id", "tasks", "job_id", "exit_code")},
+         "state": live.get(s["external_id"], s["state"])}
+        for s in submissions
+    ]
 
 
 def tail(path: str | None, lines: int) -> list[str]:

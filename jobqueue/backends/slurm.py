@@ -1,18 +1,240 @@
-"""Slurm backend (see issue: arrays of workers). Filled in below."""
+"""Slurm backend: one `sbatch --array` of workers that drain the run's queue (or, as in Sample Factory,
+one sbatch per experiment, each a worker bound to its one job).
+
+The sbatch script comes from a template with Sample Factory's variables ($CMD, $FILENAME, $PARTITION,
+$GPU, $CPU, $TIMEOUT) plus $JQ_DB and $JQ_RUN; values are shell-quoted and other $NAMES are left to
+the shell. Workers get `--signal=B:USR1@LEAD --requeue`: on the warning they hand their jobs back.
+"""
 
 from __future__ import annotations
 
-from jobqueue.db import Database
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from jobqueue import queue
+from jobqueue.db import Database, data_path
 from jobqueue.errors import UserError
+from jobqueue.states import JobState
+
+DEFAULT_TEMPLATE = "workers/sbatch_worker.sh"
+DEFAULT_MAX_ARRAY_SIZE = 1001
+SLURM_DEFAULTS = {
+    "slurm_gpus_per_job": 1, "slurm_cpus_per_gpu": 14, "slurm_partition": None, "slurm_timeout": "0",
+    "slurm_workdir": "./slurm", "slurm_sbatch_template": None, "slurm_print_only": False, "slurm_workers": None,
+    "slurm_max_running": None, "slots": 1, "slurm_mode": "workers", "slurm_signal_lead": 60, "grace": 30,
+}
 
 
-def check_settings(db: Database, settings: dict) -> None:
-    raise UserError("--backend slurm is not available yet")
+def settings_with_defaults(settings: dict) -> dict:
+    return {**SLURM_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+
+
+def check_settings(db: Database | None, settings: dict) -> None:
+    s = settings_with_defaults(settings)
+    if s["slurm_mode"] not in ("workers", "per-job"):
+        raise UserError(f"--slurm-mode {s['slurm_mode']}: use workers (default) or per-job")
+    if s["slurm_sbatch_template"] and not Path(s["slurm_sbatch_template"]).is_file():
+        raise UserError(f"--slurm-sbatch-template {s['slurm_sbatch_template']}: no such file")
+    if not s["slurm_print_only"] and not _which("sbatch"):
+        raise UserError("sbatch is not on PATH: run on a Slurm login node, or use --slurm-print-only to see the commands")
+
+
+def _which(tool: str) -> bool:
+    import shutil
+
+    return shutil.which(tool) is not None
+
+
+def load_template(path: str | None) -> str:
+    return Path(path).read_text() if path else data_path(DEFAULT_TEMPLATE).read_text()
+
+
+def fill_template(template: str, *, cmd: list[str], filename: str, partition: str | None, gpus: int, cpus: int,
+                  timeout: str, db_url: str, run: str) -> str:
+    """Sample Factory's variables, shell-quoted; unknown $NAMES (like $HOME) stay for the shell."""
+    values = {
+        "CMD": shlex.join(cmd), "FILENAME": shlex.quote(filename),
+        "PARTITION": f"-p {shlex.quote(partition)}" if partition else "", "GPU": str(gpus), "CPU": str(cpus),
+        "TIMEOUT": shlex.quote(str(timeout)), "JQ_DB": shlex.quote(db_url), "JQ_RUN": shlex.quote(run),
+    }
+    return Template(template).safe_substitute(values)
+
+
+def cpus_per_task(s: dict) -> int:
+    gpus = int(s["slurm_gpus_per_job"])
+    return gpus * int(s["slurm_cpus_per_gpu"]) if gpus > 0 else int(s["slurm_cpus_per_gpu"])
+
+
+def sbatch_argv(s: dict, script: str, output: str, array: str | None = None, name: str | None = None) -> list[str]:
+    argv = ["sbatch"]
+    if s["slurm_partition"]:
+        argv += ["-p", s["slurm_partition"]]
+    if int(s["slurm_gpus_per_job"]) > 0:
+        argv.append(f"--gres=gpu:{s['slurm_gpus_per_job']}")
+    argv += ["-c", str(cpus_per_task(s)), "--parsable", "--output", output]
+    if array:
+        argv.append(f"--array={array}")
+    if name:
+        argv += ["--job-name", name]
+    if str(s["slurm_timeout"]) not in ("0", "", "None"):
+        argv.append(f"--time={s['slurm_timeout']}")
+    argv += [f"--signal=B:USR1@{int(s['slurm_signal_lead'])}", "--requeue", script]
+    return argv
+
+
+def worker_argv(db_url: str, run: str, s: dict, job_id: int | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "jobqueue", "worker", "--db", db_url, "--backend", "slurm", "--grace", str(s["grace"])]
+    if job_id is not None:
+        return argv + ["--job", str(job_id)]
+    return argv + ["--run", run, "--slots", str(s["slots"])]
+
+
+def max_array_size() -> int:
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+        for line in out.splitlines():
+            if line.startswith("MaxArraySize"):
+                return int(line.split("=")[1])
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    return DEFAULT_MAX_ARRAY_SIZE
+
+
+@dataclass
+class Submission:
+    script_path: str
+    script: str
+    argv: list[str]
+    tasks: int | None
+    job_id: int | None = None
+
+
+def plan_submissions(db_url: str, run: str, s: dict, queued: list[dict], workdir: str) -> list[Submission]:
+    template = load_template(s["slurm_sbatch_template"])
+    gpus, cpus = int(s["slurm_gpus_per_job"]), cpus_per_task(s)
+    fill = dict(partition=s["slurm_partition"], gpus=gpus, cpus=cpus, timeout=s["slurm_timeout"], db_url=db_url, run=run)
+    if s["slurm_mode"] == "per-job":
+        plans = []
+        for job in queued:
+            path = os.path.abspath(os.path.join(workdir, f"sbatch_{job['name']}.sh"))
+            script = fill_template(template, cmd=worker_argv(db_url, run, s, job["id"]), filename=path, **fill)
+            output = f"{workdir}/{os.path.basename(path)}-slurm-%j.out"
+            plans.append(Submission(path, script, sbatch_argv(s, path, output), None, job["id"]))
+        return plans
+    workers = int(s["slurm_workers"] or len(queued))
+    if workers <= 0:
+        return []
+    limit = max_array_size() if not s["slurm_print_only"] else DEFAULT_MAX_ARRAY_SIZE
+    plans = []
+    for part, start in enumerate(range(0, workers, limit)):
+        tasks = min(limit, workers - start)
+        array = f"0-{tasks - 1}" + (f"%{s['slurm_max_running']}" if s["slurm_max_running"] else "")
+        path = os.path.abspath(os.path.join(workdir, f"jq_{run}_workers{'_' + str(part) if part else ''}.sh"))
+        script = fill_template(template, cmd=worker_argv(db_url, run, s), filename=path, **fill)
+        output = f"{workdir}/jq_{run}-%A_%a.out"
+        plans.append(Submission(path, script, sbatch_argv(s, path, output, array=array, name=f"jq-{run}"), tasks))
+    return plans
 
 
 def launch(db: Database, run: dict, settings: dict) -> int:
-    raise UserError("--backend slurm is not available yet")
+    """Submit the run's workers (or one sbatch per queued job). Returns 0 when every submission went in."""
+    s = settings_with_defaults(settings)
+    workdir = s["slurm_workdir"]
+    queued = queue.list_jobs(db, run["name"], JobState.QUEUED.value)
+    if not queued:
+        print(f"{run['name']}: nothing queued; nothing submitted")
+        return 0
+    if s["slurm_mode"] == "workers" and _live_submissions(db, run):
+        print(f"{run['name']}: its Slurm workers are still queued or running and will take the {len(queued)} queued jobs")
+        return 0
+    plans = plan_submissions(db.url, run["name"], s, queued, workdir)
+    if s["slurm_print_only"]:
+        print_plans(plans)
+        return 0
+    os.makedirs(workdir, exist_ok=True)
+    failures, ids = 0, []
+    for plan in plans:
+        Path(plan.script_path).write_text(plan.script)
+        proc = subprocess.run(plan.argv, capture_output=True, text=True, timeout=120)
+        slurm_id = proc.stdout.strip().split(";")[0] if proc.returncode == 0 else None
+        queue.record_submission(db, run_id=run["id"], backend="slurm", mode=s["slurm_mode"], job_id=plan.job_id,
+                                external_id=slurm_id, tasks=plan.tasks, state="submitted" if slurm_id else "failed",
+                                command=plan.argv, stdout=proc.stdout, stderr=proc.stderr, exit_code=proc.returncode)
+        if slurm_id:
+            ids.append(slurm_id)
+            what = f"an array of {plan.tasks} workers" if plan.tasks else f"job {plan.job_id}"
+            print(f"submitted {what} as Slurm job {slurm_id}: {shlex.join(plan.argv)}")
+        else:
+            failures += 1
+            print(f"sbatch failed (exit {proc.returncode}): {proc.stderr.strip()}", file=sys.stderr)
+        if s.get("pause_between"):
+            time.sleep(float(s["pause_between"]))
+    if s["slurm_mode"] == "per-job" and ids:
+        Path(workdir, "scancel.sh").write_text(f"scancel {' '.join(ids)}\n")
+        print(f"cancel them all with: bash {workdir}/scancel.sh")
+    print(f"monitor: jq status {run['name']}; logs: tail -f {workdir}/*.out")
+    return 1 if failures else 0
+
+
+def print_plans(plans: list[Submission]) -> None:
+    for plan in plans:
+        print(f"# {plan.script_path}")
+        print(plan.script.rstrip("\n"))
+        print(shlex.join(plan.argv))
+        print()
+
+
+def live_states(slurm_ids: list[str]) -> dict[str, list[str]]:
+    """Slurm states of these jobs (arrays give one state per task) from squeue; missing ids have finished."""
+    if not slurm_ids or not _which("squeue"):
+        return {}
+    proc = subprocess.run(["squeue", "-h", "-j", ",".join(slurm_ids), "-o", "%F %T"], capture_output=True, text=True, timeout=60)
+    states: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states.setdefault(parts[0], []).append(parts[1])
+    return states
+
+
+def _live_submissions(db: Database, run: dict) -> list[str]:
+    ids = [s["external_id"] for s in queue.run_submissions(db, run["id"], "slurm")
+           if s["external_id"] and s["state"] == "submitted"]
+    return list(live_states(ids))
+
+
+def describe_states(submissions: list[dict]) -> dict[str, str]:
+    ids = [s["external_id"] for s in submissions if s["backend"] == "slurm" and s["external_id"]]
+    live = live_states(ids)
+    described = {}
+    for slurm_id in ids:
+        states = live.get(slurm_id)
+        if states:
+            counts: dict[str, int] = {}
+            for state in states:
+                counts[state] = counts.get(state, 0) + 1
+            described[slurm_id] = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
+        else:
+            described[slurm_id] = "finished (no longer in squeue)"
+    return described
 
 
 def cancel_run(db: Database, run: dict) -> list[str]:
-    return []
+    subs = [s for s in queue.run_submissions(db, run["id"], "slurm") if s["external_id"] and s["state"] == "submitted"]
+    if not subs:
+        return []
+    if not _which("scancel"):
+        return [f"scancel is not on PATH: cancel Slurm jobs {' '.join(s['external_id'] for s in subs)} by hand"]
+    ids = [s["external_id"] for s in subs]
+    proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60)
+    for sub in subs:
+        queue.update_submission(db, sub["id"], state="cancelled")
+    if proc.returncode != 0:
+        return [f"scancel {' '.join(ids)} failed: {proc.stderr.strip()}"]
+    return [f"scancel {' '.join(ids)}"]

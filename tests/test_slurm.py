@@ -1,0 +1,142 @@
+"""The Slurm backend against a real single-node Slurm (slurmctld, slurmd, munge) with four fake GPUs."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+EXPECTED = Path(__file__).parent / "expected"
+TASK_JOB = ("""sh -c 'echo "$JQ_JOB_ID start $(date +%s.%N) $SLURM_ARRAY_TASK_ID $CUDA_VISIBLE_DEVICES" >> ledger; """
+            """sleep {secs}; echo "$JQ_JOB_ID end $(date +%s.%N) $SLURM_ARRAY_TASK_ID $CUDA_VISIBLE_DEVICES" >> ledger' job""")
+SMALL = ["--slurm-gpus-per-job", "1", "--slurm-cpus-per-gpu", "1", "--slurm-signal-lead", "5", "--grace", "2"]
+
+
+@pytest.fixture
+def slurm_project(sqlite_project, slurm_cluster):
+    p = sqlite_project
+    base_env = p.env
+
+    def env(**extra):
+        return base_env(**slurm_cluster.env, **extra)
+
+    p.env = env
+    p.cluster = slurm_cluster
+    yield p
+    run_ids = [line.split()[0] for line in slurm_cluster.squeue()]
+    if run_ids:  # leave the cluster empty for the next test
+        slurm_cluster.run("scancel", *{i.split("_")[0] for i in run_ids}, check=False)
+        p.wait_for(lambda: not slurm_cluster.squeue(), timeout=30, what="an empty squeue")
+
+
+def ledger(p):
+    rows = []
+    for line in (p.path / "ledger").read_text().splitlines():
+        job, what, when, task, gpus = line.split()
+        rows.append((float(when), what, int(job), task, gpus))
+    return sorted(rows)
+
+
+def test_an_array_of_three_workers_drains_twelve_jobs_once_each_within_the_throttle(slurm_project):
+    p = slurm_project
+    p.sweep("drain", TASK_JOB.format(secs=0.5), 12)
+    proc = p.jq("launch", "drain", "--backend", "slurm", "--slurm-workers", "3", "--slurm-max-running", "2", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    assert "submitted an array of 3 workers as Slurm job" in proc.stdout
+    p.wait_for(lambda: p.states() == {"succeeded": 12}, timeout=120, what="all jobs to succeed")
+    rows = ledger(p)
+    assert sorted(job for _, what, job, _, _ in rows if what == "start") == list(range(1, 13))
+    running: dict[int, tuple] = {}
+    peak = 0
+    for _, what, job, task, gpus in rows:
+        if what == "start":
+            running[job] = (task, gpus)
+            assert gpus in {"0", "1", "2", "3"}, "each worker sees the one GPU Slurm gave it"
+            assert len({g for _, g in running.values()}) == len(running), "concurrent workers never share a GPU"
+        else:
+            running.pop(job)
+        peak = max(peak, len(running))
+    assert peak <= 2
+    tasks = {task for _, _, _, task, _ in rows}
+    assert tasks <= {"0", "1", "2"} and len(tasks) >= 2
+    workers = p.sql("select slurm_job_id, slurm_array_task_id, backend from workers")
+    (submission,) = p.sql("select external_id, tasks, state from submissions")
+    assert {w["slurm_job_id"] for w in workers} == {submission["external_id"]} and submission["tasks"] == 3
+    assert {w["backend"] for w in workers} == {"slurm"}
+    p.wait_for(lambda: not p.cluster.squeue(), timeout=30, what="the array to finish")
+    status = p.jq("status", "drain", check=True).stdout
+    assert f"slurm workers submission {submission['external_id']} (3 workers): finished" in status
+
+
+def normalized_print_only(p, *args):
+    out = p.jq("launch", "printed", "--backend", "slurm", "--slurm-print-only", *args, check=True).stdout
+    return out.replace(str(p.path), "<PROJECT>").replace(sys.executable, "<PYTHON>")
+
+
+def test_print_only_prints_the_scripts_and_commands_and_submits_nothing(slurm_project):
+    p = slurm_project
+    p.write("printed.py", """
+        from jobqueue import Experiment, ParamGrid, RunDescription
+        RUN_DESCRIPTION = RunDescription("printed", experiments=[
+            Experiment("e", "python train.py", ParamGrid([("seed", [1, 2, 3])]).generate_params()),
+        ])
+    """)
+    workers = normalized_print_only(p, "--slurm-workers", "2", "--slurm-max-running", "1", "--slurm-partition", "gpu",
+                                    "--slurm-timeout", "1:00:00", "--slurm-cpus-per-gpu", "8")
+    per_job = normalized_print_only(p, "--slurm-mode", "per-job", "--slurm-gpus-per-job", "0", "--slurm-cpus-per-gpu", "4")
+    expected = (EXPECTED / "slurm_print_only.txt").read_text()
+    assert workers + "----\n" + per_job == expected
+    assert p.sql("select count(*) as n from submissions") == [{"n": 0}]
+    assert not (p.path / "slurm").exists()
+    assert p.cluster.squeue() == []
+
+
+def test_home_and_other_shell_variables_in_a_template_survive(slurm_project):
+    p = slurm_project
+    p.sweep("templated", "true", 1)
+    template = p.write("my_template.sh", """\
+        #!/bin/bash
+        # partition: $PARTITION, gpus $GPU, cpus $CPU, time $TIMEOUT
+        cd $HOME && echo "${SLURM_JOB_ID} ran $FILENAME for $JQ_RUN" >> $JQ_DB.log
+        timeout $TIMEOUT $CMD
+    """)
+    out = p.jq("launch", "templated", "--backend", "slurm", "--slurm-print-only", "--slurm-sbatch-template", str(template),
+               "--slurm-timeout", "3:00", check=True).stdout
+    assert "cd $HOME && echo \"${SLURM_JOB_ID} ran " in out
+    assert "for templated\" >> sqlite:///" in out
+    assert re.search(r"timeout 3:00 \S*python\S* -m jobqueue worker --db sqlite:///\S+ --backend slurm", out)
+
+
+def test_cancel_leaves_nothing_in_squeue_and_no_job_running(slurm_project):
+    p = slurm_project
+    p.sweep("long", "sh -c 'sleep 60' job", 4)
+    p.jq("launch", "long", "--backend", "slurm", "--slurm-workers", "2", *SMALL, check=True)
+    p.wait_for(lambda: p.states().get("running") == 2, timeout=60, what="two running jobs")
+    out = p.jq("cancel", "long", check=True).stdout
+    assert "cancelled 4 jobs (2 were running)" in out and "scancel" in out
+    p.wait_for(lambda: not p.cluster.squeue(), timeout=30, what="an empty squeue")
+    assert p.states() == {"cancelled": 4}
+
+
+def test_a_preempted_worker_hands_its_jobs_back_and_the_requeued_task_finishes_the_run(slurm_project):
+    p = slurm_project
+    p.sweep("preempt", TASK_JOB.format(secs=3), 3)
+    out = p.jq("launch", "preempt", "--backend", "slurm", "--slurm-workers", "1", *SMALL, check=True).stdout
+    slurm_id = re.search(r"as Slurm job (\d+)", out).group(1)
+    task = f"{slurm_id}_0"
+    p.wait_for(lambda: p.states().get("running") == 1, timeout=60, what="a running job")
+    p.cluster.run("scancel", "--signal=USR1", "--batch", task)
+    p.wait_for(lambda: p.sql("select count(*) as n from attempts where state = 'interrupted'")[0]["n"] == 1,
+               timeout=30, what="the job to be handed back")
+    assert p.states().get("running", 0) == 0
+    p.cluster.run("scontrol", "requeue", task)
+    p.wait_for(lambda: "PD" in " ".join(p.cluster.squeue()) or p.cluster.squeue() == [], timeout=30, what="the task to be requeued")
+    p.cluster.run("scontrol", "update", f"jobid={task}", "starttime=now", check=False)
+    p.wait_for(lambda: p.states() == {"succeeded": 3}, timeout=120, what="the requeued task to finish the run")
+    attempts = p.sql("select job_id, state from attempts order by id")
+    assert sorted(a["job_id"] for a in attempts if a["state"] == "succeeded") == [1, 2, 3]
+    assert [a["state"] for a in attempts].count("interrupted") == 1
+    starts = [job for _, what, job, _, _ in ledger(p) if what == "start"]
+    assert len(starts) == 4  # three jobs, one of them started twice: handed back, then run to the end
