@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import sys
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ DEFAULT_DB = "jobqueue.db"
 SCHEMA_HEAD = "0001"  # the newest migration; a test checks it against migrations/versions
 BUSY_TIMEOUT_MS = 30_000
 PG_MIGRATION_LOCK = 0x6A6F6271  # "jobq", the advisory lock key that serializes migrations
-NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "fuse.glusterfs", "ceph"}
+NETWORK_FILESYSTEMS = set(os.environ.get("JQ_NETWORK_FILESYSTEMS", "").split()) | {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "fuse.glusterfs", "ceph"}
 
 T = TypeVar("T")
 
@@ -140,11 +140,8 @@ def _open_sqlite(url: str, create: bool) -> Database:
     if fstype in NETWORK_FILESYSTEMS:
         # WAL keeps its index in shared memory, which a network file system does not share between hosts.
         journal = "DELETE"
-        warnings.warn(
-            f"{shown} is on {fstype}: using a rollback journal instead of WAL; for workers on many hosts "
-            "use --db postgresql+psycopg://…",
-            stacklevel=2,
-        )
+        print(f"jq: warning: {shown} is on {fstype}, where WAL is unsafe: using a rollback journal; "
+              "for workers on many hosts use --db postgresql+psycopg://...", file=sys.stderr)
     engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")

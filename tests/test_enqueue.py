@@ -197,3 +197,22 @@ def test_status_and_list(project):
     assert len(lines) == 4 and "00_j_i_0" in lines[1]
     unknown = project.jq("status", "nope")
     assert unknown.returncode == 2 and "no run named 'nope'" in unknown.stderr
+
+
+def test_a_db_on_a_network_file_system_uses_a_rollback_journal_and_says_so(sqlite_project):
+    from jobqueue.db import filesystem_type
+
+    p = sqlite_project
+    p.sweep("shared", "true", 2)
+    fstype = filesystem_type(p.path)
+    assert fstype, "the test needs /proc/mounts"
+    # Declare this file system a network one (as nfs, lustre, gpfs, beegfs and cifs are built in).
+    proc = p.jq("enqueue", "shared", env=p.env(JQ_NETWORK_FILESYSTEMS=fstype), check=True)
+    assert f"is on {fstype}, where WAL is unsafe: using a rollback journal" in proc.stderr
+    assert "postgresql+psycopg://" in proc.stderr
+    import sqlite3
+
+    assert sqlite3.connect(p.db).execute("pragma journal_mode").fetchone()[0] == "delete"
+    plain = p.jq("status", check=True)
+    assert "warning" not in plain.stderr
+    assert sqlite3.connect(p.db).execute("pragma journal_mode").fetchone()[0] == "wal"
