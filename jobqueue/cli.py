@@ -271,7 +271,7 @@ def launch(
                                   ngc_job_template=ngc_job_template, ngc_workers=ngc_workers)
     # Print-only is a property of this call, never recorded for a later resume.
     overrides["slurm_print_only"], overrides["ngc_print_only"] = slurm_print_only, ngc_print_only
-    raise typer.Exit(launching.launch(_open(db), plan, overrides, progress=not no_progress))
+    raise typer.Exit(launching.launch(db, plan, overrides, progress=not no_progress))
 
 
 @app.command()

@@ -28,13 +28,16 @@ def merged_settings(recorded: dict | None, overrides: dict) -> dict:
     return settings
 
 
-def launch(db: Database, plan: SweepPlan, overrides: dict, progress: bool = True) -> int:
+def launch(db_arg: str | None, plan: SweepPlan, overrides: dict, progress: bool = True) -> int:
+    """Check the backend's settings, then (and only then) open the DB, enqueue and start the workers."""
+    from jobqueue.db import open_db, resolve_url
+
     if overrides.get("backend") and overrides["backend"] not in BACKENDS:
         raise UserError(f"--backend {overrides['backend']}: unknown; use one of {', '.join(BACKENDS)}")
-    recorded = {**plan.loaded.run.launch_defaults}
-    settings = merged_settings(recorded, overrides)
+    settings = merged_settings(plan.loaded.run.launch_defaults, overrides)
     backend = settings["backend"]
-    _check_backend_settings(db, settings)
+    _check_backend_settings(resolve_url(db_arg), settings)
+    db = open_db(db_arg)
     result = enqueue_plan(db, plan, settings={}, max_attempts=settings.get("max_attempts"))
     queue.update_run_settings(db, result.run_id, _recordable(settings))
     queue.set_job_limits(db, result.run_id, timeout=settings.get("timeout"), max_attempts=settings.get("max_attempts"))
@@ -43,15 +46,15 @@ def launch(db: Database, plan: SweepPlan, overrides: dict, progress: bool = True
     return start_workers(db, run, settings, progress)
 
 
-def _check_backend_settings(db: Database, settings: dict) -> None:
+def _check_backend_settings(db_url: str, settings: dict) -> None:
     if settings["backend"] == "slurm":
         from jobqueue.backends import slurm
 
-        slurm.check_settings(db, settings)
+        slurm.check_settings(settings)
     elif settings["backend"] == "ngc":
         from jobqueue.backends import ngc
 
-        ngc.check_settings(db, settings)
+        ngc.check_settings(db_url, settings)
 
 
 def _recordable(settings: dict) -> dict:
@@ -108,6 +111,7 @@ def resume(db: Database, run_name: str | None, *, failed: bool = False, requeue_
             if settings["backend"] == "processes":
                 print(f"resume: {run['name']}: nothing queued")
                 continue
+        _check_backend_settings(db.url, settings)
         print(f"resume: {run['name']}: starting workers ({settings['backend']})", flush=True)
         code = max(code, start_workers(db, run, settings, progress))
     return code

@@ -1,22 +1,193 @@
-"""NGC backend. Filled in below."""
+"""NGC backend: submit NVIDIA NGC batch jobs from an `ngc batch run ...` template.
+
+Unlike Sample Factory's, the template is split into words with shlex first and the placeholders are
+replaced inside each word, and the words run without a shell: no value (quotes, `$`, `;`) can break
+out locally. `{{ experiment_cmd }}` is the job's command, shell-quoted for the shell NGC runs it in.
+Job ids are parsed from `--format_type json` and stored with each submission.
+"""
 
 from __future__ import annotations
 
-from jobqueue.db import Database
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from jobqueue import queue
+from jobqueue.db import Database, resolve_url
 from jobqueue.errors import UserError
+from jobqueue.states import JobState
+
+PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+KNOWN = {"name", "experiment_cmd", "job_id", "run", "db"}
+SUBMIT_TIMEOUT = 120  # the real CLI waits 30 s per request on a silent host
 
 
-def check_settings(db: Database, settings: dict) -> None:
-    raise UserError("--backend ngc is not available yet")
+def load_template(path: str | None) -> list[str]:
+    """The template's words. Comment lines and backslash-newline continuations are allowed."""
+    if not path:
+        raise UserError("--backend ngc needs --ngc-job-template FILE: an `ngc batch run ...` line with {{ name }} and {{ experiment_cmd }} "
+                        "(example: workers/ngc_job.template)")
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--ngc-job-template {path}: no such file")
+    text = "\n".join(line for line in file.read_text().splitlines() if not line.lstrip().startswith("#"))
+    text = text.replace("\\\n", " ")
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise UserError(f"{path}: cannot split the template into words ({exc}); check its quotes") from None
+    found = {m.group(1) for w in words for m in PLACEHOLDER.finditer(w)}
+    if "experiment_cmd" not in found:
+        raise UserError(f"{path}: the template has no {{{{ experiment_cmd }}}}; put it in --commandline \"{{{{ experiment_cmd }}}}\"")
+    unknown = found - KNOWN
+    if unknown:
+        raise UserError(f"{path}: unknown placeholder {{{{ {sorted(unknown)[0]} }}}}; use one of {', '.join(sorted(KNOWN))}")
+    if words[:3] != ["ngc", "batch", "run"]:
+        raise UserError(f"{path}: the template must start with `ngc batch run`")
+    return words
+
+
+def fill(words: list[str], values: dict[str, str]) -> list[str]:
+    argv = [PLACEHOLDER.sub(lambda m: values[m.group(1)], w) for w in words]
+    if not any(w == "--format_type" or w.startswith("--format_type=") for w in argv):
+        argv += ["--format_type", "json"]  # so the job id can be read back
+    return argv
+
+
+def is_shared_db(url: str) -> bool:
+    return url.startswith("postgresql")
+
+
+def check_settings(db_url: str | None, settings: dict) -> None:
+    load_template(settings.get("ngc_job_template"))
+    url = resolve_url(db_url)
+    if settings.get("ngc_workers") and not is_shared_db(url):
+        raise UserError(
+            f"--ngc-workers needs a DB that NGC jobs can reach: {url} is an SQLite file on this machine. "
+            "Use --db postgresql+psycopg://user@host/db (or per-job mode, without --ngc-workers)"
+        )
+    if not settings.get("ngc_print_only") and shutil.which("ngc") is None:
+        raise UserError("ngc is not on PATH: install NVIDIA's NGC CLI, or use --ngc-print-only to see the commands")
+
+
+def _worker_cmd(url: str, extra: list[str]) -> str:
+    return shlex.join(["python", "-m", "jobqueue", "worker", "--db", url, "--backend", "ngc", *extra])
+
+
+def plan_commands(db_url: str, run: dict, settings: dict, queued: list[dict]) -> list[tuple[int | None, list[str]]]:
+    """(job id or None for a worker, argv) for every NGC job to submit."""
+    words = load_template(settings.get("ngc_job_template"))
+    shared = is_shared_db(db_url)
+    base = {"run": run["name"], "db": db_url}
+    if settings.get("ngc_workers"):
+        slots = str(settings.get("slots") or 1)
+        return [
+            (None, fill(words, {**base, "name": f"jq-{run['name']}-worker-{i}", "job_id": "",
+                                "experiment_cmd": _worker_cmd(db_url, ["--run", run["name"], "--slots", slots])}))
+            for i in range(int(settings["ngc_workers"]))
+        ]
+    commands = []
+    for job in queued:
+        cmd = _worker_cmd(db_url, ["--job", str(job["id"])]) if shared else job["cmd"]
+        commands.append((job["id"], fill(words, {**base, "name": job["name"], "job_id": str(job["id"]), "experiment_cmd": cmd})))
+    return commands
+
+
+def parse_job_id(stdout: str) -> str | None:
+    try:
+        data = json.loads(stdout)
+        return str(data["job"]["id"])
+    except (ValueError, KeyError, TypeError):
+        match = re.search(r"^\s*Id:\s*(\d+)", stdout, re.MULTILINE)  # the text table, without --format_type json
+        return match.group(1) if match else None
+
+
+def submit(argv: list[str]) -> tuple[int, str, str]:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT)
+        return proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired:
+        return -1, "", f"ngc did not answer within {SUBMIT_TIMEOUT}s"
+    except OSError as exc:
+        return -1, "", f"cannot run ngc: {exc.strerror}"
 
 
 def launch(db: Database, run: dict, settings: dict) -> int:
-    raise UserError("--backend ngc is not available yet")
+    shared = is_shared_db(db.url)
+    already = {s["job_id"] for s in queue.run_submissions(db, run["id"], "ngc") if s["state"] == "submitted"}
+    queued = [j for j in queue.list_jobs(db, run["name"], JobState.QUEUED.value) if j["id"] not in already]
+    if not settings.get("ngc_workers") and not queued:
+        print(f"{run['name']}: every queued job was already submitted to NGC; nothing to do")
+        return 0
+    commands = plan_commands(db.url, run, settings, queued)
+    if settings.get("ngc_print_only"):
+        for _, argv in commands:
+            print(shlex.join(argv))
+        return 0
+    if not shared and not settings.get("ngc_workers"):
+        queue.update_run_settings(db, run["id"], {"executes": "direct"})
+        print(f"{run['name']}: {db.url} is not reachable from NGC, so each NGC job runs its command directly "
+              "and this DB records submissions, not execution")
+    mode = "workers" if settings.get("ngc_workers") else "per-job"
+    total, failures = len(commands), 0
+    with ThreadPoolExecutor(max_workers=max(1, int(settings.get("max_parallel") or 4))) as pool:
+        for done, ((job_id, argv), (code, out, err)) in enumerate(
+                zip(commands, pool.map(lambda c: submit(c[1]), commands)), start=1):
+            ngc_id = parse_job_id(out) if code == 0 else None
+            state = "submitted" if code == 0 and ngc_id else ("unconfirmed" if code == 0 else "failed")
+            queue.record_submission(db, run_id=run["id"], backend="ngc", mode=mode, job_id=job_id, external_id=ngc_id,
+                                    tasks=1 if job_id is None else None, state=state, command=argv, stdout=out,
+                                    stderr=err, exit_code=code)
+            what = f"job {job_id}" if job_id is not None else "a worker"
+            if state == "failed":
+                failures += 1
+                message = _error_text(err or out)
+                print(f"[{done}/{total}] NGC submission of {what} failed (exit {code}): {message}", file=sys.stderr, flush=True)
+            else:
+                print(f"[{done}/{total}] submitted {what} as NGC job {ngc_id or '(id not found in the answer)'}", flush=True)
+    print(f"{run['name']}: {total - failures} of {total} NGC jobs submitted; `jq status {run['name']} --refresh` shows their state")
+    return 1 if failures else 0
 
 
-def cancel_run(db: Database, run: dict) -> list[str]:
-    return []
+def _error_text(text: str) -> str:
+    try:
+        return str(json.loads(text)["error"])
+    except (ValueError, KeyError, TypeError):
+        return text.strip().splitlines()[-1] if text.strip() else "no output"
 
 
 def refresh_states(db: Database, run: str | None) -> None:
-    return None
+    runs = [queue.get_run(db, run)] if run else [queue.get_run(db, name) for name in queue.run_names(db).values()]
+    for r in runs:
+        for sub in queue.run_submissions(db, r["id"], "ngc"):
+            if not sub["external_id"] or sub["state"] in ("failed", "cancelled", "FINISHED_SUCCESS"):
+                continue
+            code, out, err = submit(["ngc", "batch", "info", sub["external_id"], "--format_type", "json"])
+            if code == 0:
+                try:
+                    data = json.loads(out)
+                    state = (data.get("job") or data).get("jobStatus", {}).get("status")
+                except (ValueError, AttributeError):
+                    state = None
+                if state:
+                    queue.update_submission(db, sub["id"], state=state)
+
+
+def cancel_run(db: Database, run: dict) -> list[str]:
+    subs = [s for s in queue.run_submissions(db, run["id"], "ngc") if s["external_id"] and s["state"] not in ("failed", "cancelled")]
+    if not subs:
+        return []
+    if shutil.which("ngc") is None:
+        return [f"ngc is not on PATH: kill NGC jobs {','.join(s['external_id'] for s in subs)} by hand"]
+    ids = ",".join(s["external_id"] for s in subs)
+    code, out, err = submit(["ngc", "batch", "kill", ids])
+    if code != 0:
+        return [f"ngc batch kill {ids} failed: {_error_text(err or out)}"]
+    for sub in subs:
+        queue.update_submission(db, sub["id"], state="cancelled")
+    return [f"ngc batch kill {ids}"]

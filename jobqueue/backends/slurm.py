@@ -35,7 +35,7 @@ def settings_with_defaults(settings: dict) -> dict:
     return {**SLURM_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
 
 
-def check_settings(db: Database | None, settings: dict) -> None:
+def check_settings(settings: dict) -> None:
     s = settings_with_defaults(settings)
     if s["slurm_mode"] not in ("workers", "per-job"):
         raise UserError(f"--slurm-mode {s['slurm_mode']}: use workers (default) or per-job")
