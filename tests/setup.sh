@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Everything the test suite needs on a fresh Debian/Ubuntu machine, as root: the Slurm and PostgreSQL
+# servers the tests start themselves, and a venv with jobqueue (editable) and the test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq slurm-wlm munge postgresql util-linux >/dev/null
+else
+  echo "tests/setup.sh: not root, so not installing slurm-wlm munge postgresql (the tests that need them will skip)" >&2
+fi
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+# ngcsdk 4.19.1 still ships NVIDIA's `ngc batch` parser, which checks our NGC command lines offline.
+.venv/bin/pip install -q -e ".[test]" hatchling "ngcsdk==4.19.1" argcomplete
