@@ -383,6 +383,9 @@ def main() -> None:
         if "malformed" in text or "file is not a database" in text:
             _stderr(f"jq: error: the DB file is damaged ({text}); restore it from a backup or use a new --db")
             sys.exit(2)
+        if any(sign in text for sign in ("disk is full", "No space left", "File too large", "disk I/O error")):
+            _stderr(f"jq: error: the disk is full or failing ({text}); nothing was written: free some space and run it again")
+            sys.exit(2)
         raise
 
 

@@ -107,3 +107,9 @@ def _running(proc) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the crash tests: with JQ_CRASH_AT=name, SIGKILL this process right here."""
+    if os.environ.get("JQ_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

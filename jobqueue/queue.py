@@ -18,11 +18,13 @@ import sqlalchemy as sa
 
 from jobqueue.db import Database
 from jobqueue.errors import UserError
+from jobqueue.processes import crash_point
 from jobqueue.models import attempts, db_ago, db_now, jobs, runs, submissions, workers
 from jobqueue.states import AttemptState, JobState
 from jobqueue.sweep import JobSpec
 
 DEFAULT_LEASE_SECONDS = 60.0
+ENQUEUE_CHUNK = 10_000
 
 
 def utcnow() -> datetime:
@@ -94,8 +96,9 @@ def enqueue(
                     "created_at": now, "updated_at": now,
                 }
             )
-        if new_rows:
-            conn.execute(jobs.insert(), new_rows)
+        for start in range(0, len(new_rows), ENQUEUE_CHUNK):
+            conn.execute(jobs.insert(), new_rows[start:start + ENQUEUE_CHUNK])
+            crash_point("mid_enqueue")
         return EnqueueResult(run_id, run_name, len(new_rows), len(specs) - len(new_rows), changed)
 
     return db.run(_enqueue)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from jobqueue import queue
 from jobqueue.db import Database
 from jobqueue.errors import UserError
-from jobqueue.processes import PDEATHSIG_PREFIX, signal_group, stop_group, wait_exit
+from jobqueue.processes import PDEATHSIG_PREFIX, crash_point, signal_group, stop_group, wait_exit
 from jobqueue.states import AttemptState, JobState
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -261,6 +261,7 @@ class Worker:
 
     def _run_job(self, slot: _Slot, job: queue.ClaimedJob) -> None:
         slot.job, slot.cancelled = job, False
+        crash_point("after_claim")
         started = time.monotonic()
         if self.stopping.is_set():  # the stop signal came while we were claiming
             self._finish(slot, job, AttemptState.INTERRUPTED, reason="worker stopping")
@@ -283,6 +284,7 @@ class Worker:
                 return
         pidfd = os.pidfd_open(proc.pid)
         try:
+            crash_point("after_spawn")
             queue.record_pid(self.db, job.attempt_id, proc.pid)
             self._say(f"started job {job.job_id} {job.name} (attempt {job.number}, slot {slot.index}"
                       f"{', GPU ' + env['CUDA_VISIBLE_DEVICES'] if slot.gpu or self.s.gpus else ''}) pid {proc.pid}")
@@ -290,6 +292,7 @@ class Worker:
         finally:
             os.close(pidfd)
         rc = proc.wait()
+        crash_point("after_exit")
         exit_code, sig = (None, -rc) if rc < 0 else (rc, None)
         if outcome is None:
             outcome = AttemptState.SUCCEEDED if rc == 0 else AttemptState.FAILED
