@@ -144,6 +144,9 @@ def summarize(work: Path, db: str, db_url: str, kills: Counter, rounds: int, res
         recorded = conn.execute("select job_id, count(*) from attempts where state = 'succeeded' group by job_id").fetchall()
         per_job = Counter(n for (n,) in conn.execute("select count(*) from attempts group by job_id"))
         integrity = conn.execute("pragma integrity_check").fetchone()[0]
+        lost_detail = conn.execute(
+            "select j.id, j.state, a.number, a.state, a.exit_code, a.signal, a.reason from jobs j "
+            "left join attempts a on a.job_id = j.id where j.state != 'succeeded' order by j.id, a.number").fetchall()
     executions = Counter()
     overlaps = 0
     for line in (work / "ledger").read_text().splitlines():
@@ -162,6 +165,7 @@ def summarize(work: Path, db: str, db_url: str, kills: Counter, rounds: int, res
         "attempts_per_job": dict(sorted(per_job.items())),
         "ran_more_than_once": sum(1 for n in executions.values() if n > 1),
         "resumes": resumes,
+        "lost_detail": lost_detail,
     }
 
 
@@ -181,6 +185,8 @@ def main() -> None:
     print(f"{r['jobs']} jobs in {r['rounds']} rounds of {args.jobs}, {args.workers} workers x {args.slots} slots, "
           f"{r['kill_count']} kills {r['kills']} in {r['seconds']} s, {r['resumes']} resume(s) at the end")
     print(f"jobs lost (never succeeded):            {r['lost']}")
+    for row in r["lost_detail"]:
+        print(f"    job {row[0]} {row[1]}: attempt {row[2]} {row[3]} exit {row[4]} signal {row[5]} ({row[6]})")
     print(f"jobs recorded as succeeded twice:       {r['recorded_twice']}")
     print(f"overlapping attempts of one job:        {r['overlapping']}")
     print(f"orphaned job processes left:            {r['orphans']}")

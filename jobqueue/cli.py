@@ -110,16 +110,21 @@ def status(
     refresh: bool = typer.Option(False, "--refresh", help="Ask the backend (NGC) for the state of submitted jobs first."),
 ) -> None:
     """Jobs per state for each run, the last lines of failed jobs' logs, and the run's Slurm/NGC submissions."""
-    from jobqueue import service
+    from jobqueue import report as reports
 
-    database = _open(db, create=False)
     if refresh:
-        service.refresh_submissions(database, run)
-    report = service.status_report(database, run)
+        from jobqueue import service
+
+        service.refresh_submissions(_open(db, create=False), run)
+    reader = reports.open_reader(db)
+    try:
+        report = reports.status_report(reader, run)
+    finally:
+        reader.close()
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
-    service.print_status(report, _console())
+    reports.print_status(report, _console())
 
 
 @app.command("list")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import sqlite3
 import sys
 import time
 from contextlib import contextmanager
@@ -21,28 +20,14 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from jobqueue.errors import UserError
+from jobqueue.paths import (  # noqa: F401  (re-exported: db is where callers look for them)
+    BUSY_TIMEOUT_MS, DEFAULT_DB, SCHEMA_HEAD, SQLITE_HEADER, data_path, resolve_url, sqlite_readonly_connection,
+)
 
-DEFAULT_DB = "jobqueue.db"
-SCHEMA_HEAD = "0001"  # the newest migration; a test checks it against migrations/versions
-BUSY_TIMEOUT_MS = 30_000
 PG_MIGRATION_LOCK = 0x6A6F6271  # "jobq", the advisory lock key that serializes migrations
 NETWORK_FILESYSTEMS = set(os.environ.get("JQ_NETWORK_FILESYSTEMS", "").split()) | {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "fuse.glusterfs", "ceph"}
 
 T = TypeVar("T")
-
-
-def resolve_url(db: str | None) -> str:
-    """--db value (a file path or an SQLAlchemy URL), else $JQ_DB, else ./jobqueue.db -> a URL."""
-    db = db or os.environ.get("JQ_DB") or DEFAULT_DB
-    if "://" in db:
-        return db
-    return f"sqlite:///{os.path.abspath(db)}"
-
-
-def data_path(name: str) -> Path:
-    """A file shipped with jobqueue: inside the package in a wheel, at the repository top in a checkout."""
-    packaged = Path(__file__).parent / "_data" / name
-    return packaged if packaged.exists() else Path(__file__).parent.parent / name
 
 
 def filesystem_type(path: Path) -> str:
@@ -128,7 +113,7 @@ def _open_sqlite(url: str, create: bool) -> Database:
             raise UserError(f"--db {shown}: is a directory; give a file path such as {shown}/jobqueue.db")
         with open(path, "rb") as f:
             header = f.read(16)
-        if header and header != b"SQLite format 3\x00":
+        if header and header != SQLITE_HEADER:
             raise UserError(f"--db {shown}: is not an SQLite database; point --db at a jobqueue DB or a new file")
     elif not create:
         raise UserError(f"--db {shown}: no such database; run `jq enqueue SWEEP` first or check --db / $JQ_DB")
@@ -243,10 +228,3 @@ def _explain_db_error(database: Database, exc: Exception) -> str:
     if "readonly" in text or "read-only" in text or "unable to open" in text:
         return f"--db {where}: cannot write here ({text}); make the DB and its directory writable"
     return f"--db {where}: {text}"
-
-
-def sqlite_readonly_connection(path: Path) -> sqlite3.Connection:
-    """A connection that cannot write, for `jq sql` and other readers."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.execute("PRAGMA query_only=ON")
-    return conn

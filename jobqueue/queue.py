@@ -131,9 +131,9 @@ def set_job_limits(db: Database, run_id: int, *, timeout: float | None, max_atte
 def find_run(conn: sa.Connection, name: str) -> dict:
     row = conn.execute(sa.select(runs).where(runs.c.name == name)).mappings().first()
     if row is None:
-        names = conn.execute(sa.select(runs.c.name).order_by(runs.c.id)).scalars().all()
-        known = ", ".join(names[-5:]) if names else "none yet; run `jq enqueue SWEEP`"
-        raise UserError(f"no run named {name!r} in this DB (runs: {known}); check the name or --db")
+        from jobqueue.report import unknown_run
+
+        raise unknown_run(name, list(conn.execute(sa.select(runs.c.name).order_by(runs.c.id)).scalars()))
     return dict(row)
 
 
@@ -152,16 +152,14 @@ def only_run(db: Database) -> dict | None:
 
 
 def status_counts(db: Database, run: str | None = None) -> list[tuple[str, str, int]]:
-    """(run name, state, jobs) for every run, or one."""
+    """(run name, state, jobs) for every run, or one: the same SQL as `jq status`."""
+    from jobqueue.report import COUNTS_SQL
 
     def _counts(conn):
-        # Counting per run_id first keeps it an index-only scan of ix_jobs_run_state_id.
-        counts = sa.select(jobs.c.run_id, jobs.c.state, sa.func.count().label("n")).group_by(jobs.c.run_id, jobs.c.state)
         if run is not None:
-            counts = counts.where(jobs.c.run_id == find_run(conn, run)["id"])
-        counts = counts.subquery()
-        stmt = sa.select(runs.c.name, counts.c.state, counts.c.n).join(counts, counts.c.run_id == runs.c.id).order_by(runs.c.id)
-        return [tuple(r) for r in conn.execute(stmt)]
+            find_run(conn, run)
+        rows = [tuple(r) for r in conn.exec_driver_sql(COUNTS_SQL)]
+        return [r for r in rows if run is None or r[0] == run]
 
     return db.run(_counts, write=False)
 

@@ -8,7 +8,6 @@ import os
 import sqlite3
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from jobqueue import queue
 from jobqueue.db import Database, sqlite_readonly_connection
 from jobqueue.errors import UserError
 from jobqueue.loader import LoadedSweep, load_sweep
-from jobqueue.states import DISPLAY_ORDER, FINISHED, JobState
+from jobqueue.report import tail
+from jobqueue.states import FINISHED, JobState
 from jobqueue.sweep import JobSpec, expand
 
 # Launch settings a sweep file may give as extra RunDescription keyword arguments (Sample Factory's names).
@@ -65,86 +65,7 @@ def describe_enqueue(result: queue.EnqueueResult, db: Database) -> str:
     return line
 
 
-# --- status and list -----------------------------------------------------------------------------
-
-
-def status_report(db: Database, run: str | None = None, tail_lines: int = 3) -> dict:
-    counts: dict[str, dict[str, int]] = {}
-    for run_name, state, n in queue.status_counts(db, run):
-        counts.setdefault(run_name, {})[state] = n
-    if run is not None and run not in counts:
-        queue.get_run(db, run)  # raises the clear error for an unknown run
-        counts[run] = {}
-    report = []
-    for run_name, by_state in counts.items():
-        failed = [j for j in queue.list_jobs(db, run_name, JobState.FAILED.value)][-5:]
-        last = queue.last_attempts(db, [j["id"] for j in failed])
-        run_row = queue.get_run(db, run_name)
-        report.append({
-            "run": run_name,
-            "counts": {s.value: by_state.get(s.value, 0) for s in DISPLAY_ORDER},
-            "total": sum(by_state.values()),
-            "failed": [
-                {"id": j["id"], "name": j["name"], "exit_code": j["exit_code"], "signal": j["signal"],
-                 "reason": last.get(j["id"], {}).get("reason"), "log": last.get(j["id"], {}).get("log_path"),
-                 "tail": tail(last.get(j["id"], {}).get("log_path"), tail_lines)}
-                for j in failed
-            ],
-            "submissions": _submissions_with_live_state(queue.run_submissions(db, run_row["id"])),
-            "executes": (run_row.get("settings") or {}).get("executes", "workers"),
-        })
-    return {"runs": report}
-
-
-def _submissions_with_live_state(submissions: list[dict]) -> list[dict]:
-    """The run's Slurm/NGC submissions; a Slurm job still submitted shows its live state from squeue."""
-    live = {}
-    if any(s["backend"] == "slurm" and s["state"] == "submitted" for s in submissions):
-        from jobqueue.backends import slurm
-
-        live = slurm.describe_states([s for s in submissions if s["state"] == "submitted"])
-    return [
-        {**{k: s[k] for k in ("backend", "mode", "external_id", "tasks", "job_id", "exit_code")},
-         "state": live.get(s["external_id"], s["state"])}
-        for s in submissions
-    ]
-
-
-def tail(path: str | None, lines: int) -> list[str]:
-    if not path or not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - 64 * 1024))
-        return [line.decode(errors="replace").rstrip("\n") for line in deque(f, maxlen=lines)]
-
-
-def print_status(report: dict, console) -> None:
-    from rich.table import Table
-
-    if not report["runs"]:
-        console.print("No runs yet: `jq enqueue SWEEP` adds one.")
-        return
-    table = Table(title_justify="left")
-    table.add_column("run")
-    for state in DISPLAY_ORDER:
-        table.add_column(state.value, justify="right")
-    table.add_column("total", justify="right")
-    for r in report["runs"]:
-        table.add_row(r["run"], *[str(r["counts"][s.value]) for s in DISPLAY_ORDER], str(r["total"]))
-    console.print(table)
-    for r in report["runs"]:
-        for job in r["failed"]:
-            why = f"exit code {job['exit_code']}" if job["signal"] is None else f"signal {job['signal']}"
-            if job["reason"]:
-                why += f": {job['reason']}"
-            console.print(f"[red]failed[/red] {r['run']} job {job['id']} {job['name']} ({why}); log: {job['log']}")
-            for line in job["tail"]:
-                console.print(f"    {line}", markup=False)
-        if r["executes"] == "direct":
-            console.print(f"{r['run']}: jobs run directly on the backend, so the DB records submissions, not execution.")
-        for s in r["submissions"]:
-            what = f"{s['tasks']} workers" if s["mode"] == "workers" else f"job {s['job_id']}"
-            console.print(f"{r['run']}: {s['backend']} {s['mode']} submission {s['external_id'] or '-'} ({what}): {s['state']}")
+# --- list ----------------------------------------------------------------------------------------
 
 
 def job_rows(db: Database, run: str | None, state: str | None, tail_lines: int = 3) -> list[dict]:

@@ -261,8 +261,13 @@ def expand(run: RunDescription, train_dir: str = "./train_dir", suffix: str | No
     return jobs
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
 def _check_storable(experiment: str, params: dict) -> None:
     for key, value in params.items():
+        if type(value) in _PLAIN or (type(value) is float and value == value and abs(value) != float("inf")):
+            continue  # the common case, without serializing every value of a large grid
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError):

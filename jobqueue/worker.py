@@ -59,7 +59,9 @@ class _Slot:
     wake_r: int
     wake_w: int
     job: queue.ClaimedJob | None = None
-    cancelled: bool = False
+    # The attempt the heartbeat found taken away (cancelled, declared lost). An attempt id, not a flag:
+    # by the time the notice arrives the slot may be running its next job, which must not be stopped.
+    taken_attempt: int | None = None
     gpu: str | None = None
 
 
@@ -165,7 +167,7 @@ class Worker:
                 else:
                     for attempt_id in taken:
                         slot = running[attempt_id]
-                        slot.cancelled = True
+                        slot.taken_attempt = attempt_id
                         os.write(slot.wake_w, b"x")
             if now - last_reap >= self.s.reap_interval and not self.stopping.is_set():
                 last_reap = now
@@ -260,7 +262,7 @@ class Worker:
             return self.drained
 
     def _run_job(self, slot: _Slot, job: queue.ClaimedJob) -> None:
-        slot.job, slot.cancelled = job, False
+        slot.job = job
         crash_point("after_claim")
         started = time.monotonic()
         if self.stopping.is_set():  # the stop signal came while we were claiming
@@ -314,7 +316,7 @@ class Worker:
             if self.result.fenced:
                 stop_group(pidfd, proc.pid, 0)
                 return AttemptState.INTERRUPTED, "its worker was declared lost"
-            if slot.cancelled:
+            if slot.taken_attempt == job.attempt_id:
                 stop_group(pidfd, proc.pid, self.s.grace)
                 return AttemptState.CANCELLED, "cancelled"
             if self.stopping.is_set():

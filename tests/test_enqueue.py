@@ -213,6 +213,6 @@ def test_a_db_on_a_network_file_system_uses_a_rollback_journal_and_says_so(sqlit
     import sqlite3
 
     assert sqlite3.connect(p.db).execute("pragma journal_mode").fetchone()[0] == "delete"
-    plain = p.jq("status", check=True)
+    plain = p.jq("list", check=True)
     assert "warning" not in plain.stderr
     assert sqlite3.connect(p.db).execute("pragma journal_mode").fetchone()[0] == "wal"

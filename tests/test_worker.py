@@ -268,3 +268,12 @@ def test_logs_follow_a_running_job_to_its_end(sqlite_project):
     follow = p.jq("logs", "1", "-f", check=True, timeout=30).stdout
     assert follow.split() == ["line-1", "line-2", "line-3"]
     assert worker.wait(30) == 0
+
+
+def test_a_heartbeat_racing_quick_jobs_never_stops_the_next_job_in_the_slot(sqlite_project):
+    """A finished attempt looks 'no longer running' to the heartbeat; that must not cancel the slot's next job."""
+    p = sqlite_project
+    p.sweep("quick", "true", 300)
+    p.jq("enqueue", "quick", check=True)
+    p.jq("worker", "--slots", "2", "--heartbeat", "0.05", "--quiet", check=True, timeout=300)
+    assert p.states() == {"succeeded": 300}

@@ -209,8 +209,8 @@ def _live_submissions(db: Database, run: dict) -> list[str]:
     return list(live_states(ids))
 
 
-def describe_states(submissions: list[dict]) -> dict[str, str]:
-    ids = [s["external_id"] for s in submissions if s["backend"] == "slurm" and s["external_id"]]
+def describe_states(ids: list[str]) -> dict[str, str]:
+    """A readable state per Slurm job id ("2 running, 1 pending"), or that it has left squeue."""
     live = live_states(ids)
     described = {}
     for slurm_id in ids:

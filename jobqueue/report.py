@@ -1,0 +1,144 @@
+"""`jq status`: counts per run and state, failed jobs' last log lines, and the runs' submissions.
+
+Plain SQL that runs on SQLite's stdlib driver and on PostgreSQL alike. On an up-to-date SQLite file the
+report never imports SQLAlchemy (whose import alone costs more than the query on a million jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+
+from jobqueue.errors import UserError
+from jobqueue.states import DISPLAY_ORDER
+from jobqueue.paths import current_sqlite_file, resolve_url, sqlite_readonly_connection
+
+STATES = tuple(state.value for state in DISPLAY_ORDER)
+
+# Counting per run_id first keeps it an index-only scan of ix_jobs_run_state_id.
+COUNTS_SQL = (
+    "SELECT r.name, c.state, c.n FROM runs r JOIN "
+    "(SELECT run_id, state, count(*) AS n FROM jobs GROUP BY run_id, state) c ON c.run_id = r.id ORDER BY r.id, c.state"
+)
+RUNS_SQL = "SELECT name, settings FROM runs ORDER BY id"
+FAILED_SQL = (
+    "SELECT r.name, j.id, j.name, j.exit_code, j.signal, a.reason, a.log_path FROM jobs j "
+    "JOIN runs r ON r.id = j.run_id LEFT JOIN attempts a ON a.job_id = j.id AND a.number = j.attempts "
+    "WHERE j.state = 'failed' ORDER BY j.id DESC"
+)
+SUBMISSIONS_SQL = (
+    "SELECT r.name, s.backend, s.mode, s.external_id, s.tasks, s.state, s.job_id, s.exit_code "
+    "FROM submissions s JOIN runs r ON r.id = s.run_id ORDER BY s.id"
+)
+
+
+def unknown_run(name: str, known: list[str]) -> UserError:
+    listed = ", ".join(known[-5:]) if known else "none yet; run `jq enqueue SWEEP`"
+    return UserError(f"no run named {name!r} in this DB (runs: {listed}); check the name or --db")
+
+
+class Reader:
+    """A DBAPI connection and the rows of plain SQL queries."""
+
+    def __init__(self, conn, close):
+        self.conn, self._close = conn, close
+
+    def rows(self, sql: str) -> list[tuple]:
+        cursor = self.conn.cursor()
+        cursor.execute(sql)
+        return [tuple(r) for r in cursor.fetchall()]
+
+    def close(self) -> None:
+        self._close()
+
+
+def open_reader(db_arg: str | None) -> Reader:
+    path = current_sqlite_file(resolve_url(db_arg))
+    if path is not None:
+        conn = sqlite_readonly_connection(path)
+        return Reader(conn, conn.close)
+    from jobqueue.db import open_db  # anything else: the full open (checks, errors, migrations)
+
+    db = open_db(db_arg, create=False)
+    raw = db.engine.raw_connection()
+    return Reader(raw, lambda: (raw.close(), db.dispose()))
+
+
+def tail(path: str | None, lines: int) -> list[str]:
+    if not path or not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 64 * 1024))
+        return [line.decode(errors="replace").rstrip("\n") for line in deque(f, maxlen=lines)]
+
+
+def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, failed_shown: int = 5) -> dict:
+    settings = {name: _json(value) for name, value in reader.rows(RUNS_SQL)}
+    if run is not None and run not in settings:
+        raise unknown_run(run, list(settings))
+    names = [run] if run is not None else list(settings)
+    counts = {name: dict.fromkeys(STATES, 0) for name in names}
+    for name, state, n in reader.rows(COUNTS_SQL):
+        if name in counts:
+            counts[name][state] = n
+    failed: dict[str, list] = {name: [] for name in names}
+    for name, job_id, job_name, exit_code, signal, reason, log in reader.rows(FAILED_SQL):
+        if name in failed and len(failed[name]) < failed_shown:
+            failed[name].insert(0, {"id": job_id, "name": job_name, "exit_code": exit_code, "signal": signal,
+                                    "reason": reason, "log": log, "tail": tail(log, tail_lines)})
+    submissions: dict[str, list] = {name: [] for name in names}
+    for name, backend, mode, external_id, tasks, state, job_id, exit_code in reader.rows(SUBMISSIONS_SQL):
+        if name in submissions:
+            submissions[name].append({"backend": backend, "mode": mode, "external_id": external_id, "tasks": tasks,
+                                      "state": state, "job_id": job_id, "exit_code": exit_code})
+    _add_live_slurm_states([s for subs in submissions.values() for s in subs])
+    return {"runs": [
+        {"run": name, "counts": counts[name], "total": sum(counts[name].values()), "failed": failed[name],
+         "submissions": submissions[name], "executes": (settings[name] or {}).get("executes", "workers")}
+        for name in names
+    ]}
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _add_live_slurm_states(submissions: list[dict]) -> None:
+    """A Slurm submission still marked submitted shows its live state from squeue."""
+    live = [s for s in submissions if s["backend"] == "slurm" and s["state"] == "submitted" and s["external_id"]]
+    if live:
+        from jobqueue.backends.slurm import describe_states
+
+        states = describe_states([s["external_id"] for s in live])
+        for s in live:
+            s["state"] = states.get(s["external_id"], s["state"])
+
+
+def print_status(report: dict, console) -> None:
+    from rich.table import Table
+
+    if not report["runs"]:
+        console.print("No runs yet: `jq enqueue SWEEP` adds one.")
+        return
+    table = Table(title_justify="left")
+    table.add_column("run")
+    for state in STATES:
+        table.add_column(state, justify="right")
+    table.add_column("total", justify="right")
+    for r in report["runs"]:
+        table.add_row(r["run"], *[str(r["counts"][s]) for s in STATES], str(r["total"]))
+    console.print(table)
+    for r in report["runs"]:
+        for job in r["failed"]:
+            why = f"exit code {job['exit_code']}" if job["signal"] is None else f"signal {job['signal']}"
+            if job["reason"]:
+                why += f": {job['reason']}"
+            console.print(f"[red]failed[/red] {r['run']} job {job['id']} {job['name']} ({why}); log: {job['log']}")
+            for line in job["tail"]:
+                console.print(f"    {line}", markup=False)
+        if r["executes"] == "direct":
+            console.print(f"{r['run']}: jobs run directly on the backend, so the DB records submissions, not execution.")
+        for s in r["submissions"]:
+            what = f"{s['tasks']} workers" if s["mode"] == "workers" else f"job {s['job_id']}"
+            console.print(f"{r['run']}: {s['backend']} {s['mode']} submission {s['external_id'] or '-'} ({what}): {s['state']}")
