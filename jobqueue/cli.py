@@ -19,12 +19,13 @@ app = typer.Typer(
     name="jq",
     help=(
         "jobqueue: run ML sweeps (seeds x hyperparameters x environments) from a queue that never loses a job.\n\n"
-        "Typical session:\n\n"
-        "  jq enqueue experiments.quickstart          # rows into ./jobqueue.db (idempotent)\n\n"
-        "  jq worker --slots 2                        # claim and run jobs, 2 at a time\n\n"
-        "  jq launch experiments.quickstart --max-parallel 4   # both, with live progress\n\n"
+        "\b\nTypical session:\n"
+        "  jq enqueue experiments.quickstart                   # rows into ./jobqueue.db (idempotent)\n"
+        "  jq worker --slots 2                                 # claim and run jobs, 2 at a time\n"
+        "  jq launch experiments.quickstart --max-parallel 4   # both, with live progress\n"
         "  jq status; jq list --state failed; jq logs 7; jq resume\n\n"
-        "The DB is ./jobqueue.db unless --db or $JQ_DB says otherwise (a file path, or postgresql+psycopg://...)."
+        "The DB is ./jobqueue.db unless --db or $JQ_DB says otherwise (a file path, or postgresql+psycopg://...). "
+        "`jq COMMAND --help` explains each command."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -222,9 +222,11 @@ def _migrate(database: Database) -> None:
 
 def _explain_db_error(database: Database, exc: Exception) -> str:
     where = database.path or database.url
-    text = str(getattr(exc, "orig", exc))
+    text = " ".join(str(getattr(exc, "orig", exc)).split())  # drivers' messages span lines; ours is one
     if "not a database" in text or "malformed" in text:
         return f"--db {where}: the file is damaged or not a jobqueue database ({text}); restore it or use a new file"
     if "readonly" in text or "read-only" in text or "unable to open" in text:
         return f"--db {where}: cannot write here ({text}); make the DB and its directory writable"
+    if "connect" in text:
+        return f"--db {where}: cannot connect ({text}); is the server running, and are the host, port and name right?"
     return f"--db {where}: {text}"

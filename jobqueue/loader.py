@@ -82,7 +82,8 @@ def _locate(target: str) -> tuple[str, Path]:
         spec = None
         missing = getattr(exc, "name", None) or target
         raise UserError(
-            f"{target}: module not found ({missing}); run from the directory that contains it or give a path to the .py file"
+            f"{target}: module not found (no module named {missing!r}); run from the directory that contains it "
+            "or give a path to the .py file"
         ) from None
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         raise UserError(

@@ -296,6 +296,8 @@ class Worker:
         rc = proc.wait()
         crash_point("after_exit")
         exit_code, sig = (None, -rc) if rc < 0 else (rc, None)
+        if outcome is None and self._stopped_with_worker(rc):
+            outcome, reason = AttemptState.INTERRUPTED, "stopped together with its worker"
         if outcome is None:
             outcome = AttemptState.SUCCEEDED if rc == 0 else AttemptState.FAILED
         self._finish(slot, job, outcome, exit_code=exit_code, signal=sig, reason=reason, seconds=time.monotonic() - started)
@@ -323,6 +325,14 @@ class Worker:
                 name = signal.Signals(self.result.stop_signal).name if self.result.stop_signal else "stop"
                 stop_group(pidfd, proc.pid, self.s.grace)
                 return AttemptState.INTERRUPTED, f"worker stopped by {name}"
+
+    def _stopped_with_worker(self, rc: int) -> bool:
+        """scancel, a preemption or a shutdown signals every process of a Slurm job or a host at once: a job
+        killed by TERM/INT/HUP may die a moment before the worker's own handler runs. Then it was interrupted,
+        not failed."""
+        if rc not in (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP):
+            return self.stopping.is_set()
+        return self.stopping.wait(2.0)
 
     def _cannot_start(self, argv: list[str], job: queue.ClaimedJob, env: dict) -> str | None:
         if not argv:

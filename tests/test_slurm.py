@@ -140,3 +140,19 @@ def test_a_preempted_worker_hands_its_jobs_back_and_the_requeued_task_finishes_t
     assert [a["state"] for a in attempts].count("interrupted") == 1
     starts = [job for _, what, job, _, _ in ledger(p) if what == "start"]
     assert len(starts) == 4  # three jobs, one of them started twice: handed back, then run to the end
+
+
+def test_resume_submits_a_new_array_when_the_old_workers_are_gone(slurm_project):
+    p = slurm_project
+    p.sweep("again", TASK_JOB.format(secs=1), 4)
+    out = p.jq("launch", "again", "--backend", "slurm", "--slurm-workers", "1", *SMALL, check=True).stdout
+    first = re.search(r"as Slurm job (\d+)", out).group(1)
+    p.wait_for(lambda: p.states().get("running") == 1, timeout=60, what="a running job")
+    p.cluster.run("scancel", first)  # the array is gone (preempted, cancelled by an admin...)
+    p.wait_for(lambda: not p.cluster.squeue(), timeout=30, what="the array to leave squeue")
+    assert "running" not in p.states()
+    resumed = p.jq("resume", "again", "--no-progress", check=True).stdout
+    second = re.search(r"as Slurm job (\d+)", resumed).group(1)
+    assert second != first
+    p.wait_for(lambda: p.states() == {"succeeded": 4}, timeout=120, what="the new array to finish the run")
+    assert [s["external_id"] for s in p.sql("select external_id from submissions order by id")] == [first, second]

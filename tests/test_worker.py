@@ -277,3 +277,18 @@ def test_a_heartbeat_racing_quick_jobs_never_stops_the_next_job_in_the_slot(sqli
     p.jq("enqueue", "quick", check=True)
     p.jq("worker", "--slots", "2", "--heartbeat", "0.05", "--quiet", check=True, timeout=300)
     assert p.states() == {"succeeded": 300}
+
+
+def test_a_job_signalled_together_with_its_worker_is_handed_back_not_failed(project):
+    """A shutdown or scancel TERMs every process at once; the job may die a moment before the worker hears of it."""
+    project.sweep("together", "sh -c 'sleep 30' job", 2)
+    project.jq("enqueue", "together", check=True)
+    worker = project.start("worker", "--slots", "2")
+    project.wait_for(lambda: project.states().get("running") == 2 and len(job_processes(project.db)) >= 4,
+                     what="two jobs, each a shell and its sleep")
+    for pgid in {os.getpgid(proc.pid) for proc in job_processes(project.db)}:
+        os.killpg(pgid, signal.SIGTERM)  # the jobs first...
+    worker.send_signal(signal.SIGTERM)  # ...then their worker
+    assert worker.wait(30) == 128 + signal.SIGTERM
+    assert project.states() == {"queued": 2}
+    assert {r["state"] for r in project.sql("select state from attempts")} == {"interrupted"}

@@ -27,7 +27,9 @@ DEFAULT_MAX_ARRAY_SIZE = 1001
 SLURM_DEFAULTS = {
     "slurm_gpus_per_job": 1, "slurm_cpus_per_gpu": 14, "slurm_partition": None, "slurm_timeout": "0",
     "slurm_workdir": "./slurm", "slurm_sbatch_template": None, "slurm_print_only": False, "slurm_workers": None,
-    "slurm_max_running": None, "slots": 1, "slurm_mode": "workers", "slurm_signal_lead": 60, "grace": 30,
+    "slurm_max_running": None, "slots": 1, "slurm_mode": "workers", "slurm_signal_lead": 60,
+    # Below Slurm's default KillWait (30 s): the worker must hand its jobs back before Slurm KILLs it.
+    "grace": 10,
 }
 
 
