@@ -43,15 +43,20 @@ def sweep_commands(cwd: str, module: str) -> list[str]:
     return [" ".join(job["argv"][len(shlex.split(job["cmd"].split(" --")[0])):]) for job in json.loads(out)]
 
 
-def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float]:
+def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float, float]:
+    """(jq launch into a new DB, jq launch into a DB that already exists, xargs -P)."""
     with open(os.path.join(cwd, f"{name}.py"), "w") as f:
         f.write(SWEEP.format(name=name, cmd=cmd, n=n))
-    db = os.path.join(cwd, f"{name}.db")
-    jq = timed(jq_command() + ["launch", name, "--max-parallel", str(slots), "--no-progress", "--db", db], cwd)
+    launch = jq_command() + ["launch", name, "--max-parallel", str(slots), "--no-progress"]
+    fresh = timed(launch + ["--db", os.path.join(cwd, f"{name}.db")], cwd)
+    existing_db = os.path.join(cwd, f"{name}_existing.db")
+    subprocess.run(jq_command() + ["sql", "select 1", "--db", existing_db], cwd=cwd, check=False, capture_output=True)
+    subprocess.run(jq_command() + ["enqueue", "bench_other", "--db", existing_db], cwd=cwd, check=False, capture_output=True)
+    existing = timed(launch + ["--db", existing_db], cwd)
     args = "\n".join(sweep_commands(cwd, name)) + "\n"
     program = shlex.split(cmd)
     xargs = timed(["xargs", "-P", str(slots), "-L", "1"] + program, cwd, stdin=args.encode())
-    return jq, xargs
+    return fresh, existing, xargs
 
 
 def main() -> None:
@@ -61,13 +66,17 @@ def main() -> None:
     parser.add_argument("--sleeps", type=int, default=32)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cwd:
-        jq, xargs = one(cwd, "bench_true", "true", args.jobs, args.slots)
-        print(f"{args.jobs} x true, {args.slots} slots: jq launch {jq:.2f} s, xargs -P {args.slots} {xargs:.2f} s, "
-              f"ratio {jq / xargs:.2f}x (target <= 2x)")
-        jq, xargs = one(cwd, "bench_sleep", "sh -c 'sleep 1' sleep", args.sleeps, args.slots)
+        with open(os.path.join(cwd, "bench_other.py"), "w") as f:
+            f.write(SWEEP.format(name="bench_other", cmd="true", n=1))
+        fresh, existing, xargs = one(cwd, "bench_true", "true", args.jobs, args.slots)
+        print(f"{args.jobs} x true, {args.slots} slots: jq launch {fresh:.2f} s into a new DB, {existing:.2f} s into an "
+              f"existing one; xargs -P {args.slots} {xargs:.2f} s; ratio {fresh / xargs:.2f}x / {existing / xargs:.2f}x "
+              "(target <= 2x)")
+        fresh, existing, xargs = one(cwd, "bench_sleep", "sh -c 'sleep 1' sleep", args.sleeps, args.slots)
         ideal = args.sleeps / args.slots
-        print(f"{args.sleeps} x sleep 1, {args.slots} slots: jq launch {jq:.2f} s (ideal {ideal:.0f} s, "
-              f"+{jq - ideal:.2f} s; target +0.25 s), xargs -P {args.slots} {xargs:.2f} s")
+        print(f"{args.sleeps} x sleep 1, {args.slots} slots (ideal {ideal:.0f} s): jq launch {fresh:.2f} s (+{fresh - ideal:.2f} s) "
+              f"into a new DB, {existing:.2f} s (+{existing - ideal:.2f} s) into an existing one (target +0.25 s); "
+              f"xargs -P {args.slots} {xargs:.2f} s")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ class Worker:
             settings.slots = min(settings.slots, len(settings.gpus) * settings.experiments_per_gpu)
         self.stopping = threading.Event()
         self.slot_exited = threading.Event()
+        self.live_slots = 0
         self.lock = threading.Condition()
         self.busy = 0
         self.drained = False
@@ -118,10 +119,14 @@ class Worker:
                 wake_r, wake_w = os.pipe()
                 slot = _Slot(index, wake_r, wake_w)
                 self.slots.append(slot)
+                with self.lock:
+                    self.live_slots += 1
                 thread = threading.Thread(target=self._slot_loop, args=(slot,), name=f"slot-{index}", daemon=True)
                 thread.start()
                 threads.append(thread)
             self._supervise(threads)
+            for thread in threads:
+                thread.join()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -146,7 +151,8 @@ class Worker:
 
     def _supervise(self, threads: list[threading.Thread]) -> None:
         last_beat = last_ok = last_reap = time.monotonic()
-        while any(t.is_alive() for t in threads):
+        # Count slots rather than ask threads: a thread says it is done a moment before it is dead.
+        while self.live_slots:
             # Woken by a signal handler (which runs here, in the main thread) or a slot thread exiting.
             self.slot_exited.wait(min(0.5, self.s.heartbeat_interval))
             self.slot_exited.clear()
@@ -189,6 +195,8 @@ class Worker:
             self.result.crashed = True
             self._stop_all()
         finally:
+            with self.lock:
+                self.live_slots -= 1
             self.slot_exited.set()
 
     def _claim_and_run(self, slot: _Slot) -> None:
