@@ -375,10 +375,13 @@ def main() -> None:
     try:
         _main()
     finally:
-        # Exempt everything alive from the collections Python runs at exit: tearing down SQLAlchemy's
-        # and rich's object graphs otherwise costs about 0.2 s at the end of every command.
+        # Close the DB connections ourselves (SQLite then checkpoints and removes its WAL), and exempt
+        # everything else from the collections Python runs at exit: tearing down SQLAlchemy's and rich's
+        # object graphs otherwise costs about 0.2 s at the end of every command.
         import gc
 
+        if "jobqueue.db" in sys.modules:
+            sys.modules["jobqueue.db"].close_all()
         gc.freeze()
 
 

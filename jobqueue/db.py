@@ -81,6 +81,16 @@ class Database:
         self.engine.dispose()
 
 
+_opened: list[Database] = []
+
+
+def close_all() -> None:
+    """Close every pooled connection this process opened. On SQLite the last connection to close checkpoints
+    the WAL into the DB and removes it, so readers that follow need not replay it."""
+    while _opened:
+        _opened.pop().dispose()
+
+
 def _is_busy(exc: Exception) -> bool:
     text = str(exc).lower()
     return "database is locked" in text or "database is busy" in text or "deadlock detected" in text
@@ -100,6 +110,7 @@ def open_db(db: str | None = None, *, create: bool = True) -> Database:
     except sa.exc.DatabaseError as exc:
         database.dispose()
         raise UserError(_explain_db_error(database, exc)) from None
+    _opened.append(database)
     return database
 
 

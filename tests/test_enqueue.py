@@ -216,3 +216,13 @@ def test_a_db_on_a_network_file_system_uses_a_rollback_journal_and_says_so(sqlit
     plain = p.jq("list", check=True)
     assert "warning" not in plain.stderr
     assert sqlite3.connect(p.db).execute("pragma journal_mode").fetchone()[0] == "wal"
+
+
+def test_commands_close_the_db_so_sqlite_checkpoints_and_removes_its_wal(sqlite_project):
+    """A WAL left behind makes every later reader replay it (jq status on a big DB went from 0.2 s to 0.5 s)."""
+    p = sqlite_project
+    p.sweep("tidy", "true", 200)
+    p.jq("enqueue", "tidy", check=True)
+    assert (p.path / "jobqueue.db").exists() and not (p.path / "jobqueue.db-wal").exists()
+    p.jq("worker", "--quiet", check=True)
+    assert not (p.path / "jobqueue.db-wal").exists()
