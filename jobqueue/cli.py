@@ -6,7 +6,6 @@ User mistakes (UserError) become one line on stderr and exit code 2; anything el
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional

@@ -20,9 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from jobqueue.errors import UserError
-from jobqueue.paths import (  # noqa: F401  (re-exported: db is where callers look for them)
-    BUSY_TIMEOUT_MS, DEFAULT_DB, SCHEMA_HEAD, SQLITE_HEADER, data_path, resolve_url, sqlite_readonly_connection,
-)
+from jobqueue.paths import BUSY_TIMEOUT_MS, SCHEMA_HEAD, SQLITE_HEADER, data_path, resolve_url
 
 PG_MIGRATION_LOCK = 0x6A6F6271  # "jobq", the advisory lock key that serializes migrations
 NETWORK_FILESYSTEMS = set(os.environ.get("JQ_NETWORK_FILESYSTEMS", "").split()) | {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "fuse.glusterfs", "ceph"}

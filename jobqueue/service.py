@@ -9,21 +9,17 @@ import sqlite3
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlalchemy as sa
 
 from jobqueue import queue
-from jobqueue.db import Database, sqlite_readonly_connection
+from jobqueue.db import Database
+from jobqueue.paths import sqlite_readonly_connection
 from jobqueue.errors import UserError
 from jobqueue.loader import LoadedSweep, load_sweep
 from jobqueue.report import tail
-from jobqueue.states import FINISHED, JobState
+from jobqueue.states import JobState
 from jobqueue.sweep import JobSpec, expand
-
-# Launch settings a sweep file may give as extra RunDescription keyword arguments (Sample Factory's names).
-KNOWN_LAUNCH_DEFAULTS = {"num_gpus", "use_gpus", "experiments_per_gpu", "max_parallel", "pause_between", "max_attempts", "timeout"}
-
 
 @dataclass
 class SweepPlan:
@@ -206,12 +202,3 @@ def refresh_submissions(db: Database, run: str | None) -> None:
     from jobqueue.backends import ngc
 
     ngc.refresh_states(db, run)
-
-
-def job_finished(state: str) -> bool:
-    return state in {s.value for s in FINISHED}
-
-
-def here(path: str) -> str:
-    rel = os.path.relpath(path)
-    return rel if not rel.startswith("..") else str(Path(path))

@@ -30,7 +30,6 @@ class AttemptState(str, Enum):
         return self.value
 
 
-FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.TIMEOUT, JobState.CANCELLED)
 DISPLAY_ORDER = (JobState.SUCCEEDED, JobState.FAILED, JobState.TIMEOUT, JobState.CANCELLED, JobState.RUNNING, JobState.QUEUED)
 
 # Every move a job makes, and the queue operation that makes it.

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jobqueue import queue
-from jobqueue.db import Database, resolve_url
+from jobqueue.db import Database
+from jobqueue.paths import resolve_url
 from jobqueue.errors import UserError
 from jobqueue.states import JobState
 

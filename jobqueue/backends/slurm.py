@@ -18,7 +18,8 @@ from pathlib import Path
 from string import Template
 
 from jobqueue import queue
-from jobqueue.db import Database, data_path
+from jobqueue.db import Database
+from jobqueue.paths import data_path
 from jobqueue.errors import UserError
 from jobqueue.states import JobState
 
