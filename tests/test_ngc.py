@@ -113,6 +113,11 @@ def test_workers_mode_runs_workers_against_postgresql_and_refuses_sqlite(ngc_pro
     assert len(calls) == 2
     cmd = shlex.split(calls[0][calls[0].index("--commandline") + 1])
     assert cmd[3:] == ["python", "-m", "jobqueue", "worker", "--db", url, "--backend", "ngc", "--run", "nasty", "--slots", "3"]
+    # Per-job mode with a DB NGC can reach: each NGC job is a worker bound to its one job.
+    p.jq("launch", "nasty", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--db", url, check=True)
+    per_job = [c for c in p.calls()[2:]]
+    bound = sorted(shlex.split(c[c.index("--commandline") + 1])[3:] for c in per_job)
+    assert bound == [["python", "-m", "jobqueue", "worker", "--db", url, "--backend", "ngc", "--job", str(i)] for i in (1, 2, 3)]
 
 
 @pytest.mark.parametrize("problem, template, message", [
