@@ -84,14 +84,15 @@ class Project:
     def sql(self, query: str) -> list[dict]:
         return json.loads(self.jq("sql", query, "--json", check=True).stdout)
 
-    def wait_for(self, predicate, timeout: float = 30, what: str = "condition"):
+    def wait_for(self, predicate, timeout: float = 30, what: str = "condition", diagnose=None):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = predicate()
             if value:
                 return value
             time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        detail = f"\n{diagnose()}" if diagnose else ""
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
 
 
 @pytest.fixture
