@@ -175,13 +175,13 @@ def only_run(db: Database) -> dict | None:
 
 def status_counts(db: Database, run: str | None = None) -> list[tuple[str, str, int]]:
     """(run name, state, jobs) for every run, or one: the same SQL as `jq status`."""
-    from jobqueue.report import COUNTS_SQL
+    from jobqueue.report import COUNTS_FOR_RUN_SQL, COUNTS_SQL
 
     def _counts(conn):
-        if run is not None:
-            find_run(conn, run)
-        rows = [tuple(r) for r in conn.exec_driver_sql(COUNTS_SQL)]
-        return [r for r in rows if run is None or r[0] == run]
+        if run is None:
+            return [tuple(r) for r in conn.exec_driver_sql(COUNTS_SQL)]
+        find_run(conn, run)
+        return [tuple(r) for r in conn.execute(sa.text(COUNTS_FOR_RUN_SQL), {"run": run})]
 
     return db.run(_counts, write=False)
 

@@ -17,10 +17,13 @@ from jobqueue.paths import current_sqlite_file, resolve_url, sqlite_readonly_con
 STATES = tuple(state.value for state in DISPLAY_ORDER)
 
 # Counting per run_id first keeps it an index-only scan of ix_jobs_run_state_id.
-COUNTS_SQL = (
+_COUNTS = (
     "SELECT r.name, c.state, c.n FROM runs r JOIN "
-    "(SELECT run_id, state, count(*) AS n FROM jobs GROUP BY run_id, state) c ON c.run_id = r.id ORDER BY r.id, c.state"
+    "(SELECT run_id, state, count(*) AS n FROM jobs {where} GROUP BY run_id, state) c ON c.run_id = r.id ORDER BY r.id, c.state"
 )
+COUNTS_SQL = _COUNTS.format(where="")
+# One run's counts scan only its part of the index (the progress view asks twice a second).
+COUNTS_FOR_RUN_SQL = _COUNTS.format(where="WHERE run_id = (SELECT id FROM runs WHERE name = :run)")
 RUNS_SQL = "SELECT name, settings FROM runs ORDER BY id"
 FAILED_SQL = (
     "SELECT r.name, j.id, j.name, j.exit_code, j.signal, a.reason, a.log_path FROM jobs j "
