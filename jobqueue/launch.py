@@ -107,10 +107,10 @@ def resume(db: Database, run_name: str | None, *, failed: bool = False, requeue_
     code = 0
     for run in runs:
         settings = merged_settings(run.get("settings"), overrides or {})
-        if not [1 for _, state, n in queue.status_counts(db, run["name"]) if state == JobState.QUEUED.value and n]:
-            if settings["backend"] == "processes":
-                print(f"resume: {run['name']}: nothing queued")
-                continue
+        queued = {state: n for _, state, n in queue.status_counts(db, run["name"])}.get(JobState.QUEUED.value, 0)
+        if not queued and settings["backend"] == "processes":  # the Slurm and NGC backends say for themselves
+            print(f"resume: {run['name']}: nothing queued")
+            continue
         _check_backend_settings(db.url, settings)
         print(f"resume: {run['name']}: starting workers ({settings['backend']})", flush=True)
         code = max(code, start_workers(db, run, settings, progress))

@@ -49,22 +49,6 @@ def stop_group(pidfd: int, pgid: int, grace: float) -> bool:
     return True
 
 
-def attempt_processes(attempt_ids: set[int], db_url: str) -> list:
-    """This host's processes started for these attempts of this DB (found by their environment)."""
-    import psutil
-
-    wanted = {str(a) for a in attempt_ids}
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            env = proc.environ()
-        except (psutil.Error, OSError):
-            continue
-        if env.get("JQ_ATTEMPT_ID") in wanted and env.get("JQ_DB") == db_url:
-            found.append(proc)
-    return found
-
-
 def all_job_processes(db_url: str) -> dict[int, list]:
     """Every live process on this host started by a worker of this DB, by attempt id."""
     import psutil
@@ -79,6 +63,12 @@ def all_job_processes(db_url: str) -> dict[int, list]:
             continue
         found.setdefault(int(env["JQ_ATTEMPT_ID"]), []).append(proc)
     return found
+
+
+def attempt_processes(attempt_ids: set[int], db_url: str) -> list:
+    """This host's live processes started for these attempts of this DB."""
+    found = all_job_processes(db_url)
+    return [proc for attempt_id in attempt_ids for proc in found.get(attempt_id, [])]
 
 
 def kill_processes(procs: list, timeout: float = 10.0) -> int:

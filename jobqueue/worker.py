@@ -99,6 +99,7 @@ class Worker:
         self.drained = False
         self.next_start = 0.0
         self.gpu_load = {g: 0 for g in settings.gpus or []}
+        self.gpu_text = ",".join(settings.gpus) if settings.gpus else None  # what every job of this worker is given
         self.slots: list[_Slot] = []
         self.result = WorkerResult()
         self.run_names: dict[int, str] = {}
@@ -108,7 +109,7 @@ class Worker:
 
     def run(self) -> WorkerResult:
         self.info = queue.register_worker(
-            self.db, slots=self.s.slots, gpus=",".join(self.s.gpus) if self.s.gpus else None,
+            self.db, slots=self.s.slots, gpus=self.gpu_text,
             backend=self.s.backend, run_id=self.s.run_id,
         )
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
@@ -117,6 +118,7 @@ class Worker:
             threads = []
             for index in range(self.s.slots):
                 wake_r, wake_w = os.pipe()
+                os.set_blocking(wake_r, False)  # poll() says when to read; draining must never block
                 slot = _Slot(index, wake_r, wake_w)
                 self.slots.append(slot)
                 with self.lock:
@@ -207,7 +209,7 @@ class Worker:
                 continue
             job = None
             try:
-                job = queue.claim_next_job(self.db, self.info, slot=slot.index, gpus=gpu if gpu else self._gpu_text(),
+                job = queue.claim_next_job(self.db, self.info, slot=slot.index, gpus=gpu or self.gpu_text,
                                            run_id=self.s.run_id, job_id=self.s.job_id)
             finally:
                 if job is None:
@@ -226,9 +228,6 @@ class Worker:
                 with self.lock:
                     self.busy -= 1
                     self.lock.notify_all()
-
-    def _gpu_text(self) -> str | None:
-        return ",".join(self.s.gpus) if self.s.gpus else None
 
     def _pause_before_start(self) -> None:
         if self.s.pause_between <= 0:
@@ -366,8 +365,8 @@ class Worker:
                    JQ_SLOT=str(slot.index), JQ_ATTEMPT_ID=str(job.attempt_id), JQ_DB=self.db.url)
         if slot.gpu:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-        elif self.s.gpus and self.s.experiments_per_gpu <= 0:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.s.gpus)
+        elif self.gpu_text and self.s.experiments_per_gpu <= 0:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu_text
         return env
 
     def _finish(self, slot, job, outcome, *, exit_code=None, signal=None, reason=None, seconds=None) -> None:
@@ -394,7 +393,6 @@ class Worker:
 
 
 def _drain(fd: int) -> None:
-    os.set_blocking(fd, False)
     try:
         while os.read(fd, 1024):
             pass
