@@ -1,8 +1,9 @@
 """Starting, waiting for and stopping a job's processes.
 
 Each job runs in its own process group, so one signal reaches everything it started. A job dies
-with its worker through a parent-death signal (`setpriv --pdeathsig KILL`, which keeps CPython's
-fast spawn path, unlike a preexec_fn). What still escapes is found by the JQ_ATTEMPT_ID in its
+with its worker through the worker's guard (below), which keeps CPython's fast spawn path: a
+parent-death signal would need a preexec_fn or a `setpriv` in front of every job, each of which
+doubles the cost of starting one. What still escapes is found by the JQ_ATTEMPT_ID in its
 environment and killed by the reaper and `jq resume`.
 """
 
@@ -10,12 +11,80 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import signal
+import subprocess
+import sys
 import time
 
-SETPRIV = shutil.which("setpriv")
-PDEATHSIG_PREFIX = [SETPRIV, "--pdeathsig", "KILL", "--"] if SETPRIV else []
+# The guard: a tiny process (no imports) that a worker starts once and holds a pipe to. The pipe closes when the
+# worker dies, however it dies; then the guard SIGKILLs every process (and its group) whose environment says it
+# was started by that worker -- children that left their group included, which a parent-death signal misses.
+# A worker that ends normally writes "done" first. The guard ignores the signals a terminal, scancel --signal
+# or a shutdown send, and sits in its own session, so it outlives the worker to do its one job.
+_GUARD = r"""
+import os, signal, sys, time
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+    signal.signal(s, signal.SIG_IGN)
+fd, marks = int(sys.argv[1]), {m.encode() for m in sys.argv[2:]}
+said = b""
+while True:
+    chunk = os.read(fd, 64)
+    if not chunk:
+        break
+    said += chunk
+if said.endswith(b"done"):
+    sys.exit(0)
+for _ in range(20):
+    found = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open("/proc/" + name + "/environ", "rb") as f:
+                env = set(f.read().split(b"\0"))
+        except OSError:
+            continue
+        if marks <= env:
+            found += 1
+            try:
+                os.killpg(os.getpgid(int(name)), signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+    if not found:
+        break
+    time.sleep(0.05)
+"""
+
+
+class Guard:
+    """Kills a worker's jobs when the worker dies. Every job must carry `marks` (KEY=value) in its environment."""
+
+    def __init__(self, marks: dict[str, str]):
+        read_end, self._write_end = os.pipe()
+        try:
+            # close_fds (the default) keeps the write end out of the guard and out of every job: only the worker holds it.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _GUARD, str(read_end)] + [f"{k}={v}" for k, v in marks.items()],
+                pass_fds=(read_end,), stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        finally:
+            os.close(read_end)
+
+    def stand_down(self) -> None:
+        """The worker is ending normally, its jobs are over: the guard leaves without killing anything."""
+        try:
+            os.write(self._write_end, b"done")
+        except OSError:
+            pass  # the guard is gone already
+        os.close(self._write_end)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 def signal_group(pgid: int, sig: int) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from jobqueue import queue
 from jobqueue.db import Database
 from jobqueue.errors import UserError
-from jobqueue.processes import PDEATHSIG_PREFIX, crash_point, signal_group, stop_group, wait_exit
+from jobqueue.processes import Guard, crash_point, signal_group, stop_group, wait_exit
 from jobqueue.states import AttemptState, JobState
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -112,6 +112,9 @@ class Worker:
             self.db, slots=self.s.slots, gpus=self.gpu_text,
             backend=self.s.backend, run_id=self.s.run_id,
         )
+        # Its jobs die with this worker, even by SIGKILL: the guard kills whatever carries these marks.
+        self.marks = {"JQ_DB": self.db.url, "JQ_WORKER_ID": str(self.info.id)}
+        guard = Guard(self.marks)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             reap(self.db, self.s.lease, say=self._say)  # pick up what died before we started
@@ -132,6 +135,8 @@ class Worker:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if not self.live_slots:
+                guard.stand_down()  # every job is over; otherwise the guard kills what is left when we exit
             queue.stop_worker(self.db, self.info.id)
             for slot in self.slots:
                 os.close(slot.wake_r)
@@ -286,7 +291,7 @@ class Worker:
         os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
         with open(job.log_path, "ab") as log:
             try:
-                proc = subprocess.Popen(PDEATHSIG_PREFIX + argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL,
+                proc = subprocess.Popen(argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, process_group=0)
             except OSError as exc:
                 self._finish(slot, job, AttemptState.FAILED, exit_code=126, reason=f"cannot start {argv[0]}: {exc.strerror}")
@@ -362,7 +367,7 @@ class Worker:
         if job.run_id not in self.run_names:
             self.run_names.update(queue.run_names(self.db))
         env.update(JQ_JOB_ID=str(job.job_id), JQ_RUN=self.run_names.get(job.run_id, ""), JQ_ATTEMPT=str(job.number),
-                   JQ_SLOT=str(slot.index), JQ_ATTEMPT_ID=str(job.attempt_id), JQ_DB=self.db.url)
+                   JQ_SLOT=str(slot.index), JQ_ATTEMPT_ID=str(job.attempt_id), **self.marks)
         if slot.gpu:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu
         elif self.gpu_text and self.s.experiments_per_gpu <= 0:

@@ -33,9 +33,9 @@ def test_a_worker_killed_at_each_step_of_a_job_leaves_exactly_one_recorded_succe
     executions = (project.path / "ledger").read_text().split("\n")[:-1]
     # At-least-once execution, never two attempts at once: the second attempt always runs to its end, after
     # the first. The first ran to its end when the crash came after it exited; never when it came before the
-    # spawn. Right after the spawn it usually dies with its worker (parent-death signal), but when the worker
-    # dies before setpriv has set that signal, it runs on as an orphan: then it either ends before `jq resume`
-    # or is killed by it (its JQ_ATTEMPT_ID), and in both cases before the second attempt starts.
+    # spawn. Right after the spawn it usually dies with its worker (the guard kills what carries the worker's
+    # marks), but the guard acts a moment after the worker dies, so a quick job may end first; either way it is
+    # over before `jq resume`, which would find and kill it by its JQ_ATTEMPT_ID, starts the second attempt.
     expected = {"after_claim": [["1 2"]], "after_spawn": [["1 2"], ["1 1", "1 2"]], "after_exit": [["1 1", "1 2"]]}
     assert executions in expected[step]
     assert job_processes(project.db) == []

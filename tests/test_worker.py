@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import subprocess
 import time
 
 import psutil
@@ -140,26 +141,70 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(sqlite_proj
     assert attempt == {"state": "interrupted", "signal": signal.SIGKILL}
 
 
-RESUMABLE_JOB = """sh -c 'if [ "$JQ_ATTEMPT" = 1 ]; then sleep 60 & sleep 60; fi; echo done-$JQ_JOB_ID' job"""
+# The first attempt leaves two children behind: one in the job's process group, one in a session of its own.
+RESUMABLE_JOB = """sh -c 'if [ "$JQ_ATTEMPT" = 1 ]; then sleep 60 & setsid sleep 61 & sleep 60; fi; echo done-$JQ_JOB_ID' job"""
 
 
-def test_a_sigkilled_worker_leaves_no_orphans_after_resume_which_completes_every_job(project):
+def _crash_a_worker_mid_run(project) -> tuple[subprocess.Popen, psutil.Process]:
+    """Three jobs running with their children, then the worker SIGKILLed; returns its guard, still alive."""
     project.sweep("crash", RESUMABLE_JOB, 3)
     project.jq("enqueue", "crash", check=True)
     worker = project.start("worker", "--slots", "3")
-    project.wait_for(lambda: len(job_processes(project.db)) >= 6, what="jobs and their children")
-    worker.kill()
-    worker.wait(10)
-    time.sleep(0.3)
-    assert project.states() == {"running": 3}  # nobody has noticed yet
-    survivors = job_processes(project.db)
-    assert survivors, "the background children escape the parent-death signal; resume must find them"
+    project.wait_for(lambda: len(job_processes(project.db)) >= 12, what="jobs and their children")
+    (guard,) = [p for p in psutil.Process(worker.pid).children() if "JQ_ATTEMPT_ID" not in p.environ()]
+    (row,) = project.sql("select id from workers")
+    assert f"JQ_WORKER_ID={row['id']}" in guard.cmdline()
+    return worker, guard
+
+
+def _resume_completes_every_job(project) -> None:
     proc = project.jq("resume", "--no-progress", check=True)
     assert "3 lost jobs requeued" in proc.stdout
     assert job_processes(project.db) == []
     assert project.states() == {"succeeded": 3}
     rows = project.sql("select job_id, number, state from attempts order by job_id, number")
     assert [r["state"] for r in rows] == ["lost", "succeeded"] * 3
+
+
+def test_a_sigkilled_worker_takes_its_jobs_with_it_and_resume_completes_every_job(project):
+    worker, guard = _crash_a_worker_mid_run(project)
+    worker.kill()
+    worker.wait(10)
+    # The guard kills every process carrying the worker's marks, the child that left the job's session included.
+    project.wait_for(lambda: job_processes(project.db) == [], what="the guard to kill the jobs", timeout=5)
+    guard.wait(5)
+    assert project.states() == {"running": 3}  # nobody has told the DB yet
+    _resume_completes_every_job(project)
+
+
+def test_when_worker_and_guard_are_both_killed_resume_kills_the_orphans_and_completes_every_job(project):
+    worker, guard = _crash_a_worker_mid_run(project)
+    guard.kill()
+    project.wait_for(lambda: guard.status() == psutil.STATUS_ZOMBIE, what="the guard to die")  # its parent reaps it
+    worker.kill()
+    worker.wait(10)
+    time.sleep(0.3)
+    assert project.states() == {"running": 3}
+    assert len(job_processes(project.db)) >= 12, "with no guard, the jobs run on unobserved until resume"
+    _resume_completes_every_job(project)
+
+
+def test_a_worker_that_ends_normally_sends_its_guard_away_without_killing_anything(project):
+    # The guard acts only when its worker dies. After a normal exit it leaves without killing anything (a daemon
+    # that left its job's session is `jq resume`'s business), and the job saw which worker ran it.
+    project.sweep("daemon", "sh -c 'setsid sleep 30 & sleep 0.5; echo $JQ_WORKER_ID' job", 1)
+    project.jq("enqueue", "daemon", check=True)
+    project.jq("worker", check=True)
+    (job,) = project.jobs()
+    (worker,) = project.sql("select id from workers")
+    assert project.jq("logs", str(job["id"]), check=True).stdout.strip() == str(worker["id"])
+    time.sleep(0.5)
+    daemons = job_processes(project.db)
+    assert [p.cmdline() for p in daemons] == [["sleep", "30"]]
+    guards = [p for p in psutil.process_iter(["cmdline"]) if f"JQ_WORKER_ID={worker['id']}" in (p.info["cmdline"] or [])]
+    assert guards == []
+    for p in daemons:
+        p.kill()
 
 
 def test_timeouts_are_recorded_as_timeout(project):
