@@ -348,26 +348,26 @@ def claim_next_job(
     take = _claim_statement(not db.is_sqlite, run_id is not None, job_id is not None)
     params = {"p_worker_id": worker.id, "p_run_id": run_id, "p_job_id": job_id}
 
-    def _claim(conn) -> ClaimedJob | None:
-        row = conn.execute(take, params).first()
+    def _claim(tx) -> ClaimedJob | None:
+        row = tx.first(take, params)
         if row is None:
             return None
-        log_path = os.path.join(row.log_dir, "jq_logs", f"{row.name}.attempt-{row.attempts}.log")
-        attempt_id = conn.execute(_open_attempt, {
-            "p_job_id": row.id, "p_number": row.attempts, "p_worker_id": worker.id, "p_host": worker.host,
+        job_id, run_id, name, argv, env, cwd, log_dir, number, timeout = row
+        log_path = os.path.join(log_dir, "jq_logs", f"{name}.attempt-{number}.log")
+        (attempt_id,) = tx.first(_open_attempt, {
+            "p_job_id": job_id, "p_number": number, "p_worker_id": worker.id, "p_host": worker.host,
             "p_gpus": gpus, "p_slot": slot, "p_log_path": log_path,
-        }).scalar_one()
-        return ClaimedJob(row.id, row.run_id, row.name, row.argv, row.env, row.cwd, row.attempts, attempt_id,
-                          row.timeout, log_path)
+        })
+        return ClaimedJob(job_id, run_id, name, argv, env, cwd, number, attempt_id, timeout, log_path)
 
-    return db.run(_claim)
+    return db.run_on_driver(_claim)
 
 
 _record_pid = attempts.update().where(attempts.c.id == sa.bindparam("p_attempt_id")).values(pid=sa.bindparam("p_pid"))
 
 
 def record_pid(db: Database, attempt_id: int, pid: int) -> None:
-    db.run(lambda conn: conn.execute(_record_pid, {"p_attempt_id": attempt_id, "p_pid": pid}))
+    db.run_on_driver(lambda tx: tx.execute(_record_pid, {"p_attempt_id": attempt_id, "p_pid": pid}))
 
 
 def _job_state_after(outcome: AttemptState):
@@ -415,14 +415,14 @@ def finish_attempt(
     params = {"p_job_id": job.job_id, "p_number": job.number, "p_worker_id": worker_id, "p_attempt_id": job.attempt_id,
               "p_exit_code": exit_code, "p_signal": signal, "p_reason": reason}
 
-    def _finish(conn) -> JobState | None:
-        moved = conn.execute(move_job, params).first()
+    def _finish(tx) -> JobState | None:
+        moved = tx.first(move_job, params)
         if moved is None:
             return None
-        conn.execute(close_attempt, params)
-        return JobState(moved.state)
+        tx.execute(close_attempt, params)
+        return JobState(moved[0])
 
-    return db.run(_finish)
+    return db.run_on_driver(_finish)
 
 
 # --- lost workers --------------------------------------------------------------------------------
