@@ -345,22 +345,33 @@ def claim_next_job(
     run_id: int | None = None, job_id: int | None = None,
 ) -> ClaimedJob | None:
     """Take the oldest queued job (of a run, or one job) and open its attempt, in one short transaction."""
-    take = _claim_statement(not db.is_sqlite, run_id is not None, job_id is not None)
-    params = {"p_worker_id": worker.id, "p_run_id": run_id, "p_job_id": job_id}
+    return db.run_on_driver(lambda tx: _claim(tx, worker, slot, gpus, run_id, job_id))
 
-    def _claim(tx) -> ClaimedJob | None:
-        row = tx.first(take, params)
-        if row is None:
-            return None
-        job_id, run_id, name, argv, env, cwd, log_dir, number, timeout = row
-        log_path = os.path.join(log_dir, "jq_logs", f"{name}.attempt-{number}.log")
-        (attempt_id,) = tx.first(_open_attempt, {
-            "p_job_id": job_id, "p_number": number, "p_worker_id": worker.id, "p_host": worker.host,
-            "p_gpus": gpus, "p_slot": slot, "p_log_path": log_path,
-        })
-        return ClaimedJob(job_id, run_id, name, argv, env, cwd, number, attempt_id, timeout, log_path)
 
-    return db.run_on_driver(_claim)
+def finish_then_claim(
+    db: Database, finished: Finished, worker: WorkerInfo, *, slot: int, gpus: str | None,
+    run_id: int | None = None, job_id: int | None = None,
+) -> tuple[JobState | None, ClaimedJob | None]:
+    """finish_attempt() and claim_next_job() in one transaction: a slot's one write per job in a busy sweep."""
+    def _both(tx):
+        state = _finish(tx, finished, worker.id)
+        return state, _claim(tx, worker, slot, gpus, run_id, job_id)
+
+    return db.run_on_driver(_both)
+
+
+def _claim(tx, worker: WorkerInfo, slot: int, gpus: str | None, run_id: int | None, job_id: int | None) -> ClaimedJob | None:
+    take = _claim_statement(not tx.db.is_sqlite, run_id is not None, job_id is not None)
+    row = tx.first(take, {"p_worker_id": worker.id, "p_run_id": run_id, "p_job_id": job_id})
+    if row is None:
+        return None
+    job_id, run_id, name, argv, env, cwd, log_dir, number, timeout = row
+    log_path = os.path.join(log_dir, "jq_logs", f"{name}.attempt-{number}.log")
+    (attempt_id,) = tx.first(_open_attempt, {
+        "p_job_id": job_id, "p_number": number, "p_worker_id": worker.id, "p_host": worker.host,
+        "p_gpus": gpus, "p_slot": slot, "p_log_path": log_path,
+    })
+    return ClaimedJob(job_id, run_id, name, argv, env, cwd, number, attempt_id, timeout, log_path)
 
 
 _record_pid = attempts.update().where(attempts.c.id == sa.bindparam("p_attempt_id")).values(pid=sa.bindparam("p_pid"))
@@ -400,29 +411,44 @@ def _finish_statements(outcome: AttemptState):
         attempts.update()
         .where(attempts.c.id == sa.bindparam("p_attempt_id"), attempts.c.state == AttemptState.RUNNING.value)
         .values(state=outcome.value, ended_at=db_now(), exit_code=sa.bindparam("p_exit_code"),
-                signal=sa.bindparam("p_signal"), reason=sa.bindparam("p_reason"))
+                signal=sa.bindparam("p_signal"), reason=sa.bindparam("p_reason"),
+                pid=sa.func.coalesce(attempts.c.pid, sa.bindparam("p_pid", type_=sa.Integer)))
     )
     return move_job, close_attempt
 
 
+@dataclass
+class Finished:
+    """How an attempt ended, to be recorded."""
+
+    job: ClaimedJob
+    outcome: AttemptState
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    pid: int | None = None  # recorded now if the job ended before its pid was
+    seconds: float | None = None  # how long it ran, for the worker's messages
+
+
 def finish_attempt(
     db: Database, job: ClaimedJob, worker_id: int, outcome: AttemptState, *,
-    exit_code: int | None = None, signal: int | None = None, reason: str | None = None,
+    exit_code: int | None = None, signal: int | None = None, reason: str | None = None, pid: int | None = None,
 ) -> JobState | None:
     """Record how an attempt ended and move its job on. Exactly once: None if the job was no longer ours."""
-    move_job, close_attempt = _finish_statements(outcome)
+    finished = Finished(job, outcome, exit_code, signal, reason, pid)
+    return db.run_on_driver(lambda tx: _finish(tx, finished, worker_id))
+
+
+def _finish(tx, f: Finished, worker_id: int) -> JobState | None:
+    move_job, close_attempt = _finish_statements(f.outcome)
     # Bind names must not be column names: SQLAlchemy would add those to the SET clause.
-    params = {"p_job_id": job.job_id, "p_number": job.number, "p_worker_id": worker_id, "p_attempt_id": job.attempt_id,
-              "p_exit_code": exit_code, "p_signal": signal, "p_reason": reason}
-
-    def _finish(tx) -> JobState | None:
-        moved = tx.first(move_job, params)
-        if moved is None:
-            return None
-        tx.execute(close_attempt, params)
-        return JobState(moved[0])
-
-    return db.run_on_driver(_finish)
+    params = {"p_job_id": f.job.job_id, "p_number": f.job.number, "p_worker_id": worker_id, "p_attempt_id": f.job.attempt_id,
+              "p_exit_code": f.exit_code, "p_signal": f.signal, "p_reason": f.reason, "p_pid": f.pid}
+    moved = tx.first(move_job, params)
+    if moved is None:
+        return None
+    tx.execute(close_attempt, params)
+    return JobState(moved[0])
 
 
 # --- lost workers --------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from jobqueue.processes import Guard, crash_point, signal_group, stop_group, wai
 from jobqueue.states import AttemptState, JobState
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+PID_RECORD_DELAY = 0.05  # seconds; see Worker._wait_job
 
 
 def parse_gpus(spec: str | None) -> list[str] | None:
@@ -114,6 +115,7 @@ class Worker:
         )
         # Its jobs die with this worker, even by SIGKILL: the guard kills whatever carries these marks.
         self.marks = {"JQ_DB": self.db.url, "JQ_WORKER_ID": str(self.info.id)}
+        self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
         guard = Guard(self.marks)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
@@ -207,32 +209,46 @@ class Worker:
             self.slot_exited.set()
 
     def _claim_and_run(self, slot: _Slot) -> None:
-        while not self.stopping.is_set():
-            self._pause_before_start()
-            gpu = self._take_gpu()
-            if gpu is False:
-                continue
-            job = None
-            try:
-                job = queue.claim_next_job(self.db, self.info, slot=slot.index, gpus=gpu or self.gpu_text,
-                                           run_id=self.s.run_id, job_id=self.s.job_id)
-            finally:
+        ended: queue.Finished | None = None  # recorded in the same transaction as the next claim
+        try:
+            while not self.stopping.is_set():
+                if ended is not None and self.s.pause_between > 0:  # the pause must not hold back the record
+                    self._record(ended)
+                    ended = None
+                self._pause_before_start()
+                gpu = self._take_gpu()
+                if gpu is False:
+                    continue
+                job = None
+                try:
+                    claim = dict(slot=slot.index, gpus=gpu or self.gpu_text, run_id=self.s.run_id, job_id=self.s.job_id)
+                    if ended is None:
+                        job = queue.claim_next_job(self.db, self.info, **claim)
+                    else:
+                        state, job = queue.finish_then_claim(self.db, ended, self.info, **claim)
+                        self._recorded(ended, state)
+                        ended = None
+                finally:
+                    if job is None:
+                        self._release_gpu(gpu)
                 if job is None:
-                    self._release_gpu(gpu)
-            if job is None:
-                if self._idle_should_exit():
-                    return
-                continue
-            slot.gpu = gpu
-            with self.lock:
-                self.busy += 1
-            try:
-                self._run_job(slot, job)
-            finally:
-                self._release_gpu(gpu)
+                    if self._idle_should_exit():
+                        return
+                    continue
+                slot.gpu = gpu
                 with self.lock:
-                    self.busy -= 1
-                    self.lock.notify_all()
+                    self.busy += 1
+                try:
+                    ended = self._run_job(slot, job)
+                finally:
+                    slot.job = None
+                    self._release_gpu(gpu)
+                    with self.lock:
+                        self.busy -= 1
+                        self.lock.notify_all()
+        finally:
+            if ended is not None:
+                self._record(ended)
 
     def _pause_before_start(self) -> None:
         if self.s.pause_between <= 0:
@@ -273,35 +289,36 @@ class Worker:
             self.lock.wait(self.s.poll_interval)
             return self.drained
 
-    def _run_job(self, slot: _Slot, job: queue.ClaimedJob) -> None:
+    def _run_job(self, slot: _Slot, job: queue.ClaimedJob) -> queue.Finished:
+        """Run one claimed job to its end; returns how it ended, for the caller to record."""
         slot.job = job
         crash_point("after_claim")
         started = time.monotonic()
         if self.stopping.is_set():  # the stop signal came while we were claiming
-            self._finish(slot, job, AttemptState.INTERRUPTED, reason="worker stopping")
-            return
+            return queue.Finished(job, AttemptState.INTERRUPTED, reason="worker stopping")
         env = self._job_env(job, slot)
         argv = list(job.argv)
         if argv and argv[0].startswith("python"):
             argv[0] = sys.executable  # as Sample Factory does: the worker's own interpreter (its venv)
-        problem = self._cannot_start(argv, job, env)
+        problem, executable = self._find_program(argv, job, env)
         if problem:
-            self._finish(slot, job, AttemptState.FAILED, exit_code=127, reason=problem)
-            return
-        os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
-        with open(job.log_path, "ab") as log:
+            return queue.Finished(job, AttemptState.FAILED, exit_code=127, reason=problem)
+        try:
+            log = open(job.log_path, "ab")
+        except FileNotFoundError:  # the first attempt in this directory
+            os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
+            log = open(job.log_path, "ab")
+        with log:
             try:
-                proc = subprocess.Popen(argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL,
+                proc = subprocess.Popen(argv, executable=executable, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, process_group=0)
             except OSError as exc:
-                self._finish(slot, job, AttemptState.FAILED, exit_code=126, reason=f"cannot start {argv[0]}: {exc.strerror}")
-                return
+                return queue.Finished(job, AttemptState.FAILED, exit_code=126, reason=f"cannot start {argv[0]}: {exc.strerror}")
         pidfd = os.pidfd_open(proc.pid)
         try:
             crash_point("after_spawn")
-            queue.record_pid(self.db, job.attempt_id, proc.pid)
             self._say(f"started job {job.job_id} {job.name} (attempt {job.number}, slot {slot.index}"
-                      f"{', GPU ' + env['CUDA_VISIBLE_DEVICES'] if slot.gpu or self.s.gpus else ''}) pid {proc.pid}")
+                      f"{', GPU ' + env[b'CUDA_VISIBLE_DEVICES'].decode() if slot.gpu or self.s.gpus else ''}) pid {proc.pid}")
             outcome, reason = self._wait_job(slot, job, proc, pidfd, started)
         finally:
             os.close(pidfd)
@@ -312,17 +329,26 @@ class Worker:
             outcome, reason = AttemptState.INTERRUPTED, "stopped together with its worker"
         if outcome is None:
             outcome = AttemptState.SUCCEEDED if rc == 0 else AttemptState.FAILED
-        self._finish(slot, job, outcome, exit_code=exit_code, signal=sig, reason=reason, seconds=time.monotonic() - started)
+        return queue.Finished(job, outcome, exit_code=exit_code, signal=sig, reason=reason, pid=proc.pid,
+                              seconds=time.monotonic() - started)
 
     def _wait_job(self, slot, job, proc, pidfd, started) -> tuple[AttemptState | None, str | None]:
-        """Wait for the job; stop it on timeout, cancel, or a stop signal. Returns (outcome, reason) if it was stopped."""
+        """Wait for the job; stop it on timeout, cancel, or a stop signal. Returns (outcome, reason) if it was stopped.
+
+        The pid goes into the attempt's row once the job has run PID_RECORD_DELAY: a job that ends sooner has it
+        recorded with its end, which saves a quick job one of its two transactions."""
         deadline = started + job.timeout if job.timeout else None
+        pid_due = started + PID_RECORD_DELAY
         while True:
-            timeout = None if deadline is None else deadline - time.monotonic()
-            event = wait_exit(pidfd, timeout, slot.wake_r)
+            dues = [t for t in (deadline, pid_due) if t is not None]
+            event = wait_exit(pidfd, max(0.0, min(dues) - time.monotonic()) if dues else None, slot.wake_r)
             if event == "exited":
                 signal_group(proc.pid, signal.SIGKILL)  # what it left in its group (the leader is a zombie still)
                 return None, None
+            if event == "timeout" and pid_due is not None and (deadline is None or time.monotonic() < deadline):
+                queue.record_pid(self.db, job.attempt_id, proc.pid)
+                pid_due = None
+                continue
             if event == "timeout":
                 stop_group(pidfd, proc.pid, self.s.grace)
                 return AttemptState.TIMEOUT, f"ran over its timeout of {job.timeout:g}s"
@@ -346,49 +372,54 @@ class Worker:
             return self.stopping.is_set()
         return self.stopping.wait(2.0)
 
-    def _cannot_start(self, argv: list[str], job: queue.ClaimedJob, env: dict) -> str | None:
+    def _find_program(self, argv: list[str], job: queue.ClaimedJob, env: dict) -> tuple[str | None, str | None]:
+        """(what stops the job from starting, or None; the program's path, found on the job's PATH)."""
         if not argv:
-            return "empty command"
+            return "empty command", None
         if not os.path.isdir(job.cwd):
-            return f"working directory {job.cwd} does not exist"
+            return f"working directory {job.cwd} does not exist", None
         program = argv[0]
         if os.sep in program:
             path = program if os.path.isabs(program) else os.path.join(job.cwd, program)
-            if not os.path.exists(path):
-                return f"command not found: {program}"
-        elif not _which(program, env.get("PATH", os.defpath)):
-            return f"command not found: {program} (not on PATH)"
-        return None
+            return (None if os.path.exists(path) else f"command not found: {program}"), None
+        found = _which(program, os.fsdecode(env.get(b"PATH", os.defpath)))
+        return (None if found else f"command not found: {program} (not on PATH)"), found
 
-    def _job_env(self, job: queue.ClaimedJob, slot: _Slot) -> dict:
-        env = os.environ.copy()
+    def _job_env(self, job: queue.ClaimedJob, slot: _Slot) -> dict[bytes, bytes]:
+        """The job's environment, as bytes: Popen would encode it anyway, and os.environ.copy() decodes every
+        variable; together the two cost a quick job more than its database transaction."""
+        env = self.base_env.copy()
         if job.env:
-            env.update(job.env)
+            env.update((os.fsencode(k), os.fsencode(v)) for k, v in job.env.items())
         if job.run_id not in self.run_names:
             self.run_names.update(queue.run_names(self.db))
-        env.update(JQ_JOB_ID=str(job.job_id), JQ_RUN=self.run_names.get(job.run_id, ""), JQ_ATTEMPT=str(job.number),
-                   JQ_SLOT=str(slot.index), JQ_ATTEMPT_ID=str(job.attempt_id), **self.marks)
+        jq = dict(JQ_JOB_ID=str(job.job_id), JQ_RUN=self.run_names.get(job.run_id, ""), JQ_ATTEMPT=str(job.number),
+                  JQ_SLOT=str(slot.index), JQ_ATTEMPT_ID=str(job.attempt_id), **self.marks)
         if slot.gpu:
-            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+            jq["CUDA_VISIBLE_DEVICES"] = slot.gpu
         elif self.gpu_text and self.s.experiments_per_gpu <= 0:
-            env["CUDA_VISIBLE_DEVICES"] = self.gpu_text
+            jq["CUDA_VISIBLE_DEVICES"] = self.gpu_text
+        env.update((k.encode(), os.fsencode(v)) for k, v in jq.items())
         return env
 
-    def _finish(self, slot, job, outcome, *, exit_code=None, signal=None, reason=None, seconds=None) -> None:
-        state = queue.finish_attempt(self.db, job, self.info.id, outcome, exit_code=exit_code, signal=signal, reason=reason)
-        slot.job = None
+    def _record(self, ended: queue.Finished) -> None:
+        self._recorded(ended, queue.finish_attempt(self.db, ended.job, self.info.id, ended.outcome, exit_code=ended.exit_code,
+                                                   signal=ended.signal, reason=ended.reason, pid=ended.pid))
+
+    def _recorded(self, ended: queue.Finished, state: JobState | None) -> None:
+        """Count and tell how an attempt ended, once it is recorded."""
         with self.lock:
             self.result.ran += 1
             if state in (JobState.FAILED, JobState.TIMEOUT):
                 self.result.failed += 1
-            if outcome == AttemptState.INTERRUPTED:
+            if ended.outcome == AttemptState.INTERRUPTED:
                 self.result.interrupted += 1
-        took = f" in {seconds:.1f}s" if seconds is not None else ""
-        what = state.value if state else f"{outcome.value} (no longer this worker's)"
-        if state == JobState.QUEUED and outcome != AttemptState.INTERRUPTED:
-            what = f"{outcome.value}, queued again for another attempt"
-        detail = f"; {reason}" if reason else (f"; exit code {exit_code}" if exit_code else "")
-        self._say(f"job {job.job_id} {job.name}: {what}{took}{detail}")
+        took = f" in {ended.seconds:.1f}s" if ended.seconds is not None else ""
+        what = state.value if state else f"{ended.outcome.value} (no longer this worker's)"
+        if state == JobState.QUEUED and ended.outcome != AttemptState.INTERRUPTED:
+            what = f"{ended.outcome.value}, queued again for another attempt"
+        detail = f"; {ended.reason}" if ended.reason else (f"; exit code {ended.exit_code}" if ended.exit_code else "")
+        self._say(f"job {ended.job.job_id} {ended.job.name}: {what}{took}{detail}")
 
     def _say(self, message: str) -> None:
         if self.s.on_event is not None:
@@ -405,15 +436,19 @@ def _drain(fd: int) -> None:
         pass
 
 
-_which_cache: dict[tuple[str, str], bool] = {}
+_which_cache: dict[tuple[str, str], str] = {}
 
 
-def _which(program: str, path: str) -> bool:
+def _which(program: str, path: str) -> str | None:
+    """The program's full path (so that Popen need not search PATH for every job); only hits are kept."""
     import shutil
 
     key = (program, path)
     if key not in _which_cache:
-        _which_cache[key] = shutil.which(program, path=path) is not None
+        found = shutil.which(program, path=path)
+        if found is None:
+            return None
+        _which_cache[key] = found
     return _which_cache[key]
 
 

@@ -336,3 +336,18 @@ def test_a_job_signalled_together_with_its_worker_is_handed_back_not_failed(proj
     assert worker.wait(30) == 128 + signal.SIGTERM
     assert project.states() == {"queued": 2}
     assert {r["state"] for r in project.sql("select state from attempts")} == {"interrupted"}
+
+
+def test_the_pid_is_recorded_while_a_job_runs_and_with_the_end_of_a_quick_one(project):
+    # `jq cancel` signals a running job's group by the pid in its attempt; a quick job saves the transaction.
+    project.sweep("pids", """sh -c 'echo $$; [ "$JQ_JOB_ID" = 1 ] && sleep 30; exit 0' job""", 2)
+    project.jq("enqueue", "pids", check=True)
+    worker = project.start("worker", "--slots", "2")
+    pid_of = lambda job: project.sql(f"select pid from attempts where job_id = {job}")[0]["pid"]  # noqa: E731
+    project.wait_for(lambda: project.states() == {"running": 1, "succeeded": 1}, what="the quick job to end")
+    project.wait_for(lambda: pid_of(1), what="the running job's pid", timeout=5)
+    for job in (1, 2):
+        assert pid_of(job) == int(project.jq("logs", str(job), check=True).stdout.split()[0])
+    project.jq("cancel", "1", check=True)
+    assert worker.wait(30) == 0
+    assert project.states() == {"cancelled": 1, "succeeded": 1}
