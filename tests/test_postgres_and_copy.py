@@ -83,3 +83,44 @@ def test_migrations_run_under_the_advisory_lock_from_many_processes_at_once(post
     with db.begin(write=False) as conn:
         assert conn.execute(sa.text("select version_num from alembic_version")).scalars().all() == ["0001"]
         assert conn.execute(sa.select(sa.func.count()).select_from(jobs_table)).scalar() == 0
+
+
+def test_slot_threads_finishing_and_claiming_at_once_each_get_their_own_job(project):
+    # On SQLite the threads of one worker commit as a group: one thread runs the others' claims and finishes in
+    # its transaction. Each thread must still get back exactly what it asked for.
+    import threading
+
+    from jobqueue.states import AttemptState, JobState
+
+    project.sweep("group", "true", 400)
+    project.jq("enqueue", "group", check=True)
+    db = open_db(project.db)
+    worker = queue.register_worker(db, slots=8, gpus=None, backend="processes", run_id=None)
+    taken: dict[int, list] = {slot: [] for slot in range(8)}
+    states: list = []
+    start = threading.Barrier(8)
+
+    def slot_loop(slot: int) -> None:
+        start.wait()
+        job = queue.claim_next_job(db, worker, slot=slot, gpus=None)
+        while job is not None:
+            taken[slot].append(job)
+            ended = queue.Finished(job, AttemptState.SUCCEEDED, exit_code=0, pid=1000 + slot)
+            state, job = queue.finish_then_claim(db, ended, worker, slot=slot, gpus=None)
+            states.append(state)
+
+    threads = [threading.Thread(target=slot_loop, args=(slot,)) for slot in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    jobs = [j.job_id for slot_jobs in taken.values() for j in slot_jobs]
+    assert sorted(jobs) == sorted(set(jobs)) and len(jobs) == 400
+    assert states == [JobState.SUCCEEDED] * 400
+    rows = db.run(lambda c: c.execute(sa.text("select id, job_id, slot, pid from attempts")).all(), write=False)
+    by_attempt = {r.id: r for r in rows}
+    for slot, slot_jobs in taken.items():
+        for job in slot_jobs:
+            row = by_attempt[job.attempt_id]
+            assert (row.job_id, row.slot, row.pid) == (job.job_id, slot, 1000 + slot)
+    assert project.states() == {"succeeded": 400}
