@@ -1,15 +1,18 @@
 """`jq launch` against `xargs -P 8` on the same commands, in one go on this machine.
 
-    python benchmarks/launch_vs_xargs.py [--jobs 1000] [--slots 8]
+    python benchmarks/launch_vs_xargs.py [--jobs 1000] [--slots 8] [--rounds 3]
 
 Prints: 1,000 x `true` on 8 slots, jq launch vs xargs -P 8 (and the ratio; target <= 2x), and
-32 x `sleep 1` on 8 slots (ideal 4 s; target within 0.25 s).
+32 x `sleep 1` on 8 slots (ideal 4 s; target within 0.25 s). Each round runs jq into a new DB, jq into
+a DB that already holds another run, and xargs, one after the other; the summary is the median of the
+rounds (this machine's timings vary by 20% from one run to the next).
 """
 
 import argparse
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,24 +61,36 @@ def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float
     return fresh, existing, xargs
 
 
+def rounds(cwd: str, name: str, cmd: str, n: int, slots: int, count: int) -> tuple[float, float, float]:
+    """The median (new DB, existing DB, xargs) over `count` rounds, each round printed as it ends."""
+    results = []
+    for i in range(count):
+        fresh, existing, xargs = one(cwd, f"{name}{i}", cmd, n, slots)
+        print(f"  round {i + 1}: jq launch {fresh:.2f} s into a new DB, {existing:.2f} s into an existing one; "
+              f"xargs -P {slots} {xargs:.2f} s", flush=True)
+        results.append((fresh, existing, xargs))
+    return tuple(statistics.median(r[k] for r in results) for k in range(3))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--sleeps", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cwd:
         with open(os.path.join(cwd, "bench_other.py"), "w") as f:
             f.write(SWEEP.format(name="bench_other", cmd="true", n=1))
-        fresh, existing, xargs = one(cwd, "bench_true", "true", args.jobs, args.slots)
-        print(f"{args.jobs} x true, {args.slots} slots: jq launch {fresh:.2f} s into a new DB, {existing:.2f} s into an "
-              f"existing one; xargs -P {args.slots} {xargs:.2f} s; ratio {fresh / xargs:.2f}x / {existing / xargs:.2f}x "
-              "(target <= 2x)")
-        fresh, existing, xargs = one(cwd, "bench_sleep", "sh -c 'sleep 1' sleep", args.sleeps, args.slots)
+        print(f"{args.jobs} x true, {args.slots} slots:")
+        fresh, existing, xargs = rounds(cwd, "bench_true", "true", args.jobs, args.slots, args.rounds)
+        print(f"  median: jq launch {fresh:.2f} s into a new DB, {existing:.2f} s into an existing one; xargs -P {args.slots} "
+              f"{xargs:.2f} s; ratio {fresh / xargs:.2f}x / {existing / xargs:.2f}x (target <= 2x)")
         ideal = args.sleeps / args.slots
-        print(f"{args.sleeps} x sleep 1, {args.slots} slots (ideal {ideal:.0f} s): jq launch {fresh:.2f} s (+{fresh - ideal:.2f} s) "
-              f"into a new DB, {existing:.2f} s (+{existing - ideal:.2f} s) into an existing one (target +0.25 s); "
-              f"xargs -P {args.slots} {xargs:.2f} s")
+        print(f"{args.sleeps} x sleep 1, {args.slots} slots (ideal {ideal:.0f} s):")
+        fresh, existing, xargs = rounds(cwd, "bench_sleep", "sh -c 'sleep 1' sleep", args.sleeps, args.slots, args.rounds)
+        print(f"  median: jq launch {fresh:.2f} s (+{fresh - ideal:.2f} s) into a new DB, {existing:.2f} s "
+              f"(+{existing - ideal:.2f} s) into an existing one (target +0.25 s); xargs -P {args.slots} {xargs:.2f} s")
 
 
 if __name__ == "__main__":
