@@ -77,15 +77,11 @@ class Database:
 
     def run(self, fn: Callable[[sa.Connection], T], write: bool = True, attempts: int = 8) -> T:
         """Run fn(conn) in one transaction, retried with backoff while the database says it is busy."""
-        for attempt in range(attempts):
-            try:
-                with self._writer(write), self.begin(write) as conn:
-                    return fn(conn)
-            except sa.exc.OperationalError as exc:
-                if not _is_busy(exc) or attempt == attempts - 1:
-                    raise
-                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+        def once():
+            with self._writer(write), self.begin(write) as conn:
+                return fn(conn)
+
+        return _retry_while_busy(once, sa.exc.OperationalError, attempts)
 
     def run_on_driver(self, fn: Callable[["DriverTransaction"], T], attempts: int = 8) -> T:
         """Like run(), for the worker's hot path: fn gets the driver's own connection and statements compiled once,
@@ -117,27 +113,23 @@ class Database:
         return request.result
 
     def _driver_transaction(self, fns: list[Callable], attempts: int) -> list:
-        for attempt in range(attempts):
+        def once():
+            raw = self.engine.raw_connection()
             try:
-                raw = self.engine.raw_connection()
+                tx = DriverTransaction(self, raw.cursor())
+                if self.is_sqlite:  # in autocommit mode (see _open_sqlite): we say where transactions start
+                    tx.cursor.execute("BEGIN IMMEDIATE")
                 try:
-                    tx = DriverTransaction(self, raw.cursor())
-                    if self.is_sqlite:  # in autocommit mode (see _open_sqlite): we say where transactions start
-                        tx.cursor.execute("BEGIN IMMEDIATE")
-                    try:
-                        results = [fn(tx) for fn in fns]
-                    except BaseException:
-                        raw.rollback()
-                        raise
-                    raw.commit()
-                    return results
-                finally:
-                    raw.close()
-            except self.engine.dialect.loaded_dbapi.OperationalError as exc:
-                if not _is_busy(exc) or attempt == attempts - 1:
+                    results = [fn(tx) for fn in fns]
+                except BaseException:
+                    raw.rollback()
                     raise
-                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+                raw.commit()
+                return results
+            finally:
+                raw.close()
+
+        return _retry_while_busy(once, self.engine.dialect.loaded_dbapi.OperationalError, attempts)
 
     def compiled(self, stmt: sa.Executable) -> "DriverStatement":
         statement = self._compiled.get(stmt)
@@ -147,6 +139,18 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _retry_while_busy(once: Callable[[], T], errors: type[Exception], attempts: int) -> T:
+    """once(), again with backoff while it fails because the database is busy (locked, or a deadlock)."""
+    for attempt in range(attempts):
+        try:
+            return once()
+        except errors as exc:
+            if not _is_busy(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
 
 
 @dataclass
