@@ -435,7 +435,11 @@ def finish_attempt(
     exit_code: int | None = None, signal: int | None = None, reason: str | None = None, pid: int | None = None,
 ) -> JobState | None:
     """Record how an attempt ended and move its job on. Exactly once: None if the job was no longer ours."""
-    finished = Finished(job, outcome, exit_code, signal, reason, pid)
+    return record_finished(db, Finished(job, outcome, exit_code, signal, reason, pid), worker_id)
+
+
+def record_finished(db: Database, finished: Finished, worker_id: int) -> JobState | None:
+    """finish_attempt() for an attempt whose end is already a Finished."""
     return db.run_on_driver(lambda tx: _finish(tx, finished, worker_id))
 
 

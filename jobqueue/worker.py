@@ -403,8 +403,7 @@ class Worker:
         return env
 
     def _record(self, ended: queue.Finished) -> None:
-        self._recorded(ended, queue.finish_attempt(self.db, ended.job, self.info.id, ended.outcome, exit_code=ended.exit_code,
-                                                   signal=ended.signal, reason=ended.reason, pid=ended.pid))
+        self._recorded(ended, queue.record_finished(self.db, ended, self.info.id))
 
     def _recorded(self, ended: queue.Finished, state: JobState | None) -> None:
         """Count and tell how an attempt ended, once it is recorded."""
