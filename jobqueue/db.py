@@ -3,25 +3,33 @@
 SQLite is the default (one file, WAL, a busy timeout); PostgreSQL when many machines share a queue.
 The schema is only ever made by the Alembic migrations, applied under a file lock (SQLite) or an
 advisory lock (PostgreSQL) so that many workers opening a fresh DB at once do not race.
+
+The queue's statements run as plain SQL on the driver's own connection (see sql.py and queue.py). So an
+SQLite DB at the newest schema is opened and used with the standard library alone: SQLAlchemy, whose
+import takes longer than a whole quick sweep's DB work, is imported only for what needs it -- the
+migrations, `jq db copy`, and PostgreSQL's connection pool.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import sqlite3
 import sys
 import time
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
-import sqlalchemy as sa
-from sqlalchemy import event
-
+from jobqueue import sql
 from jobqueue.errors import UserError
-from jobqueue.paths import BUSY_TIMEOUT_MS, SCHEMA_HEAD, SQLITE_HEADER, data_path, resolve_url
+from jobqueue.paths import BUSY_TIMEOUT_MS, SCHEMA_HEAD, SQLITE_HEADER, data_path, resolve_url, sqlite_path
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 PG_MIGRATION_LOCK = 0x6A6F6271  # "jobq", the advisory lock key that serializes migrations
 NETWORK_FILESYSTEMS = set(os.environ.get("JQ_NETWORK_FILESYSTEMS", "").split()) | {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "fuse.glusterfs", "ceph"}
@@ -48,51 +56,54 @@ def filesystem_type(path: Path) -> str:
 @dataclass
 class Database:
     url: str
-    engine: sa.Engine
     path: Path | None  # the file, for SQLite
+    journal: str = "WAL"  # SQLite's journal mode: WAL, or a rollback journal on a network file system
+    _engine: "sa.Engine | None" = None
 
     # SQLite lets one transaction write at a time, and a connection that finds the file locked sleeps (1 ms, 2 ms,
     # 5 ms, ...) before it tries again. A worker's slot threads take turns on this lock instead, and each is
     # woken the moment the one before it commits; other processes still wait in SQLite's busy handler.
     _write_lock: threading.Lock = field(default_factory=threading.Lock)
-    _compiled: dict = field(default_factory=dict)
-    _pending: list = field(default_factory=list)  # run_on_driver's requests waiting for the next group commit
+    _pending: list = field(default_factory=list)  # transact()'s requests waiting for the next group commit
     _pending_lock: threading.Lock = field(default_factory=threading.Lock)
+    _idle: list = field(default_factory=list)  # SQLite connections for the driver path, between transactions
 
     @property
     def is_sqlite(self) -> bool:
         return self.path is not None
 
+    @property
+    def dialect(self) -> str:
+        return sql.SQLITE if self.is_sqlite else sql.POSTGRESQL
+
+    @property
+    def engine(self) -> "sa.Engine":
+        """SQLAlchemy's engine, made at first use: only migrations, `jq db copy` and PostgreSQL need it."""
+        if self._engine is None:
+            self._engine = _sqlite_engine(self) if self.is_sqlite else _postgres_engine(self.url)
+        return self._engine
+
     def _writer(self, write: bool):
         return self._write_lock if write and self.is_sqlite else nullcontext()
 
     @contextmanager
-    def begin(self, write: bool = True) -> Iterator[sa.Connection]:
-        """One transaction. On SQLite a write transaction takes the write lock at once (BEGIN IMMEDIATE)."""
+    def begin(self, write: bool = True) -> Iterator["sa.Connection"]:
+        """One SQLAlchemy transaction. On SQLite a write transaction takes the write lock at once (BEGIN IMMEDIATE)."""
         with self.engine.connect() as conn:
             if self.is_sqlite and not write:
                 conn = conn.execution_options(sqlite_begin="BEGIN")
             with conn.begin():
                 yield conn
 
-    def run(self, fn: Callable[[sa.Connection], T], write: bool = True, attempts: int = 8) -> T:
-        """Run fn(conn) in one transaction, retried with backoff while the database says it is busy."""
-        def once():
-            with self._writer(write), self.begin(write) as conn:
-                return fn(conn)
+    def transact(self, fn: Callable[["Transaction"], T], write: bool = True, attempts: int = 8) -> T:
+        """Run fn(tx) in one transaction on the driver's connection, retried with backoff while the DB is busy.
 
-        return _retry_while_busy(once, sa.exc.OperationalError, attempts)
-
-    def run_on_driver(self, fn: Callable[["DriverTransaction"], T], attempts: int = 8) -> T:
-        """Like run(), for the worker's hot path: fn gets the driver's own connection and statements compiled once,
-        which costs a fifth of going through SQLAlchemy's execution layer per statement.
-
-        On SQLite the threads of one process commit as a group: while one transaction runs, the others' functions
-        queue up, and the next thread to get the write lock runs them all in one transaction. Beginning and
-        committing cost more than the worker's statements themselves, and the threads would only have taken
-        turns anyway."""
-        if not self.is_sqlite:
-            return self._driver_transaction([fn], attempts)[0]
+        On SQLite the threads of one process commit their writes as a group: while one transaction runs, the
+        others' functions queue up, and the next thread to get the write lock runs them all in one transaction.
+        Beginning and committing cost more than the worker's statements themselves, and the threads would only
+        have taken turns anyway."""
+        if not (self.is_sqlite and write):
+            return self._transaction([fn], write, attempts)[0]
         request = _Request(fn)
         with self._pending_lock:
             self._pending.append(request)
@@ -101,7 +112,7 @@ class Database:
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
                 try:
-                    results = self._driver_transaction([r.fn for r in batch], attempts)
+                    results = self._transaction([r.fn for r in batch], write, attempts)
                 except BaseException as exc:
                     for r in batch:
                         r.error, r.done = exc, True
@@ -112,33 +123,54 @@ class Database:
             raise request.error
         return request.result
 
-    def _driver_transaction(self, fns: list[Callable], attempts: int) -> list:
+    def _transaction(self, fns: list[Callable], write: bool, attempts: int) -> list:
         def once():
-            raw = self.engine.raw_connection()
-            try:
-                tx = DriverTransaction(self, raw.cursor())
-                if self.is_sqlite:  # in autocommit mode (see _open_sqlite): we say where transactions start
-                    tx.cursor.execute("BEGIN IMMEDIATE")
+            with self._connection() as conn:
+                tx = Transaction(self.dialect, conn.cursor())
+                if self.is_sqlite:  # in autocommit mode (see configure_sqlite): we say where transactions start
+                    tx.cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     results = [fn(tx) for fn in fns]
                 except BaseException:
-                    raw.rollback()
+                    conn.rollback()
                     raise
-                raw.commit()
+                conn.commit()
                 return results
+
+        return _retry_while_busy(once, self._busy_errors(), attempts)
+
+    @contextmanager
+    def _connection(self):
+        """A driver connection: SQLite's from our own small pool, PostgreSQL's from SQLAlchemy's."""
+        if not self.is_sqlite:
+            raw = self.engine.raw_connection()
+            try:
+                yield raw
             finally:
                 raw.close()
+            return
+        with self._pending_lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = connect_sqlite(self.path, self.journal)
+        try:
+            yield conn
+        except BaseException:
+            conn.close()  # it may be in any state: a new one is cheap
+            raise
+        with self._pending_lock:
+            self._idle.append(conn)
 
-        return _retry_while_busy(once, self.engine.dialect.loaded_dbapi.OperationalError, attempts)
-
-    def compiled(self, stmt: sa.Executable) -> "DriverStatement":
-        statement = self._compiled.get(stmt)
-        if statement is None:
-            statement = self._compiled[stmt] = DriverStatement.compile(stmt, self.engine.dialect)
-        return statement
+    def _busy_errors(self) -> type[Exception]:
+        return sqlite3.OperationalError if self.is_sqlite else self.engine.dialect.loaded_dbapi.OperationalError
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        with self._pending_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+        if self._engine is not None:
+            self._engine.dispose()
 
 
 def _retry_while_busy(once: Callable[[], T], errors: type[Exception], attempts: int) -> T:
@@ -161,69 +193,39 @@ class _Request:
     error: BaseException | None = None
 
 
-@dataclass(frozen=True)
-class DriverStatement:
-    """A Core statement compiled for one dialect, with what SQLAlchemy would do to its parameters and results."""
-
-    sql: str
-    names: tuple[str, ...]  # the bind parameters, in the order a positional driver takes them
-    defaults: dict  # the values written into the statement; None for those the caller gives
-    positional: bool
-    bind_processors: dict
-    result_types: tuple  # the columns a RETURNING or SELECT gives, as the dialect sees them
-    _result_processors: list = field(default_factory=list)  # made at the first result: they need the driver's type codes
-
-    @classmethod
-    def compile(cls, stmt: sa.Executable, dialect: sa.Dialect) -> "DriverStatement":
-        compiled = stmt.compile(dialect=dialect)
-        types = {name: bind.type for bind, name in compiled.bind_names.items()}
-        defaults = {name: bind.value for bind, name in compiled.bind_names.items()}  # e.g. state = 'queued'
-        names = tuple(compiled.positiontup) if compiled.positional else tuple(defaults)
-
-        def processor(type_):
-            return type_.dialect_impl(dialect)
-
-        bind_processors = {name: p for name in names if (p := processor(types[name]).bind_processor(dialect))}
-        columns = getattr(stmt, "exported_columns", ())
-        return cls(
-            sql=compiled.string, names=names, defaults=defaults,
-            positional=compiled.positional, bind_processors=bind_processors,
-            result_types=tuple(processor(c.type) for c in columns),
-        )
-
-    def parameters(self, params: dict):
-        values = {**self.defaults, **params}
-        for name, process in self.bind_processors.items():
-            values[name] = process(values[name])
-        return [values[name] for name in self.names] if self.positional else values
-
-    def row(self, raw: tuple | None, cursor, dialect: sa.Dialect) -> tuple | None:
-        if raw is None:
-            return None
-        if not self._result_processors:
-            self._result_processors[:] = [  # one assignment: threads that race here write the same list
-                type_.result_processor(dialect, column[1]) for type_, column in zip(self.result_types, cursor.description)
-            ]
-        return tuple(p(v) if p else v for p, v in zip(self._result_processors, raw))
-
-
 @dataclass
-class DriverTransaction:
-    db: Database
+class Transaction:
+    """Plain SQL (see sql.py) on a driver cursor, inside one transaction."""
+
+    dialect: str
     cursor: object
 
-    def execute(self, stmt: sa.Executable, params: dict) -> int:
+    def execute(self, query: str, params: dict | None = None) -> int:
         """Run a statement; the number of rows it changed."""
-        statement = self.db.compiled(stmt)
-        self.cursor.execute(statement.sql, statement.parameters(params))
+        self.cursor.execute(sql.render(query, self.dialect), params or {})
         return self.cursor.rowcount
 
-    def first(self, stmt: sa.Executable, params: dict) -> tuple | None:
-        statement = self.db.compiled(stmt)
-        self.cursor.execute(statement.sql, statement.parameters(params))
-        row = statement.row(self.cursor.fetchone(), self.cursor, self.db.engine.dialect)
+    def executemany(self, query: str, rows: list) -> None:
+        self.cursor.executemany(sql.render(query, self.dialect), rows)
+
+    def first(self, query: str, params: dict | None = None) -> tuple | None:
+        self.cursor.execute(sql.render(query, self.dialect), params or {})
+        row = self.cursor.fetchone()
         self.cursor.fetchall()  # drain it: a statement with RETURNING ends only when its rows are read
         return row
+
+    def all(self, query: str, params: dict | None = None) -> list[tuple]:
+        self.cursor.execute(sql.render(query, self.dialect), params or {})
+        return self.cursor.fetchall()
+
+    def dicts(self, query: str, params: dict | None = None) -> list[dict]:
+        """The rows as dicts, JSON and time columns decoded."""
+        self.cursor.execute(sql.render(query, self.dialect), params or {})
+        rows = self.cursor.fetchall()
+        if not rows:
+            return []
+        to_dict = sql.row_converter(self.cursor.description)
+        return [to_dict(r) for r in rows]
 
 
 _opened: list[Database] = []
@@ -252,15 +254,25 @@ def open_db(db: str | None = None, *, create: bool = True) -> Database:
         raise UserError(f"--db {url}: unsupported database; use a file path or a postgresql+psycopg:// URL")
     try:
         _ensure_schema(database)
-    except sa.exc.DatabaseError as exc:
+    except _database_errors() as exc:
         database.dispose()
         raise UserError(_explain_db_error(database, exc)) from None
     _opened.append(database)
     return database
 
 
+def _database_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean the DB itself is unusable, from whichever libraries this process has loaded."""
+    errors: list[type[Exception]] = [sqlite3.DatabaseError]
+    if "sqlalchemy" in sys.modules:
+        errors.append(sys.modules["sqlalchemy"].exc.DatabaseError)
+    if "psycopg" in sys.modules:
+        errors.append(sys.modules["psycopg"].DatabaseError)
+    return tuple(errors)
+
+
 def _open_sqlite(url: str, create: bool) -> Database:
-    path = Path(sa.engine.make_url(url).database or "")
+    path = sqlite_path(url)
     shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
     if not path.parent.is_dir():
         raise UserError(f"--db {shown}: directory {path.parent} does not exist; create it or choose another path")
@@ -283,24 +295,44 @@ def _open_sqlite(url: str, create: bool) -> Database:
         journal = "DELETE"
         print(f"jq: warning: {shown} is on {fstype}, where WAL is unsafe: using a rollback journal; "
               "for workers on many hosts use --db postgresql+psycopg://...", file=sys.stderr)
-    engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    return Database(url=url, path=path, journal=journal)
+
+
+def connect_sqlite(path: Path, journal: str) -> sqlite3.Connection:
+    """A connection for the driver path (any thread may use it, one at a time)."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    configure_sqlite(conn, path, journal)
+    return conn
+
+
+def configure_sqlite(conn: sqlite3.Connection, path: Path, journal: str) -> None:
+    """Every connection, ours or SQLAlchemy's: autocommit mode (we say where transactions begin), waits for a
+    busy DB, foreign keys, and the journal mode (which only a writable directory can change)."""
+    conn.isolation_level = None
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    if os.access(path.parent, os.W_OK):
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.upper() != journal:
+            conn.execute(f"PRAGMA journal_mode={journal}")
+
+
+def _sqlite_engine(database: Database) -> "sa.Engine":
+    import sqlalchemy as sa
+    from sqlalchemy import event
+
+    engine = sa.create_engine(database.url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
-        dbapi_conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        dbapi_conn.execute("PRAGMA foreign_keys=ON")
-        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
-        if os.access(path.parent, os.W_OK):
-            mode = dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode.upper() != journal:
-                dbapi_conn.execute(f"PRAGMA journal_mode={journal}")
+        configure_sqlite(dbapi_conn, database.path, database.journal)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
         conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN IMMEDIATE"))
 
-    return Database(url=url, engine=engine, path=path)
+    return engine
 
 
 def _open_postgres(url: str) -> Database:
@@ -312,20 +344,37 @@ def _open_postgres(url: str) -> Database:
         ) from None
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    engine = sa.create_engine(url, pool_pre_ping=True)
-    return Database(url=url, engine=engine, path=None)
+    database = Database(url=url, path=None)
+    database.engine  # noqa: B018 - made now, so that a bad URL is reported as one
+    return database
 
 
-def current_revision(conn: sa.Connection) -> str | None:
-    if not sa.inspect(conn).has_table("alembic_version"):
-        return None
-    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+def _postgres_engine(url: str) -> "sa.Engine":
+    import sqlalchemy as sa
+
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+_VERSION_TABLE = {
+    sql.SQLITE: "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'",
+    sql.POSTGRESQL: "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = 'alembic_version'",
+}
+
+
+def schema_revision(database: Database) -> str | None:
+    """The Alembic revision the DB is at; None for a new, empty one."""
+    def read(tx: Transaction) -> str | None:
+        if not tx.first(_VERSION_TABLE[database.dialect])[0]:
+            return None
+        row = tx.first("SELECT version_num FROM alembic_version")
+        return row[0] if row else None
+
+    return database.transact(read, write=False)
 
 
 def _ensure_schema(database: Database) -> None:
     """Fast path: one read. Otherwise take the lock and run the migrations (or refuse a newer DB)."""
-    with database.begin(write=False) as conn:
-        revision = current_revision(conn)
+    revision = schema_revision(database)
     if revision == SCHEMA_HEAD:
         return
     _check_known(revision, database)
@@ -335,6 +384,8 @@ def _ensure_schema(database: Database) -> None:
         with FileLock(str(database.path) + ".lock"):
             _migrate(database)
     else:
+        import sqlalchemy as sa
+
         with database.engine.connect() as conn:
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": PG_MIGRATION_LOCK})
             try:
@@ -368,9 +419,8 @@ def _check_known(revision: str | None, database: Database) -> None:
 def _migrate(database: Database) -> None:
     from alembic import command
 
-    with database.begin(write=False) as conn:
-        if current_revision(conn) == SCHEMA_HEAD:
-            return  # another process migrated while we waited for the lock
+    if schema_revision(database) == SCHEMA_HEAD:
+        return  # another process migrated while we waited for the lock
     config = _alembic_config()
     config.attributes["engine"] = database.engine
     command.upgrade(config, "head")

@@ -1,13 +1,12 @@
 """The tables, exactly as the Alembic migrations make them (a test compares the two).
 
-Table and column names are an interface: users query them with `jq sql`. Times are naive UTC.
+Table and column names are an interface: users query them with `jq sql`. Times are naive UTC, in
+columns named `*_at` (queue.py's plain SQL decodes them by that name; a test holds every table to it).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import FunctionElement
 
 metadata = sa.MetaData()
 
@@ -116,50 +115,3 @@ submissions = sa.Table(
     sa.Column("submitted_at", sa.DateTime, nullable=False),
     sa.Index("ix_submissions_run", "run_id"),
 )
-
-
-class db_now(FunctionElement):
-    """The database's clock (naive UTC).
-
-    Heartbeats and leases use it rather than each host's clock, so skew between hosts cannot make
-    a live worker look dead.
-    """
-
-    type = sa.DateTime()
-    inherit_cache = True
-
-
-class db_ago(FunctionElement):
-    """The database's clock minus some seconds (for leases). Not cached: the SQL carries the number."""
-
-    type = sa.DateTime()
-    inherit_cache = False
-
-    def __init__(self, seconds: float):
-        self.seconds = float(seconds)
-        super().__init__()
-
-
-# Six fraction digits, the format SQLAlchemy itself writes, so stored times compare as text.
-_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now'{})"
-_PG_NOW = "(clock_timestamp() at time zone 'utc'{})"
-
-
-@compiles(db_now, "sqlite")
-def _sqlite_now(element, compiler, **kw):
-    return _SQLITE_NOW.format("")
-
-
-@compiles(db_now, "postgresql")
-def _pg_now(element, compiler, **kw):
-    return _PG_NOW.format("")
-
-
-@compiles(db_ago, "sqlite")
-def _sqlite_ago(element, compiler, **kw):
-    return _SQLITE_NOW.format(f", '-{element.seconds:f} seconds'")
-
-
-@compiles(db_ago, "postgresql")
-def _pg_ago(element, compiler, **kw):
-    return _PG_NOW.format(f" - interval '{element.seconds:f} seconds'")

@@ -2,6 +2,11 @@
 
 enqueue -> claim_next_job -> record_pid -> finish_attempt; requeue_lost_jobs, cancel_jobs and
 retry_jobs move jobs back or out. The allowed moves are listed in states.py.
+
+Each is plain SQL on the driver's connection, the same text for SQLite and PostgreSQL (see sql.py): a
+launch or a worker never imports SQLAlchemy, which on SQLite costs more than all the statements of a
+quick sweep. The tables are defined in models.py and made by the migrations; tests hold the two to
+each other and run every function here on both databases.
 """
 
 from __future__ import annotations
@@ -15,12 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-import sqlalchemy as sa
-
-from jobqueue.db import Database
+from jobqueue import sql
+from jobqueue.db import Database, Transaction
 from jobqueue.errors import UserError
 from jobqueue.processes import crash_point
-from jobqueue.models import attempts, db_ago, db_now, jobs, runs, submissions, workers
 from jobqueue.states import AttemptState, JobState
 from jobqueue.sweep import JobSpec
 
@@ -49,6 +52,16 @@ class EnqueueResult:
     changed: list[str] = field(default_factory=list)  # names already queued with another command
 
 
+_ADD_RUN = (
+    "INSERT INTO runs (name, sweep, train_dir, suffix, cwd, settings, created_at) "
+    "VALUES (:name, :sweep, :train_dir, :suffix, :cwd, :settings, :now) RETURNING id"
+)
+_JOB_COLUMNS = ("run_id", "idx", "name", "experiment", "params", "argv", "cmd", "env", "cwd", "root_dir", "log_dir",
+                "state", "attempts", "failures", "max_attempts", "timeout", "created_at", "updated_at")
+# Rows go to the driver as tuples: per-row dicts (or SQLAlchemy's parameter processing) cost several times the insert.
+_INSERT_JOBS = f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(_JOB_COLUMNS))})"
+
+
 def enqueue(
     db: Database,
     run_name: str,
@@ -64,163 +77,150 @@ def enqueue(
     """Add a run's jobs in one transaction. Jobs already there (by name) are left alone: idempotent."""
     cwd = cwd or os.getcwd()
 
-    def _enqueue(conn: sa.Connection) -> EnqueueResult:
-        now = utcnow()
-        run_id = conn.execute(sa.select(runs.c.id).where(runs.c.name == run_name)).scalar()
-        if run_id is None:
-            run_id = conn.execute(
-                runs.insert()
-                .values(name=run_name, sweep=sweep, train_dir=train_dir, suffix=suffix, cwd=cwd,
-                        settings=settings or {}, created_at=now)
-                .returning(runs.c.id)
-            ).scalar_one()
-            existing: dict[str, list] = {}
+    def _enqueue(tx: Transaction) -> EnqueueResult:
+        (now,) = tx.first("SELECT {now}")  # one timestamp for the whole enqueue
+        row = tx.first("SELECT id FROM runs WHERE name = :name", {"name": run_name})
+        if row is None:
+            (run_id,) = tx.first(_ADD_RUN, {"name": run_name, "sweep": sweep, "train_dir": train_dir, "suffix": suffix,
+                                            "cwd": cwd, "settings": sql.to_json(settings or {}), "now": now})
+            existing: dict[str, str] = {}
         else:
+            run_id = row[0]
             if settings:
-                old = conn.execute(sa.select(runs.c.settings).where(runs.c.id == run_id)).scalar() or {}
-                conn.execute(runs.update().where(runs.c.id == run_id).values(settings={**settings, **old}))
+                _merge_run_settings(tx, run_id, settings, recorded_wins=True)
             # argv as its JSON text: decoding 100,000 of them would cost more than the whole comparison.
-            argv_text = sa.type_coerce(jobs.c.argv, sa.Text)
-            existing = dict(conn.execute(sa.select(jobs.c.name, argv_text).where(jobs.c.run_id == run_id)).all())
+            existing = dict(tx.all("SELECT name, CAST(argv AS TEXT) FROM jobs WHERE run_id = :run_id", {"run_id": run_id}))
         new_rows = []
         changed = []
         log_dirs: dict[str, str] = {}
+        dumps = json.dumps
         for spec in specs:
             if spec.name in existing:
-                if existing[spec.name] != json.dumps(spec.argv):
+                if existing[spec.name] != dumps(spec.argv):
                     changed.append(spec.name)
                 continue
             if spec.experiment_dir not in log_dirs:
                 log_dirs[spec.experiment_dir] = os.path.join(cwd, spec.experiment_dir)
             new_rows.append((
-                run_id, spec.index, spec.name, spec.experiment, spec.params, spec.argv, spec.cmd, spec.env, cwd,
-                spec.root_dir, log_dirs[spec.experiment_dir], JobState.QUEUED.value, 0, 0, max_attempts or 1,
-                spec.timeout, now, now,
+                run_id, spec.index, spec.name, spec.experiment, dumps(spec.params), dumps(spec.argv), spec.cmd,
+                sql.to_json(spec.env), cwd, spec.root_dir, log_dirs[spec.experiment_dir], JobState.QUEUED.value, 0, 0,
+                max_attempts or 1, spec.timeout, now, now,
             ))
         for start in range(0, len(new_rows), ENQUEUE_CHUNK):
-            _insert_jobs(conn, db.is_sqlite, new_rows[start:start + ENQUEUE_CHUNK])
+            tx.executemany(_INSERT_JOBS, new_rows[start:start + ENQUEUE_CHUNK])
             crash_point("mid_enqueue")
         return EnqueueResult(run_id, run_name, len(new_rows), len(specs) - len(new_rows), changed)
 
-    return db.run(_enqueue)
+    return db.transact(_enqueue)
 
 
-_JOB_COLUMNS = ("run_id", "idx", "name", "experiment", "params", "argv", "cmd", "env", "cwd", "root_dir", "log_dir",
-                "state", "attempts", "failures", "max_attempts", "timeout", "created_at", "updated_at")
-_INSERT_JOBS_SQLITE = f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(_JOB_COLUMNS))})"
-
-
-def _insert_jobs(conn: sa.Connection, sqlite: bool, rows: list[tuple]) -> None:
-    """Insert many job rows (tuples in _JOB_COLUMNS order).
-
-    On SQLite the driver gets them directly: SQLAlchemy's per-row parameter processing costs about 20 us a
-    row, several times the insert itself. Values are serialized as SQLAlchemy would (json.dumps, and its
-    DATETIME text), so the rows are the same either way."""
-    if not sqlite:
-        conn.execute(jobs.insert(), [dict(zip(_JOB_COLUMNS, row)) for row in rows])
-        return
-    created = rows[0][16].strftime("%Y-%m-%d %H:%M:%S.%f")  # one timestamp for the whole enqueue
-    dumps = json.dumps
-    conn.exec_driver_sql(_INSERT_JOBS_SQLITE, [
-        (*row[:4], dumps(row[4]), dumps(row[5]), row[6], dumps(row[7]), *row[8:16], created, created) for row in rows
-    ])
+def _merge_run_settings(tx: Transaction, run_id: int, settings: dict, *, recorded_wins: bool) -> None:
+    """Merge settings into the run's: a re-enqueue only fills gaps (recorded_wins); a launch overrides."""
+    (old,) = tx.first("SELECT settings FROM runs WHERE id = :run_id", {"run_id": run_id})
+    old = sql.from_json(old) or {}
+    merged = {**settings, **old} if recorded_wins else {**old, **settings}
+    tx.execute("UPDATE runs SET settings = :settings WHERE id = :run_id", {"settings": sql.to_json(merged), "run_id": run_id})
 
 
 def update_run_settings(db: Database, run_id: int, settings: dict) -> None:
-    def _update(conn):
-        old = conn.execute(sa.select(runs.c.settings).where(runs.c.id == run_id)).scalar() or {}
-        conn.execute(runs.update().where(runs.c.id == run_id).values(settings={**old, **settings}))
+    db.transact(lambda tx: _merge_run_settings(tx, run_id, settings, recorded_wins=False))
 
-    db.run(_update)
+
+_UNFINISHED_OF_RUN = "run_id = :run_id AND state IN ('queued', 'running')"
 
 
 def set_job_limits(db: Database, run_id: int, *, timeout: float | None, max_attempts: int | None) -> None:
     """Apply a launch's --timeout (to jobs without their own) and --max-attempts to the run's unfinished jobs."""
 
-    def _limit(conn):
-        unfinished = (jobs.c.run_id == run_id) & jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value])
+    def _limit(tx: Transaction) -> None:
+        params = {"run_id": run_id, "timeout": timeout, "max_attempts": max_attempts}
         if timeout is not None:
-            conn.execute(jobs.update().where(unfinished, jobs.c.timeout.is_(None)).values(timeout=timeout))
+            tx.execute(f"UPDATE jobs SET timeout = :timeout WHERE {_UNFINISHED_OF_RUN} AND timeout IS NULL", params)
         if max_attempts is not None:
-            conn.execute(jobs.update().where(unfinished).values(max_attempts=max_attempts))
+            tx.execute(f"UPDATE jobs SET max_attempts = :max_attempts WHERE {_UNFINISHED_OF_RUN}", params)
 
-    db.run(_limit)
+    db.transact(_limit)
 
 
 # --- reading -----------------------------------------------------------------------------------
 
 
-def find_run(conn: sa.Connection, name: str) -> dict:
-    row = conn.execute(sa.select(runs).where(runs.c.name == name)).mappings().first()
-    if row is None:
+def find_run(tx: Transaction, name: str) -> dict:
+    rows = tx.dicts("SELECT * FROM runs WHERE name = :name", {"name": name})
+    if not rows:
         from jobqueue.report import unknown_run
 
-        raise unknown_run(name, list(conn.execute(sa.select(runs.c.name).order_by(runs.c.id)).scalars()))
-    return dict(row)
+        raise unknown_run(name, [n for (n,) in tx.all("SELECT name FROM runs ORDER BY id")])
+    return rows[0]
 
 
 def get_run(db: Database, name: str) -> dict:
-    return db.run(lambda conn: find_run(conn, name), write=False)
+    return db.transact(lambda tx: find_run(tx, name), write=False)
 
 
 def run_names(db: Database) -> dict[int, str]:
-    return db.run(lambda conn: dict(conn.execute(sa.select(runs.c.id, runs.c.name)).all()), write=False)
+    return db.transact(lambda tx: dict(tx.all("SELECT id, name FROM runs")), write=False)
 
 
 def only_run(db: Database) -> dict | None:
     """The DB's run when it holds exactly one (so RUN can be left out), else None."""
-    rows = db.run(lambda conn: conn.execute(sa.select(runs).limit(2)).mappings().all(), write=False)
-    return dict(rows[0]) if len(rows) == 1 else None
+    rows = db.transact(lambda tx: tx.dicts("SELECT * FROM runs ORDER BY id LIMIT 2"), write=False)
+    return rows[0] if len(rows) == 1 else None
 
 
 def status_counts(db: Database, run: str | None = None) -> list[tuple[str, str, int]]:
     """(run name, state, jobs) for every run, or one: the same SQL as `jq status`."""
     from jobqueue.report import COUNTS_FOR_RUN_SQL, COUNTS_SQL
 
-    def _counts(conn):
+    def _counts(tx: Transaction):
         if run is None:
-            return [tuple(r) for r in conn.exec_driver_sql(COUNTS_SQL)]
-        find_run(conn, run)
-        return [tuple(r) for r in conn.execute(sa.text(COUNTS_FOR_RUN_SQL), {"run": run})]
+            return [tuple(r) for r in tx.all(COUNTS_SQL)]
+        find_run(tx, run)
+        return [tuple(r) for r in tx.all(COUNTS_FOR_RUN_SQL, {"run": run})]
 
-    return db.run(_counts, write=False)
+    return db.transact(_counts, write=False)
 
 
 def list_jobs(db: Database, run: str | None = None, state: str | None = None, ids: Iterable[int] | None = None) -> list[dict]:
-    def _list(conn):
-        stmt = sa.select(jobs, runs.c.name.label("run")).join(runs, runs.c.id == jobs.c.run_id).order_by(jobs.c.id)
+    def _list(tx: Transaction):
+        query = "SELECT jobs.*, runs.name AS run FROM jobs JOIN runs ON runs.id = jobs.run_id WHERE 1 = 1"
+        params: dict = {}
         if run is not None:
-            stmt = stmt.where(jobs.c.run_id == find_run(conn, run)["id"])
+            query += " AND jobs.run_id = :run_id"
+            params["run_id"] = find_run(tx, run)["id"]
         if state is not None:
-            stmt = stmt.where(jobs.c.state == state)
+            query += " AND jobs.state = :state"
+            params["state"] = state
         if ids is not None:
-            stmt = stmt.where(jobs.c.id.in_(list(ids)))
-        return [dict(r) for r in conn.execute(stmt).mappings()]
+            listed, id_params = sql.expand("job", ids)
+            query += f" AND jobs.id IN ({listed})"
+            params.update(id_params)
+        return tx.dicts(query + " ORDER BY jobs.id", params)
 
-    return db.run(_list, write=False)
+    return db.transact(_list, write=False)
 
 
 def last_attempts(db: Database, job_ids: list[int]) -> dict[int, dict]:
     """The newest attempt of each job."""
-    if not job_ids:
-        return {}
 
-    def _last(conn):
-        newest = sa.select(sa.func.max(attempts.c.id)).where(attempts.c.job_id.in_(job_ids)).group_by(attempts.c.job_id)
-        rows = conn.execute(sa.select(attempts).where(attempts.c.id.in_(newest))).mappings()
-        return {r["job_id"]: dict(r) for r in rows}
+    def _last(tx: Transaction):
+        found = {}
+        for chunk in sql.chunks(job_ids):
+            listed, params = sql.expand("job", chunk)
+            newest = f"SELECT max(id) FROM attempts WHERE job_id IN ({listed}) GROUP BY job_id"
+            found.update((r["job_id"], r) for r in tx.dicts(f"SELECT * FROM attempts WHERE id IN ({newest})", params))
+        return found
 
-    return db.run(_last, write=False)
+    return db.transact(_last, write=False) if job_ids else {}
 
 
 def job_attempts(db: Database, job_id: int) -> list[dict]:
-    def _attempts(conn):
-        if conn.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id)).first() is None:
+    def _attempts(tx: Transaction):
+        if tx.first("SELECT id FROM jobs WHERE id = :job_id", {"job_id": job_id}) is None:
             raise UserError(f"no job with id {job_id}; `jq list` shows the ids")
-        stmt = sa.select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.number)
-        return [dict(r) for r in conn.execute(stmt).mappings()]
+        return tx.dicts("SELECT * FROM attempts WHERE job_id = :job_id ORDER BY number", {"job_id": job_id})
 
-    return db.run(_attempts, write=False)
+    return db.transact(_attempts, write=False)
 
 
 # --- workers -----------------------------------------------------------------------------------
@@ -234,12 +234,22 @@ def boot_id() -> str:
 
 
 def process_start_time(pid: int) -> float | None:
-    import psutil
+    """When a process started (seconds since the epoch), which tells a reused PID apart; None if it is gone.
 
+    psutil's create_time(), read the same way (boot time + the start ticks in /proc/PID/stat), but without
+    importing psutil on every worker's start."""
     try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold anything
+    except OSError:
         return None
+    return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of the file, starttime
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_time() -> float:
+    with open("/proc/stat", "rb") as f:
+        return float(next(line.split()[1] for line in f if line.startswith(b"btime ")))
 
 
 @dataclass
@@ -249,15 +259,22 @@ class WorkerInfo:
     pid: int
 
 
+_REGISTER_WORKER = (
+    "INSERT INTO workers (host, pid, pid_started, boot_id, gpus, slots, backend, run_id, slurm_job_id, "
+    "slurm_array_task_id, started_at, heartbeat_at) VALUES (:host, :pid, :pid_started, :boot_id, :gpus, :slots, "
+    ":backend, :run_id, :slurm_job_id, :slurm_array_task_id, {now}, {now}) RETURNING id"
+)
+_STOP_WORKER = "UPDATE workers SET stopped_at = {now} WHERE id = :worker_id AND stopped_at IS NULL"
+
+
 def register_worker(db: Database, *, slots: int, gpus: str | None, backend: str, run_id: int | None) -> WorkerInfo:
     host, pid = socket.gethostname(), os.getpid()
     values = dict(
         host=host, pid=pid, pid_started=process_start_time(pid), boot_id=boot_id(), gpus=gpus, slots=slots,
         backend=backend, run_id=run_id, slurm_job_id=os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
         slurm_array_task_id=_int_or_none(os.environ.get("SLURM_ARRAY_TASK_ID")),
-        started_at=db_now(), heartbeat_at=db_now(),
     )
-    worker_id = db.run(lambda conn: conn.execute(workers.insert().values(**values).returning(workers.c.id)).scalar_one())
+    (worker_id,) = db.transact(lambda tx: tx.first(_REGISTER_WORKER, values))
     return WorkerInfo(worker_id, host, pid)
 
 
@@ -274,24 +291,21 @@ def heartbeat(db: Database, worker_id: int, attempt_ids: list[int]) -> list[int]
     None means the worker itself was declared dead (a reaper took its jobs): it must stop them all.
     """
 
-    def _beat(conn):
-        alive = conn.execute(
-            workers.update().where(workers.c.id == worker_id, workers.c.stopped_at.is_(None)).values(heartbeat_at=db_now())
-        ).rowcount
+    def _beat(tx: Transaction):
+        alive = tx.execute("UPDATE workers SET heartbeat_at = {now} WHERE id = :worker_id AND stopped_at IS NULL",
+                           {"worker_id": worker_id})
         if not alive:
             return None
         if not attempt_ids:
             return []
-        stmt = sa.select(attempts.c.id).where(attempts.c.id.in_(attempt_ids), attempts.c.state != AttemptState.RUNNING.value)
-        return list(conn.execute(stmt).scalars())
+        listed, params = sql.expand("attempt", attempt_ids)
+        return [r[0] for r in tx.all(f"SELECT id FROM attempts WHERE id IN ({listed}) AND state != 'running'", params)]
 
-    return db.run(_beat)
+    return db.transact(_beat)
 
 
 def stop_worker(db: Database, worker_id: int) -> None:
-    db.run(lambda conn: conn.execute(
-        workers.update().where(workers.c.id == worker_id, workers.c.stopped_at.is_(None)).values(stopped_at=db_now())
-    ))
+    db.transact(lambda tx: tx.execute(_STOP_WORKER, {"worker_id": worker_id}))
 
 
 # --- claim, run, finish ------------------------------------------------------------------------
@@ -311,32 +325,28 @@ class ClaimedJob:
     log_path: str
 
 
-@functools.lru_cache(maxsize=None)
-def _claim_statement(postgres: bool, by_run: bool, by_job: bool):
-    """Built once per shape: constructing SQLAlchemy statements costs more than running them on SQLite."""
-    oldest = sa.select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value).order_by(jobs.c.id).limit(1)
+def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
+    """Take the oldest queued job: one statement, guarded by its state so that two claimers never share one."""
+    oldest = "SELECT id FROM jobs WHERE state = 'queued'"
     if by_run:
-        oldest = oldest.where(jobs.c.run_id == sa.bindparam("p_run_id"))
+        oldest += " AND run_id = :run_id"
     if by_job:
-        oldest = oldest.where(jobs.c.id == sa.bindparam("p_job_id"))
-    if postgres:
-        oldest = oldest.with_for_update(skip_locked=True)  # SQLite's BEGIN IMMEDIATE already serializes
+        oldest += " AND id = :job_id"
+    oldest += " ORDER BY id LIMIT 1"
+    if dialect == sql.POSTGRESQL:
+        oldest += " FOR UPDATE SKIP LOCKED"  # SQLite's BEGIN IMMEDIATE already serializes
     return (
-        jobs.update()
-        .where(jobs.c.id == oldest.scalar_subquery(), jobs.c.state == JobState.QUEUED.value)
-        .values(state=JobState.RUNNING.value, attempts=jobs.c.attempts + 1, worker_id=sa.bindparam("p_worker_id"),
-                started_at=db_now(), updated_at=db_now(), ended_at=None, exit_code=None, signal=None)
-        .returning(jobs.c.id, jobs.c.run_id, jobs.c.name, jobs.c.argv, jobs.c.env, jobs.c.cwd,
-                   jobs.c.log_dir, jobs.c.attempts, jobs.c.timeout)
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = :worker_id, started_at = {now}, "
+        "updated_at = {now}, ended_at = NULL, exit_code = NULL, signal = NULL "
+        f"WHERE state = 'queued' AND id = ({oldest}) "
+        "RETURNING id, run_id, name, argv, env, cwd, log_dir, attempts, timeout"
     )
 
 
-_open_attempt = (
-    attempts.insert()
-    .values(job_id=sa.bindparam("p_job_id"), number=sa.bindparam("p_number"), worker_id=sa.bindparam("p_worker_id"),
-            host=sa.bindparam("p_host"), gpus=sa.bindparam("p_gpus"), slot=sa.bindparam("p_slot"),
-            state=AttemptState.RUNNING.value, started_at=db_now(), log_path=sa.bindparam("p_log_path"))
-    .returning(attempts.c.id)
+_CLAIM_QUERIES = {(d, r, j): _claim_query(d, r, j) for d in (sql.SQLITE, sql.POSTGRESQL) for r in (0, 1) for j in (0, 1)}
+_OPEN_ATTEMPT = (
+    "INSERT INTO attempts (job_id, number, worker_id, host, gpus, slot, state, started_at, log_path) "
+    "VALUES (:job_id, :number, :worker_id, :host, :gpus, :slot, 'running', {now}, :log_path) RETURNING id"
 )
 
 
@@ -345,7 +355,7 @@ def claim_next_job(
     run_id: int | None = None, job_id: int | None = None,
 ) -> ClaimedJob | None:
     """Take the oldest queued job (of a run, or one job) and open its attempt, in one short transaction."""
-    return db.run_on_driver(lambda tx: _claim(tx, worker, slot, gpus, run_id, job_id))
+    return db.transact(lambda tx: _claim(tx, worker, slot, gpus, run_id, job_id))
 
 
 def finish_then_claim(
@@ -357,64 +367,49 @@ def finish_then_claim(
         state = _finish(tx, finished, worker.id)
         return state, _claim(tx, worker, slot, gpus, run_id, job_id)
 
-    return db.run_on_driver(_both)
+    return db.transact(_both)
 
 
-def _claim(tx, worker: WorkerInfo, slot: int, gpus: str | None, run_id: int | None, job_id: int | None) -> ClaimedJob | None:
-    take = _claim_statement(not tx.db.is_sqlite, run_id is not None, job_id is not None)
-    row = tx.first(take, {"p_worker_id": worker.id, "p_run_id": run_id, "p_job_id": job_id})
+def _claim(tx: Transaction, worker: WorkerInfo, slot: int, gpus: str | None, run_id: int | None,
+           job_id: int | None) -> ClaimedJob | None:
+    take = _CLAIM_QUERIES[tx.dialect, run_id is not None, job_id is not None]
+    row = tx.first(take, {"worker_id": worker.id, "run_id": run_id, "job_id": job_id})
     if row is None:
         return None
     job_id, run_id, name, argv, env, cwd, log_dir, number, timeout = row
     log_path = os.path.join(log_dir, "jq_logs", f"{name}.attempt-{number}.log")
-    (attempt_id,) = tx.first(_open_attempt, {
-        "p_job_id": job_id, "p_number": number, "p_worker_id": worker.id, "p_host": worker.host,
-        "p_gpus": gpus, "p_slot": slot, "p_log_path": log_path,
+    (attempt_id,) = tx.first(_OPEN_ATTEMPT, {
+        "job_id": job_id, "number": number, "worker_id": worker.id, "host": worker.host,
+        "gpus": gpus, "slot": slot, "log_path": log_path,
     })
-    return ClaimedJob(job_id, run_id, name, argv, env, cwd, number, attempt_id, timeout, log_path)
-
-
-_record_pid = attempts.update().where(attempts.c.id == sa.bindparam("p_attempt_id")).values(pid=sa.bindparam("p_pid"))
+    return ClaimedJob(job_id, run_id, name, sql.from_json(argv), sql.from_json(env), cwd, number, attempt_id, timeout,
+                      log_path)
 
 
 def record_pid(db: Database, attempt_id: int, pid: int) -> None:
-    db.run_on_driver(lambda tx: tx.execute(_record_pid, {"p_attempt_id": attempt_id, "p_pid": pid}))
+    db.transact(lambda tx: tx.execute("UPDATE attempts SET pid = :pid WHERE id = :attempt_id",
+                                      {"attempt_id": attempt_id, "pid": pid}))
 
 
-def _job_state_after(outcome: AttemptState):
-    if outcome == AttemptState.SUCCEEDED:
-        return JobState.SUCCEEDED.value
-    if outcome in (AttemptState.FAILED, AttemptState.TIMEOUT):
-        final = JobState.FAILED.value if outcome == AttemptState.FAILED else JobState.TIMEOUT.value
-        # Automatic retries: back to the queue while failures stay under max_attempts.
-        return sa.case((jobs.c.failures + 1 < jobs.c.max_attempts, JobState.QUEUED.value), else_=final)
-    if outcome == AttemptState.INTERRUPTED:
-        return JobState.QUEUED.value
-    if outcome == AttemptState.CANCELLED:
-        return JobState.CANCELLED.value
-    raise ValueError(outcome)
-
-
-@functools.lru_cache(maxsize=None)
-def _finish_statements(outcome: AttemptState):
-    failed = outcome in (AttemptState.FAILED, AttemptState.TIMEOUT)
-    move_job = (
-        jobs.update()
-        .where(jobs.c.id == sa.bindparam("p_job_id"), jobs.c.state == JobState.RUNNING.value,
-               jobs.c.attempts == sa.bindparam("p_number"), jobs.c.worker_id == sa.bindparam("p_worker_id"))
-        .values(state=_job_state_after(outcome), failures=jobs.c.failures + (1 if failed else 0),
-                exit_code=sa.bindparam("p_exit_code"), signal=sa.bindparam("p_signal"), worker_id=None,
-                updated_at=db_now(), ended_at=db_now())
-        .returning(jobs.c.state)
-    )
-    close_attempt = (
-        attempts.update()
-        .where(attempts.c.id == sa.bindparam("p_attempt_id"), attempts.c.state == AttemptState.RUNNING.value)
-        .values(state=outcome.value, ended_at=db_now(), exit_code=sa.bindparam("p_exit_code"),
-                signal=sa.bindparam("p_signal"), reason=sa.bindparam("p_reason"),
-                pid=sa.func.coalesce(attempts.c.pid, sa.bindparam("p_pid", type_=sa.Integer)))
-    )
-    return move_job, close_attempt
+# How a job moves on when an attempt ends: its final state, or back to the queue for automatic retries while
+# its failures stay under max_attempts.
+_AFTER = {
+    AttemptState.SUCCEEDED: (JobState.SUCCEEDED, False),
+    AttemptState.FAILED: (JobState.FAILED, True),
+    AttemptState.TIMEOUT: (JobState.TIMEOUT, True),
+    AttemptState.INTERRUPTED: (JobState.QUEUED, False),
+    AttemptState.CANCELLED: (JobState.CANCELLED, False),
+}
+_MOVE_JOB = (
+    "UPDATE jobs SET state = CASE WHEN :retry AND failures + 1 < max_attempts THEN 'queued' ELSE :final END, "
+    "failures = failures + :failed, exit_code = :exit_code, signal = :signal, worker_id = NULL, updated_at = {now}, "
+    "ended_at = {now} "
+    "WHERE id = :job_id AND state = 'running' AND attempts = :number AND worker_id = :worker_id RETURNING state"
+)
+_CLOSE_ATTEMPT = (
+    "UPDATE attempts SET state = :outcome, ended_at = {now}, exit_code = :exit_code, signal = :signal, reason = :reason, "
+    "pid = COALESCE(pid, :pid) WHERE id = :attempt_id AND state = 'running'"
+)
 
 
 @dataclass
@@ -440,18 +435,18 @@ def finish_attempt(
 
 def record_finished(db: Database, finished: Finished, worker_id: int) -> JobState | None:
     """finish_attempt() for an attempt whose end is already a Finished."""
-    return db.run_on_driver(lambda tx: _finish(tx, finished, worker_id))
+    return db.transact(lambda tx: _finish(tx, finished, worker_id))
 
 
-def _finish(tx, f: Finished, worker_id: int) -> JobState | None:
-    move_job, close_attempt = _finish_statements(f.outcome)
-    # Bind names must not be column names: SQLAlchemy would add those to the SET clause.
-    params = {"p_job_id": f.job.job_id, "p_number": f.job.number, "p_worker_id": worker_id, "p_attempt_id": f.job.attempt_id,
-              "p_exit_code": f.exit_code, "p_signal": f.signal, "p_reason": f.reason, "p_pid": f.pid}
-    moved = tx.first(move_job, params)
+def _finish(tx: Transaction, f: Finished, worker_id: int) -> JobState | None:
+    final, retry = _AFTER[f.outcome]
+    params = {"job_id": f.job.job_id, "number": f.job.number, "worker_id": worker_id, "attempt_id": f.job.attempt_id,
+              "outcome": f.outcome.value, "final": final.value, "retry": retry, "failed": int(retry),
+              "exit_code": f.exit_code, "signal": f.signal, "reason": f.reason, "pid": f.pid}
+    moved = tx.first(_MOVE_JOB, params)
     if moved is None:
         return None
-    tx.execute(close_attempt, params)
+    tx.execute(_CLOSE_ATTEMPT, params)
     return JobState(moved[0])
 
 
@@ -468,14 +463,14 @@ class LostWorker:
 
 def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> list[LostWorker]:
     """Workers not stopped cleanly that are gone: on this host by PID (and its start time), elsewhere by lease."""
+    rows = db.transact(lambda tx: tx.dicts(
+        "SELECT *, heartbeat_at < {ago} AS expired FROM workers WHERE stopped_at IS NULL", {"lease_seconds": lease},
+    ), write=False)
+    if not rows:
+        return []
     import psutil
 
     host, this_boot = socket.gethostname(), boot_id()
-    expired = (workers.c.heartbeat_at < db_ago(lease)).label("expired")
-    rows = db.run(
-        lambda conn: conn.execute(sa.select(workers, expired).where(workers.c.stopped_at.is_(None))).mappings().all(),
-        write=False,
-    )
     dead = []
     for w in rows:
         if w["host"] != host:
@@ -502,13 +497,20 @@ def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> lis
 
 
 def attempt_states(db: Database, attempt_ids: list[int]) -> dict[int, str]:
-    stmt = sa.select(attempts.c.id, attempts.c.state).where(attempts.c.id.in_(attempt_ids))
-    return db.run(lambda conn: dict(conn.execute(stmt).all()), write=False)
+    def _states(tx: Transaction):
+        found = {}
+        for chunk in sql.chunks(attempt_ids):
+            listed, params = sql.expand("attempt", chunk)
+            found.update(tx.all(f"SELECT id, state FROM attempts WHERE id IN ({listed})", params))
+        return found
+
+    return db.transact(_states, write=False)
 
 
 def running_attempts_of(db: Database, worker_ids: list[int]) -> list[dict]:
-    stmt = sa.select(attempts).where(attempts.c.worker_id.in_(worker_ids), attempts.c.state == AttemptState.RUNNING.value)
-    return db.run(lambda conn: [dict(r) for r in conn.execute(stmt).mappings()], write=False)
+    listed, params = sql.expand("worker", worker_ids)
+    query = f"SELECT * FROM attempts WHERE worker_id IN ({listed}) AND state = 'running'"
+    return db.transact(lambda tx: tx.dicts(query, params), write=False)
 
 
 def requeue_jobs_of_dead_worker(db: Database, worker: LostWorker) -> list[int]:
@@ -517,89 +519,86 @@ def requeue_jobs_of_dead_worker(db: Database, worker: LostWorker) -> list[int]:
     The caller has already killed the attempts' processes when they ran on this host.
     """
 
-    def _requeue(conn) -> list[int]:
-        taken = conn.execute(
-            workers.update().where(workers.c.id == worker.id, workers.c.stopped_at.is_(None)).values(stopped_at=db_now())
-        ).rowcount
-        if not taken:
+    def _requeue(tx: Transaction) -> list[int]:
+        params = {"worker_id": worker.id, "reason": f"worker {worker.id} lost: {worker.why}"}
+        if not tx.execute(_STOP_WORKER, params):
             return []  # another reaper got there first
-        conn.execute(
-            attempts.update().where(attempts.c.worker_id == worker.id, attempts.c.state == AttemptState.RUNNING.value)
-            .values(state=AttemptState.LOST.value, ended_at=db_now(), reason=f"worker {worker.id} lost: {worker.why}")
-        )
-        rows = conn.execute(
-            jobs.update().where(jobs.c.worker_id == worker.id, jobs.c.state == JobState.RUNNING.value)
-            .values(state=JobState.QUEUED.value, worker_id=None, updated_at=db_now())
-            .returning(jobs.c.id)
-        )
-        return [r.id for r in rows]
+        tx.execute("UPDATE attempts SET state = 'lost', ended_at = {now}, reason = :reason "
+                   "WHERE worker_id = :worker_id AND state = 'running'", params)
+        return [r[0] for r in tx.all(
+            "UPDATE jobs SET state = 'queued', worker_id = NULL, updated_at = {now} "
+            "WHERE worker_id = :worker_id AND state = 'running' RETURNING id", params,
+        )]
 
-    return db.run(_requeue)
+    return db.transact(_requeue)
 
 
 # --- control ---------------------------------------------------------------------------------------
 
 
-def select_job_ids(conn, run: str | None, job_ids: list[int] | None, states: Iterable[str]) -> list[int]:
-    stmt = sa.select(jobs.c.id).where(jobs.c.state.in_(list(states)))
+def select_job_ids(tx: Transaction, run: str | None, job_ids: list[int] | None, states: Iterable[str]) -> list[int]:
+    listed, params = sql.expand("state", states)
+    query = f"SELECT id FROM jobs WHERE state IN ({listed})"
     if run is not None:
-        stmt = stmt.where(jobs.c.run_id == find_run(conn, run)["id"])
+        query += " AND run_id = :run_id"
+        params["run_id"] = find_run(tx, run)["id"]
     if job_ids:
-        known = set(conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(job_ids))).scalars())
+        listed, id_params = sql.expand("job", job_ids)
+        known = {r[0] for r in tx.all(f"SELECT id FROM jobs WHERE id IN ({listed})", id_params)}
         unknown = sorted(set(job_ids) - known)
         if unknown:
             raise UserError(f"no job with id {', '.join(map(str, unknown))}; `jq list` shows the ids")
-        stmt = stmt.where(jobs.c.id.in_(job_ids))
-    return list(conn.execute(stmt).scalars())
+        query += f" AND id IN ({listed})"
+        params.update(id_params)
+    return [r[0] for r in tx.all(query, params)]
 
 
 def cancel_jobs(db: Database, run: str | None = None, job_ids: list[int] | None = None) -> tuple[int, list[dict]]:
     """Cancel queued and running jobs. Returns (how many, the running attempts whose processes must stop)."""
 
-    def _cancel(conn):
-        ids = select_job_ids(conn, run, job_ids, [JobState.QUEUED.value, JobState.RUNNING.value])
-        if not ids:
-            return 0, []
-        running = [dict(r) for r in conn.execute(
-            sa.select(attempts).where(attempts.c.job_id.in_(ids), attempts.c.state == AttemptState.RUNNING.value)
-        ).mappings()]
-        conn.execute(
-            attempts.update().where(attempts.c.job_id.in_(ids), attempts.c.state == AttemptState.RUNNING.value)
-            .values(state=AttemptState.CANCELLED.value, ended_at=db_now(), reason="cancelled by jq cancel")
-        )
-        conn.execute(
-            jobs.update().where(jobs.c.id.in_(ids))
-            .values(state=JobState.CANCELLED.value, worker_id=None, updated_at=db_now(), ended_at=db_now())
-        )
+    def _cancel(tx: Transaction):
+        ids = select_job_ids(tx, run, job_ids, [JobState.QUEUED.value, JobState.RUNNING.value])
+        running = []
+        for chunk in sql.chunks(ids):
+            listed, params = sql.expand("job", chunk)
+            running += tx.dicts(f"SELECT * FROM attempts WHERE job_id IN ({listed}) AND state = 'running'", params)
+            tx.execute("UPDATE attempts SET state = 'cancelled', ended_at = {now}, reason = 'cancelled by jq cancel' "
+                       f"WHERE job_id IN ({listed}) AND state = 'running'", params)
+            tx.execute("UPDATE jobs SET state = 'cancelled', worker_id = NULL, updated_at = {now}, ended_at = {now} "
+                       f"WHERE id IN ({listed})", params)
         return len(ids), running
 
-    return db.run(_cancel)
+    return db.transact(_cancel)
 
 
 def retry_jobs(db: Database, run: str | None = None, job_ids: list[int] | None = None, failed_only: bool = False) -> int:
     """Put failed (and, unless failed_only, timed-out and cancelled) jobs back in the queue."""
     states = [JobState.FAILED.value] if failed_only else [JobState.FAILED.value, JobState.TIMEOUT.value, JobState.CANCELLED.value]
 
-    def _retry(conn):
-        ids = select_job_ids(conn, run, job_ids, states)
-        if ids:
-            conn.execute(jobs.update().where(jobs.c.id.in_(ids)).values(state=JobState.QUEUED.value, failures=0, updated_at=db_now()))
+    def _retry(tx: Transaction):
+        ids = select_job_ids(tx, run, job_ids, states)
+        for chunk in sql.chunks(ids):
+            listed, params = sql.expand("job", chunk)
+            tx.execute(f"UPDATE jobs SET state = 'queued', failures = 0, updated_at = {{now}} WHERE id IN ({listed})", params)
         return len(ids)
 
-    return db.run(_retry)
+    return db.transact(_retry)
 
 
 def record_submission(db: Database, **values) -> int:
-    values.setdefault("submitted_at", utcnow())
-    return db.run(lambda conn: conn.execute(submissions.insert().values(**values).returning(submissions.c.id)).scalar_one())
+    """A Slurm or NGC submission of the run's workers or jobs (columns of `submissions` as keywords)."""
+    params = {k: sql.to_json(v) if k in sql.JSON_COLUMNS else v for k, v in values.items()}
+    columns = ", ".join(params)
+    query = f"INSERT INTO submissions ({columns}, submitted_at) VALUES ({', '.join(':' + k for k in params)}, {{now}}) RETURNING id"
+    return db.transact(lambda tx: tx.first(query, params))[0]
 
 
 def run_submissions(db: Database, run_id: int, backend: str | None = None) -> list[dict]:
-    stmt = sa.select(submissions).where(submissions.c.run_id == run_id).order_by(submissions.c.id)
-    if backend:
-        stmt = stmt.where(submissions.c.backend == backend)
-    return db.run(lambda conn: [dict(r) for r in conn.execute(stmt).mappings()], write=False)
+    query = "SELECT * FROM submissions WHERE run_id = :run_id" + (" AND backend = :backend" if backend else "")
+    return db.transact(lambda tx: tx.dicts(query + " ORDER BY id", {"run_id": run_id, "backend": backend}), write=False)
 
 
 def update_submission(db: Database, submission_id: int, **values) -> None:
-    db.run(lambda conn: conn.execute(submissions.update().where(submissions.c.id == submission_id).values(**values)))
+    assignments = ", ".join(f"{k} = :{k}" for k in values)
+    query = f"UPDATE submissions SET {assignments} WHERE id = :submission_id"
+    db.transact(lambda tx: tx.execute(query, {**values, "submission_id": submission_id}))

@@ -10,8 +10,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
 from jobqueue import queue
 from jobqueue.db import Database
 from jobqueue.paths import sqlite_readonly_connection
@@ -160,6 +158,8 @@ def read_only_query(db: Database, query: str) -> tuple[list[str], list[tuple]]:
         finally:
             conn.close()
         return columns, rows
+    import sqlalchemy as sa
+
     with db.engine.connect() as conn:
         try:
             with conn.begin():

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import sqlalchemy as sa
 
@@ -26,10 +27,12 @@ def test_a_worker_on_another_host_is_lost_only_after_its_lease_by_the_db_clock(p
     claimed = [queue.claim_next_job(db, worker, slot=i, gpus=None) for i in range(2)]
     assert all(claimed)
     # Pretend it runs on another host, and heartbeat with the DB's clock as any worker does.
-    db.run(lambda c: c.execute(workers_table.update().values(host="far-away-host")))
+    with db.begin() as c:
+        c.execute(workers_table.update().values(host="far-away-host"))
     queue.heartbeat(db, worker.id, [])
     assert queue.find_dead_workers(db, lease=60) == []
-    assert [w.id for w in queue.find_dead_workers(db, lease=0.0)] == [worker.id]
+    time.sleep(0.1)  # SQLite's clock counts milliseconds: a heartbeat of this same millisecond is not older than 0 s
+    assert [w.id for w in queue.find_dead_workers(db, lease=0.05)] == [worker.id]
     from jobqueue.worker import reap
 
     assert sorted(reap(db, lease=0.0)) == sorted(j.job_id for j in claimed)
@@ -117,7 +120,8 @@ def test_slot_threads_finishing_and_claiming_at_once_each_get_their_own_job(proj
     jobs = [j.job_id for slot_jobs in taken.values() for j in slot_jobs]
     assert sorted(jobs) == sorted(set(jobs)) and len(jobs) == 400
     assert states == [JobState.SUCCEEDED] * 400
-    rows = db.run(lambda c: c.execute(sa.text("select id, job_id, slot, pid from attempts")).all(), write=False)
+    with db.begin(write=False) as c:
+        rows = c.execute(sa.text("select id, job_id, slot, pid from attempts")).all()
     by_attempt = {r.id: r for r in rows}
     for slot, slot_jobs in taken.items():
         for job in slot_jobs:

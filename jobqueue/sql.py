@@ -1,0 +1,79 @@
+"""Plain SQL that runs on both drivers: sqlite3 and psycopg, without SQLAlchemy.
+
+Queries are written once with `:name` parameters (`?` in many-row inserts, whose rows are tuples), `{now}`
+for the database's clock and `{ago}` for it less `:lease_seconds`; `render()` turns them into each
+driver's dialect. Rows come back as SQLAlchemy would give them: JSON columns decoded,
+time columns (named `*_at`, a rule a test checks against models.py) as naive UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from datetime import datetime
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+
+# The database's clock, naive UTC. Heartbeats and leases use it rather than each host's clock, so skew between
+# hosts cannot make a live worker look dead. On SQLite: six fraction digits, the format SQLAlchemy writes, so
+# stored times compare as text.
+NOW = {
+    SQLITE: "strftime('%Y-%m-%d %H:%M:%f000', 'now'{})",
+    POSTGRESQL: "(clock_timestamp() at time zone 'utc'{})",
+}
+_AGO = {  # the clock minus :lease_seconds
+    SQLITE: ", '-' || :lease_seconds || ' seconds'",
+    POSTGRESQL: " - :lease_seconds * interval '1 second'",
+}
+
+JSON_COLUMNS = frozenset({"settings", "params", "argv", "env", "command"})
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
+IN_LIST_CHUNK = 5000  # well under SQLite's 32,766 parameters in one statement
+
+
+@functools.lru_cache(maxsize=1024)
+def render(query: str, dialect: str) -> str:
+    """`query` for one driver: `:name` -> `%(name)s` and `?` -> `%s` on psycopg; {now} and {ago} -> the DB's clock."""
+    query = query.format(now=NOW[dialect].format(""), ago=NOW[dialect].format(_AGO[dialect]))
+    if dialect == POSTGRESQL:
+        query = _PARAM.sub(r"%(\1)s", query).replace("?", "%s")
+    return query
+
+
+def expand(name: str, values) -> tuple[str, dict]:
+    """An IN list: (':name_0, :name_1, ...', {'name_0': v0, ...}); drivers take no list for one parameter."""
+    params = {f"{name}_{i}": v for i, v in enumerate(values)}
+    return ", ".join(f":{p}" for p in params) or "NULL", params
+
+
+def chunks(values: list, size: int = IN_LIST_CHUNK):
+    """`values` in slices short enough for one IN list each."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def to_json(value) -> str | None:
+    """A value for a JSON column: both drivers take its text (psycopg sends text untyped, so it becomes json)."""
+    return None if value is None else json.dumps(value)
+
+
+def row_converter(description):
+    """A function from a raw row to a dict, decoding JSON and time columns (SQLite hands both over as text)."""
+    names = [column[0] for column in description]
+    convert = [from_json if n in JSON_COLUMNS else _decode_time if n.endswith("_at") else None for n in names]
+
+    def to_dict(raw) -> dict:
+        return {n: (c(v) if c and v is not None else v) for n, c, v in zip(names, convert, raw)}
+
+    return to_dict
+
+
+def from_json(value):
+    """A JSON column's value: SQLite gives its text, psycopg the decoded value."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _decode_time(value):
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
