@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,11 +17,12 @@ from dataclasses import dataclass
 from jobqueue import queue
 from jobqueue.db import Database
 from jobqueue.errors import UserError
-from jobqueue.processes import Guard, crash_point, signal_group, stop_group, wait_exit
+from jobqueue.processes import Guard, crash_point, keep_descriptors_from_jobs, signal_group, spawn_job, stop_group, wait_exit
 from jobqueue.states import AttemptState, JobState
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 PID_RECORD_DELAY = 0.05  # seconds; see Worker._wait_job
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 
 
 def parse_gpus(spec: str | None) -> list[str] | None:
@@ -116,6 +116,8 @@ class Worker:
         # Its jobs die with this worker, even by SIGKILL: the guard kills whatever carries these marks.
         self.marks = {"JQ_DB": self.db.url, "JQ_WORKER_ID": str(self.info.id)}
         self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+        self.cwd = os.getcwd()  # jobs that run here start the quick way (see processes.spawn_job)
+        keep_descriptors_from_jobs()
         guard = Guard(self.marks)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
@@ -304,16 +306,16 @@ class Worker:
         if problem:
             return queue.Finished(job, AttemptState.FAILED, exit_code=127, reason=problem)
         try:
-            log = open(job.log_path, "ab")
+            log = os.open(job.log_path, _LOG_FLAGS, 0o666)
         except FileNotFoundError:  # the first attempt in this directory
             os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
-            log = open(job.log_path, "ab")
-        with log:
-            try:
-                proc = subprocess.Popen(argv, executable=executable, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, process_group=0)
-            except OSError as exc:
-                return queue.Finished(job, AttemptState.FAILED, exit_code=126, reason=f"cannot start {argv[0]}: {exc.strerror}")
+            log = os.open(job.log_path, _LOG_FLAGS, 0o666)
+        try:
+            proc = spawn_job(argv, executable, job.cwd, env, log, self.cwd)
+        except OSError as exc:
+            return queue.Finished(job, AttemptState.FAILED, exit_code=126, reason=f"cannot start {argv[0]}: {exc.strerror}")
+        finally:
+            os.close(log)
         pidfd = os.pidfd_open(proc.pid)
         try:
             crash_point("after_spawn")
