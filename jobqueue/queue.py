@@ -466,10 +466,6 @@ def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> lis
     rows = db.transact(lambda tx: tx.dicts(
         "SELECT *, heartbeat_at < {ago} AS expired FROM workers WHERE stopped_at IS NULL", {"lease_seconds": lease},
     ), write=False)
-    if not rows:
-        return []
-    import psutil
-
     host, this_boot = socket.gethostname(), boot_id()
     dead = []
     for w in rows:
@@ -486,6 +482,8 @@ def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> lis
             continue
         if w["expired"]:
             # Alive but silent past the lease: stopped (SIGSTOP) or hung. Kill it, or its jobs would be stuck.
+            import psutil
+
             try:
                 proc = psutil.Process(w["pid"])
                 proc.kill()
