@@ -93,6 +93,7 @@ class Worker:
                 raise UserError("--experiments-per-gpu needs --gpu with the GPUs to spread jobs over, e.g. --gpu 0,1")
             settings.slots = min(settings.slots, len(settings.gpus) * settings.experiments_per_gpu)
         self.stopping = threading.Event()
+        self.all_slots_started = threading.Event()
         self.slot_exited = threading.Event()
         self.live_slots = 0
         self.lock = threading.Condition()
@@ -118,28 +119,37 @@ class Worker:
         self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
         self.cwd = os.getcwd()  # jobs that run here start the quick way (see processes.spawn_job)
         keep_descriptors_from_jobs()
-        guard = Guard(self.marks)
+        guard = None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             reap(self.db, self.s.lease, say=self._say)  # pick up what died before we started
+            self.run_names.update(queue.run_names(self.db))  # now, not by all slots at once for their first jobs
             threads = []
-            for index in range(self.s.slots):
-                wake_r, wake_w = os.pipe()
-                os.set_blocking(wake_r, False)  # poll() says when to read; draining must never block
-                slot = _Slot(index, wake_r, wake_w)
-                self.slots.append(slot)
-                with self.lock:
-                    self.live_slots += 1
-                thread = threading.Thread(target=self._slot_loop, args=(slot,), name=f"slot-{index}", daemon=True)
-                thread.start()
-                threads.append(thread)
+            try:
+                for index in range(self.s.slots):
+                    wake_r, wake_w = os.pipe()
+                    os.set_blocking(wake_r, False)  # poll() says when to read; draining must never block
+                    slot = _Slot(index, wake_r, wake_w)
+                    self.slots.append(slot)
+                    with self.lock:
+                        self.live_slots += 1
+                    thread = threading.Thread(target=self._slot_loop, args=(slot,), name=f"slot-{index}", daemon=True)
+                    thread.start()
+                    threads.append(thread)
+                # The guard's interpreter takes a core for its first ~20 ms: started after the slot threads, which
+                # it would otherwise slow down, and before any job, which it must be there to kill.
+                guard = Guard(self.marks)
+            finally:
+                # All slots set off together: their first claims share a transaction, and their first jobs start
+                # within a few milliseconds of each other.
+                self.all_slots_started.set()
             self._supervise(threads)
             for thread in threads:
                 thread.join()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if not self.live_slots:
+            if guard is not None and not self.live_slots:
                 guard.stand_down()  # every job is over; otherwise the guard kills what is left when we exit
             queue.stop_worker(self.db, self.info.id)
             for slot in self.slots:
@@ -196,6 +206,7 @@ class Worker:
     # --- slot threads ------------------------------------------------------------------------
 
     def _slot_loop(self, slot: _Slot) -> None:
+        self.all_slots_started.wait()
         try:
             self._claim_and_run(slot)
         except BaseException:
