@@ -215,7 +215,10 @@ def _running(proc) -> bool:
         return False
 
 
+_CRASH_AT = os.environ.get("JQ_CRASH_AT")  # read once: crash_point() is on every job's path
+
+
 def crash_point(name: str) -> None:
     """Fault injection for the crash tests: with JQ_CRASH_AT=name, SIGKILL this process right here."""
-    if os.environ.get("JQ_CRASH_AT") == name:
+    if _CRASH_AT == name:
         os.kill(os.getpid(), signal.SIGKILL)

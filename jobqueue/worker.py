@@ -93,6 +93,7 @@ class Worker:
                 raise UserError("--experiments-per-gpu needs --gpu with the GPUs to spread jobs over, e.g. --gpu 0,1")
             settings.slots = min(settings.slots, len(settings.gpus) * settings.experiments_per_gpu)
         self.stopping = threading.Event()
+        self.speaks = settings.on_event is not None or not settings.quiet  # else no message is worth formatting
         self.all_slots_started = threading.Event()
         self.slot_exited = threading.Event()
         self.live_slots = 0
@@ -116,7 +117,8 @@ class Worker:
         )
         # Its jobs die with this worker, even by SIGKILL: the guard kills whatever carries these marks.
         self.marks = {"JQ_DB": self.db.url, "JQ_WORKER_ID": str(self.info.id)}
-        self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+        self.mark_bytes = {k.encode(): os.fsencode(v) for k, v in self.marks.items()}
+        self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()} | self.mark_bytes
         self.cwd = os.getcwd()  # jobs that run here start the quick way (see processes.spawn_job)
         keep_descriptors_from_jobs()
         guard = None
@@ -330,8 +332,9 @@ class Worker:
         pidfd = os.pidfd_open(proc.pid)
         try:
             crash_point("after_spawn")
-            self._say(f"started job {job.job_id} {job.name} (attempt {job.number}, slot {slot.index}"
-                      f"{', GPU ' + env[b'CUDA_VISIBLE_DEVICES'].decode() if slot.gpu or self.s.gpus else ''}) pid {proc.pid}")
+            if self.speaks:
+                self._say(f"started job {job.job_id} {job.name} (attempt {job.number}, slot {slot.index}"
+                          f"{', GPU ' + env[b'CUDA_VISIBLE_DEVICES'].decode() if slot.gpu or self.s.gpus else ''}) pid {proc.pid}")
             outcome, reason = self._wait_job(slot, job, proc, pidfd, started)
         finally:
             os.close(pidfd)
@@ -389,30 +392,33 @@ class Worker:
         """(what stops the job from starting, or None; the program's path, found on the job's PATH)."""
         if not argv:
             return "empty command", None
-        if not os.path.isdir(job.cwd):
+        if job.cwd != self.cwd and not os.path.isdir(job.cwd):  # the worker's own directory is there
             return f"working directory {job.cwd} does not exist", None
         program = argv[0]
         if os.sep in program:
             path = program if os.path.isabs(program) else os.path.join(job.cwd, program)
             return (None if os.path.exists(path) else f"command not found: {program}"), None
-        found = _which(program, os.fsdecode(env.get(b"PATH", os.defpath)))
+        found = _which(program, env.get(b"PATH", os.defpath.encode()))
         return (None if found else f"command not found: {program} (not on PATH)"), found
 
     def _job_env(self, job: queue.ClaimedJob, slot: _Slot) -> dict[bytes, bytes]:
         """The job's environment, as bytes: Popen would encode it anyway, and os.environ.copy() decodes every
         variable; together the two cost a quick job more than its database transaction."""
-        env = self.base_env.copy()
+        env = self.base_env.copy()  # the worker's marks included
         if job.env:
             env.update((os.fsencode(k), os.fsencode(v)) for k, v in job.env.items())
+            env.update(self.mark_bytes)  # whatever the sweep set, the guard must find its marks
         if job.run_id not in self.run_names:
             self.run_names.update(queue.run_names(self.db))
-        jq = dict(JQ_JOB_ID=str(job.job_id), JQ_RUN=self.run_names.get(job.run_id, ""), JQ_ATTEMPT=str(job.number),
-                  JQ_SLOT=str(slot.index), JQ_ATTEMPT_ID=str(job.attempt_id), **self.marks)
+        env[b"JQ_JOB_ID"] = b"%d" % job.job_id
+        env[b"JQ_RUN"] = os.fsencode(self.run_names.get(job.run_id, ""))
+        env[b"JQ_ATTEMPT"] = b"%d" % job.number
+        env[b"JQ_SLOT"] = b"%d" % slot.index
+        env[b"JQ_ATTEMPT_ID"] = b"%d" % job.attempt_id
         if slot.gpu:
-            jq["CUDA_VISIBLE_DEVICES"] = slot.gpu
+            env[b"CUDA_VISIBLE_DEVICES"] = slot.gpu.encode()
         elif self.gpu_text and self.s.experiments_per_gpu <= 0:
-            jq["CUDA_VISIBLE_DEVICES"] = self.gpu_text
-        env.update((k.encode(), os.fsencode(v)) for k, v in jq.items())
+            env[b"CUDA_VISIBLE_DEVICES"] = self.gpu_text.encode()
         return env
 
     def _record(self, ended: queue.Finished) -> None:
@@ -426,6 +432,8 @@ class Worker:
                 self.result.failed += 1
             if ended.outcome == AttemptState.INTERRUPTED:
                 self.result.interrupted += 1
+        if not self.speaks:
+            return
         took = f" in {ended.seconds:.1f}s" if ended.seconds is not None else ""
         what = state.value if state else f"{ended.outcome.value} (no longer this worker's)"
         if state == JobState.QUEUED and ended.outcome != AttemptState.INTERRUPTED:
@@ -448,16 +456,16 @@ def _drain(fd: int) -> None:
         pass
 
 
-_which_cache: dict[tuple[str, str], str] = {}
+_which_cache: dict[tuple[str, bytes], str] = {}
 
 
-def _which(program: str, path: str) -> str | None:
-    """The program's full path (so that Popen need not search PATH for every job); only hits are kept."""
+def _which(program: str, path: bytes) -> str | None:
+    """The program's full path (so that it need not be searched for on PATH for every job); only hits are kept."""
     import shutil
 
     key = (program, path)
     if key not in _which_cache:
-        found = shutil.which(program, path=path)
+        found = shutil.which(program, path=os.fsdecode(path))
         if found is None:
             return None
         _which_cache[key] = found
