@@ -1,11 +1,11 @@
 """`jq launch` against `xargs -P 8` on the same commands, in one go on this machine.
 
-    python benchmarks/launch_vs_xargs.py [--jobs 1000] [--slots 8] [--rounds 3]
+    python benchmarks/launch_vs_xargs.py [--jobs 1000] [--slots 8] [--rounds 5]
 
 Prints: 1,000 x `true` on 8 slots, jq launch vs xargs -P 8 (and the ratio; target <= 2x), and
 32 x `sleep 1` on 8 slots (ideal 4 s; target within 0.25 s). Each round runs jq into a new DB, jq into
 a DB that already holds another run, and xargs, one after the other; the summary is the median of the
-rounds (this machine's timings vary by 20% from one run to the next).
+rounds' ratios and times (this machine's timings vary by 20-50% from one minute to the next).
 
 jq runs as an installed copy does, with its bytecode cached: a warm-up launch first, and
 PYTHONDONTWRITEBYTECODE (set on this project's machines) cleared for jq's processes. Otherwise every
@@ -70,15 +70,19 @@ def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float
     return fresh, existing, xargs
 
 
-def rounds(cwd: str, name: str, cmd: str, n: int, slots: int, count: int) -> tuple[float, float, float]:
-    """The median (new DB, existing DB, xargs) over `count` rounds, each round printed as it ends."""
+def rounds(cwd: str, name: str, cmd: str, n: int, slots: int, count: int) -> list[tuple[float, float, float]]:
+    """(new DB, existing DB, xargs) for each of `count` rounds, each round printed as it ends, with its ratios."""
     results = []
     for i in range(count):
         fresh, existing, xargs = one(cwd, f"{name}{i}", cmd, n, slots)
         print(f"  round {i + 1}: jq launch {fresh:.2f} s into a new DB, {existing:.2f} s into an existing one; "
-              f"xargs -P {slots} {xargs:.2f} s", flush=True)
+              f"xargs -P {slots} {xargs:.2f} s ({fresh / xargs:.2f}x / {existing / xargs:.2f}x)", flush=True)
         results.append((fresh, existing, xargs))
-    return tuple(statistics.median(r[k] for r in results) for k in range(3))
+    return results
+
+
+def median(values) -> float:
+    return statistics.median(list(values))
 
 
 def main() -> None:
@@ -86,7 +90,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--sleeps", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cwd:
         with open(os.path.join(cwd, "bench_other.py"), "w") as f:
@@ -94,15 +98,18 @@ def main() -> None:
         # Warm-up: the first start writes jobqueue's bytecode cache, as `pip install` does at install time.
         timed(jq_command() + ["launch", "bench_other", "--db", os.path.join(cwd, "warm-up.db"), "--no-progress"], cwd)
         print(f"{args.jobs} x true, {args.slots} slots:")
-        fresh, existing, xargs = rounds(cwd, "bench_true", "true", args.jobs, args.slots, args.rounds)
-        print(f"  median: jq launch {fresh:.2f} s into a new DB, {existing:.2f} s into an existing one; xargs -P {args.slots} "
-              f"{xargs:.2f} s; ratio {fresh / xargs:.2f}x / {existing / xargs:.2f}x (target <= 2x)")
+        timings = rounds(cwd, "bench_true", "true", args.jobs, args.slots, args.rounds)
+        # Each round's ratio pairs a jq run with the xargs run seconds after it, which this machine's drift spares.
+        print(f"  median ratio to xargs -P {args.slots}: {median(f / x for f, _, x in timings):.2f}x into a new DB, "
+              f"{median(e / x for _, e, x in timings):.2f}x into an existing one (target <= 2x); medians: jq "
+              f"{median(f for f, _, _ in timings):.2f} s / {median(e for _, e, _ in timings):.2f} s, xargs "
+              f"{median(x for _, _, x in timings):.2f} s")
         ideal = args.sleeps / args.slots
         print(f"{args.sleeps} x sleep 1, {args.slots} slots (ideal {ideal:.0f} s):")
-        fresh, existing, xargs = rounds(cwd, "bench_sleep", "sh -c 'sleep 1' sleep", args.sleeps, args.slots, args.rounds)
+        timings = rounds(cwd, "bench_sleep", "sh -c 'sleep 1' sleep", args.sleeps, args.slots, args.rounds)
+        fresh, existing, xargs = (median(t[k] for t in timings) for k in range(3))
         print(f"  median: jq launch {fresh:.2f} s (+{fresh - ideal:.2f} s) into a new DB, {existing:.2f} s "
               f"(+{existing - ideal:.2f} s) into an existing one (target +0.25 s); xargs -P {args.slots} {xargs:.2f} s")
-
 
 if __name__ == "__main__":
     main()
