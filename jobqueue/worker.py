@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from jobqueue import queue
 from jobqueue.db import Database
 from jobqueue.errors import UserError
-from jobqueue.processes import Guard, crash_point, keep_descriptors_from_jobs, signal_group, spawn_job, stop_group, wait_exit
+from jobqueue.processes import Guard, crash_point, signal_group, spawn_job, stop_group, wait_exit
 from jobqueue.states import AttemptState, JobState
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -119,8 +119,7 @@ class Worker:
         self.marks = {"JQ_DB": self.db.url, "JQ_WORKER_ID": str(self.info.id)}
         self.mark_bytes = {k.encode(): os.fsencode(v) for k, v in self.marks.items()}
         self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()} | self.mark_bytes
-        self.cwd = os.getcwd()  # jobs that run here start the quick way (see processes.spawn_job)
-        keep_descriptors_from_jobs()
+        self.cwd = os.getcwd()
         guard = None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
@@ -324,7 +323,7 @@ class Worker:
             os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
             log = os.open(job.log_path, _LOG_FLAGS, 0o666)
         try:
-            proc = spawn_job(argv, executable, job.cwd, env, log, self.cwd)
+            proc = spawn_job(argv, executable, job.cwd, env, log)
         except OSError as exc:
             return queue.Finished(job, AttemptState.FAILED, exit_code=126, reason=f"cannot start {argv[0]}: {exc.strerror}")
         finally:

@@ -355,10 +355,10 @@ def test_the_pid_is_recorded_while_a_job_runs_and_with_the_end_of_a_quick_one(pr
 
 
 def test_a_job_starts_in_the_same_state_from_the_workers_directory_and_from_elsewhere(sqlite_project, tmp_path):
-    # A worker in the job's directory starts it with posix_spawn, one elsewhere with Popen (posix_spawn cannot change
-    # directory). Either way: its own process group, stdin from /dev/null, SIGPIPE and SIGXFSZ not ignored (Python
-    # ignores both, and an ignored signal survives exec), and none of the worker's descriptors, not even one the
-    # worker inherited from whoever started it. The probe fails on purpose, so that `jq retry` queues it again.
+    # Wherever the worker runs: the job gets its own process group, stdin from /dev/null, SIGPIPE and SIGXFSZ not
+    # ignored (Python ignores both, and an ignored signal survives exec), and none of the worker's descriptors, not
+    # even one the worker inherited from whoever started it. The probe fails on purpose, so that `jq retry` queues
+    # it again.
     p = sqlite_project
     probe = ("sh -c 'read pid comm state ppid pgrp rest < /proc/$$/stat; echo pgrp=$pgrp; echo pid=$$; "
              "echo stdin=$(readlink /proc/$$/fd/0); grep SigIgn /proc/$$/status; ls /proc/$$/fd; exit 1' probe")
