@@ -7,21 +7,21 @@ Prints: 1,000 x `true` on 8 slots, jq launch vs xargs -P 8 (and the ratio; targe
 a DB that already holds another run, and xargs, one after the other; the summary is the median of the
 rounds' ratios and times (this machine's timings vary by 20-50% from one minute to the next).
 
-jq runs as an installed copy does, with its bytecode cached: a warm-up launch first, and
-PYTHONDONTWRITEBYTECODE (set on this project's machines) cleared for jq's processes. Otherwise every
-start of an editable install compiles jobqueue's modules again (about 0.05 s), which `pip install`
-users never pay.
+jq runs as an installed copy does, with its bytecode cached (see common.py): a warm-up launch first.
 """
 
 import argparse
 import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import JQ_ENV, jq_command  # noqa: E402
 
 SWEEP = """
 from jobqueue import Experiment, ParamGrid, RunDescription
@@ -29,14 +29,6 @@ RUN_DESCRIPTION = RunDescription("{name}", experiments=[
     Experiment("{name}", {cmd!r}, ParamGrid([("i", list(range({n})))]).generate_params()),
 ])
 """
-
-
-def jq_command() -> list[str]:
-    exe = shutil.which("jq", path=os.path.dirname(sys.executable))
-    return [exe] if exe else [sys.executable, "-m", "jobqueue"]
-
-
-JQ_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def timed(argv, cwd, stdin=None) -> float:

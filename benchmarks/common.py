@@ -1,0 +1,19 @@
+"""What the benchmarks share: the `jq` they run, and the environment they run it in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+
+def jq_command() -> list[str]:
+    """The `jq` installed beside this Python, else `python -m jobqueue`."""
+    exe = shutil.which("jq", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "jobqueue"]
+
+
+# jq runs as an installed copy does, with its bytecode cached. This project's machines set PYTHONDONTWRITEBYTECODE,
+# so every start of the editable install in .venv would compile jobqueue's modules again (about 0.05 s), which
+# `pip install` users never pay: jq's processes run without it, after a warm-up run has written the cache.
+JQ_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
