@@ -12,14 +12,13 @@ migrations, `jq db copy`, and PostgreSQL's connection pool.
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import sqlite3
 import sys
 import time
 import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
@@ -82,9 +81,6 @@ class Database:
         if self._engine is None:
             self._engine = _sqlite_engine(self) if self.is_sqlite else _postgres_engine(self.url)
         return self._engine
-
-    def _writer(self, write: bool):
-        return self._write_lock if write and self.is_sqlite else nullcontext()
 
     @contextmanager
     def begin(self, write: bool = True) -> Iterator["sa.Connection"]:

@@ -16,7 +16,6 @@ import json
 import os
 import socket
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
@@ -29,10 +28,6 @@ from jobqueue.sweep import JobSpec
 
 DEFAULT_LEASE_SECONDS = 60.0
 ENQUEUE_CHUNK = 10_000
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def run_key(run_name: str, suffix: str) -> str:
