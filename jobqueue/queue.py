@@ -1,6 +1,6 @@
 """Queue operations: each move of a job is one function and one transaction, named after what it does.
 
-enqueue -> claim_next_job -> record_pid -> finish_attempt; requeue_lost_jobs, cancel_jobs and
+enqueue -> claim_next_job -> record_pid -> finish_attempt; requeue_jobs_of_dead_worker, cancel_jobs and
 retry_jobs move jobs back or out. The allowed moves are listed in states.py.
 
 Each is plain SQL on the driver's connection, the same text for SQLite and PostgreSQL (see sql.py): a
