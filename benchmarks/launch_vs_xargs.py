@@ -103,5 +103,6 @@ def main() -> None:
         print(f"  median: jq launch {fresh:.2f} s (+{fresh - ideal:.2f} s) into a new DB, {existing:.2f} s "
               f"(+{existing - ideal:.2f} s) into an existing one (target +0.25 s); xargs -P {args.slots} {xargs:.2f} s")
 
+
 if __name__ == "__main__":
     main()
