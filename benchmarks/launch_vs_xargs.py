@@ -5,7 +5,8 @@
 Prints: 1,000 x `true` on 8 slots, jq launch vs xargs -P 8 (and the ratio; target <= 2x), and
 32 x `sleep 1` on 8 slots (ideal 4 s; target within 0.25 s). Each round runs jq into a new DB, jq into
 a DB that already holds another run, and xargs, one after the other; the summary is the median of the
-rounds' ratios and times (this machine's timings vary by 20-50% from one minute to the next).
+rounds' ratios and times (this machine's timings vary by 20-50% from one minute to the next). Every jq
+launch writes its 1,000 logs into a train dir of its own, and every timed run starts after a sync.
 
 jq runs as an installed copy does, with its bytecode cached (see common.py): a warm-up launch first.
 """
@@ -32,6 +33,10 @@ RUN_DESCRIPTION = RunDescription("{name}", experiments=[
 
 
 def timed(argv, cwd, stdin=None) -> float:
+    # Pending writes are flushed first, so that no run pays for the one before it: on this project's machines,
+    # creating 1,000 files took 0.02-0.7 s depending on what the disk had pending, and the same launch 1.03 s
+    # without a sync before it, 0.76 s with one.
+    os.sync()
     start = time.perf_counter()
     subprocess.run(argv, cwd=cwd, input=stdin, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env=JQ_ENV)
@@ -51,11 +56,12 @@ def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float
     with open(os.path.join(cwd, f"{name}.py"), "w") as f:
         f.write(SWEEP.format(name=name, cmd=cmd, n=n))
     launch = jq_command() + ["launch", name, "--max-parallel", str(slots), "--no-progress"]
-    fresh = timed(launch + ["--db", os.path.join(cwd, f"{name}.db")], cwd)
+    # Each launch writes its jobs' logs into a train dir of its own, as a new sweep does: the second launch
+    # must not find the first one's 1,000 log files already made.
+    fresh = timed(launch + ["--db", os.path.join(cwd, f"{name}.db"), "--train-dir", os.path.join(cwd, "new-db")], cwd)
     existing_db = os.path.join(cwd, f"{name}_existing.db")
-    subprocess.run(jq_command() + ["sql", "select 1", "--db", existing_db], cwd=cwd, check=False, capture_output=True)
-    subprocess.run(jq_command() + ["enqueue", "bench_other", "--db", existing_db], cwd=cwd, check=False, capture_output=True)
-    existing = timed(launch + ["--db", existing_db], cwd)
+    subprocess.run(jq_command() + ["enqueue", "bench_other", "--db", existing_db], cwd=cwd, check=True, capture_output=True)
+    existing = timed(launch + ["--db", existing_db, "--train-dir", os.path.join(cwd, "existing-db")], cwd)
     args = "\n".join(sweep_commands(cwd, name)) + "\n"
     program = shlex.split(cmd)
     xargs = timed(["xargs", "-P", str(slots), "-L", "1"] + program, cwd, stdin=args.encode())
