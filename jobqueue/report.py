@@ -10,6 +10,7 @@ import json
 import os
 from collections import deque
 
+from jobqueue import sql
 from jobqueue.errors import UserError
 from jobqueue.states import DISPLAY_ORDER
 from jobqueue.paths import current_sqlite_file, resolve_url, sqlite_readonly_connection
@@ -25,10 +26,11 @@ COUNTS_SQL = _COUNTS.format(where="")
 # One run's counts scan only its part of the index (the progress view asks twice a second).
 COUNTS_FOR_RUN_SQL = _COUNTS.format(where="WHERE run_id = (SELECT id FROM runs WHERE name = :run)")
 RUNS_SQL = "SELECT name, settings FROM runs ORDER BY id"
+# A run's newest failed jobs: a backward walk of ix_jobs_run_state_id that stops after :shown rows, however many failed.
 FAILED_SQL = (
-    "SELECT r.name, j.id, j.name, j.exit_code, j.signal, a.reason, a.log_path FROM jobs j "
-    "JOIN runs r ON r.id = j.run_id LEFT JOIN attempts a ON a.job_id = j.id AND a.number = j.attempts "
-    "WHERE j.state = 'failed' ORDER BY j.id DESC"
+    "SELECT j.id, j.name, j.exit_code, j.signal, a.reason, a.log_path FROM jobs j "
+    "LEFT JOIN attempts a ON a.job_id = j.id AND a.number = j.attempts "
+    "WHERE j.run_id = (SELECT id FROM runs WHERE name = :run) AND j.state = 'failed' ORDER BY j.id DESC LIMIT :shown"
 )
 SUBMISSIONS_SQL = (
     "SELECT r.name, s.backend, s.mode, s.external_id, s.tasks, s.state, s.job_id, s.exit_code "
@@ -42,14 +44,17 @@ def unknown_run(name: str, known: list[str]) -> UserError:
 
 
 class Reader:
-    """A DBAPI connection and the rows of plain SQL queries."""
+    """A DBAPI connection and the rows of plain SQL queries (with `:name` parameters, see sql.render)."""
 
-    def __init__(self, conn, close):
-        self.conn, self._close = conn, close
+    def __init__(self, conn, close, dialect: str):
+        self.conn, self._close, self.dialect = conn, close, dialect
 
-    def rows(self, sql: str) -> list[tuple]:
+    def rows(self, query: str, params: dict | None = None) -> list[tuple]:
         cursor = self.conn.cursor()
-        cursor.execute(sql)
+        if params:
+            cursor.execute(sql.render(query, self.dialect), params)
+        else:
+            cursor.execute(query)
         return [tuple(r) for r in cursor.fetchall()]
 
     def close(self) -> None:
@@ -60,12 +65,12 @@ def open_reader(db_arg: str | None) -> Reader:
     path = current_sqlite_file(resolve_url(db_arg))
     if path is not None:
         conn = sqlite_readonly_connection(path)
-        return Reader(conn, conn.close)
+        return Reader(conn, conn.close, sql.SQLITE)
     from jobqueue.db import open_db  # anything else: the full open (checks, errors, migrations)
 
     db = open_db(db_arg, create=False)
     raw = db.engine.raw_connection()
-    return Reader(raw, lambda: (raw.close(), db.dispose()))
+    return Reader(raw, lambda: (raw.close(), db.dispose()), db.dialect)
 
 
 def tail(path: str | None, lines: int) -> list[str]:
@@ -85,11 +90,8 @@ def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, f
     for name, state, n in reader.rows(COUNTS_SQL):
         if name in counts:
             counts[name][state] = n
-    failed: dict[str, list] = {name: [] for name in names}
-    for name, job_id, job_name, exit_code, signal, reason, log in reader.rows(FAILED_SQL):
-        if name in failed and len(failed[name]) < failed_shown:
-            failed[name].insert(0, {"id": job_id, "name": job_name, "exit_code": exit_code, "signal": signal,
-                                    "reason": reason, "log": log, "tail": tail(log, tail_lines)})
+    failed = {name: _newest_failed(reader, name, failed_shown, tail_lines) if counts[name]["failed"] else []
+              for name in names}
     submissions: dict[str, list] = {name: [] for name in names}
     for name, backend, mode, external_id, tasks, state, job_id, exit_code in reader.rows(SUBMISSIONS_SQL):
         if name in submissions:
@@ -101,6 +103,13 @@ def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, f
          "submissions": submissions[name], "executes": (settings[name] or {}).get("executes", "workers")}
         for name in names
     ]}
+
+
+def _newest_failed(reader: Reader, run: str, shown: int, tail_lines: int) -> list[dict]:
+    """The run's `shown` newest failed jobs, oldest first, with their logs' last lines."""
+    rows = reader.rows(FAILED_SQL, {"run": run, "shown": shown})
+    return [{"id": job_id, "name": name, "exit_code": exit_code, "signal": signal, "reason": reason, "log": log,
+             "tail": tail(log, tail_lines)} for job_id, name, exit_code, signal, reason, log in reversed(rows)]
 
 
 def _json(value):

@@ -267,6 +267,20 @@ def test_failures_exit_non_zero_show_log_tails_and_retry_up_to_max_attempts(proj
     assert project.states("broken") == {"queued": 1}
 
 
+def test_status_shows_each_runs_five_newest_failures_oldest_first(project):
+    project.sweep("many", "sh -c 'echo many-$JQ_JOB_ID; exit 1' job", 7)
+    project.sweep("few", "sh -c 'exit 2' job", 2)
+    for run in ("many", "few"):
+        assert project.jq("launch", run, "--no-progress").returncode == 1
+    report = {r["run"]: r for r in json.loads(project.jq("status", "--json", check=True).stdout)["runs"]}
+    many_ids = sorted(j["id"] for j in project.jobs("many"))
+    assert [j["id"] for j in report["many"]["failed"]] == many_ids[2:]
+    assert report["many"]["failed"][0]["tail"] == [f"many-{many_ids[2]}"]
+    assert [j["exit_code"] for j in report["few"]["failed"]] == [2, 2]
+    assert [j["id"] for j in json.loads(project.jq("status", "few", "--json", check=True).stdout)["runs"][0]["failed"]] \
+        == sorted(j["id"] for j in project.jobs("few"))
+
+
 def test_a_missing_command_fails_with_a_clear_reason_and_the_worker_goes_on(project):
     project.write("mixed.py", """
         from jobqueue import Experiment, RunDescription
