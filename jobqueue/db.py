@@ -66,6 +66,7 @@ class Database:
     _pending: list = field(default_factory=list)  # transact()'s requests waiting for the next group commit
     _pending_lock: threading.Lock = field(default_factory=threading.Lock)
     _idle: list = field(default_factory=list)  # SQLite connections for the driver path, between transactions
+    _idle_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def is_sqlite(self) -> bool:
@@ -145,7 +146,7 @@ class Database:
             finally:
                 raw.close()
             return
-        with self._pending_lock:
+        with self._idle_lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
             conn = connect_sqlite(self.path, self.journal)
@@ -154,14 +155,14 @@ class Database:
         except BaseException:
             conn.close()  # it may be in any state: a new one is cheap
             raise
-        with self._pending_lock:
+        with self._idle_lock:
             self._idle.append(conn)
 
     def _busy_errors(self) -> type[Exception]:
         return sqlite3.OperationalError if self.is_sqlite else self.engine.dialect.loaded_dbapi.OperationalError
 
     def dispose(self) -> None:
-        with self._pending_lock:
+        with self._idle_lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
