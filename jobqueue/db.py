@@ -206,19 +206,18 @@ class Transaction:
         self.cursor.executemany(sql.render(query, self.dialect), rows)
 
     def first(self, query: str, params: dict | None = None) -> tuple | None:
-        self.cursor.execute(sql.render(query, self.dialect), params or {})
+        self.execute(query, params)
         row = self.cursor.fetchone()
         self.cursor.fetchall()  # drain it: a statement with RETURNING ends only when its rows are read
         return row
 
     def all(self, query: str, params: dict | None = None) -> list[tuple]:
-        self.cursor.execute(sql.render(query, self.dialect), params or {})
+        self.execute(query, params)
         return self.cursor.fetchall()
 
     def dicts(self, query: str, params: dict | None = None) -> list[dict]:
         """The rows as dicts, JSON and time columns decoded."""
-        self.cursor.execute(sql.render(query, self.dialect), params or {})
-        rows = self.cursor.fetchall()
+        rows = self.all(query, params)
         if not rows:
             return []
         to_dict = sql.row_converter(self.cursor.description)

@@ -11,6 +11,7 @@ import os
 from collections import deque
 
 from jobqueue import sql
+from jobqueue.db import Transaction, open_db
 from jobqueue.errors import UserError
 from jobqueue.states import DISPLAY_ORDER
 from jobqueue.paths import current_sqlite_file, resolve_url, sqlite_readonly_connection
@@ -44,18 +45,13 @@ def unknown_run(name: str, known: list[str]) -> UserError:
 
 
 class Reader:
-    """A DBAPI connection and the rows of plain SQL queries (with `:name` parameters, see sql.render)."""
+    """A DBAPI connection, read-only on SQLite, and the rows of plain SQL queries (run as a Transaction runs them)."""
 
     def __init__(self, conn, close, dialect: str):
         self.conn, self._close, self.dialect = conn, close, dialect
 
     def rows(self, query: str, params: dict | None = None) -> list[tuple]:
-        cursor = self.conn.cursor()
-        if params:
-            cursor.execute(sql.render(query, self.dialect), params)
-        else:
-            cursor.execute(query)
-        return [tuple(r) for r in cursor.fetchall()]
+        return [tuple(r) for r in Transaction(self.dialect, self.conn.cursor()).all(query, params)]
 
     def close(self) -> None:
         self._close()
@@ -66,9 +62,7 @@ def open_reader(db_arg: str | None) -> Reader:
     if path is not None:
         conn = sqlite_readonly_connection(path)
         return Reader(conn, conn.close, sql.SQLITE)
-    from jobqueue.db import open_db  # anything else: the full open (checks, errors, migrations)
-
-    db = open_db(db_arg, create=False)
+    db = open_db(db_arg, create=False)  # anything else: the full open (checks, errors, migrations)
     raw = db.engine.raw_connection()
     return Reader(raw, lambda: (raw.close(), db.dispose()), db.dialect)
 
