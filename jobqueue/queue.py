@@ -101,8 +101,8 @@ def enqueue(
                 sql.to_json(spec.env), cwd, spec.root_dir, log_dirs[spec.experiment_dir], JobState.QUEUED.value, 0, 0,
                 max_attempts or 1, spec.timeout, now, now,
             ))
-        for start in range(0, len(new_rows), ENQUEUE_CHUNK):
-            tx.executemany(_INSERT_JOBS, new_rows[start:start + ENQUEUE_CHUNK])
+        for rows in sql.chunks(new_rows, ENQUEUE_CHUNK):
+            tx.executemany(_INSERT_JOBS, rows)
             crash_point("mid_enqueue")
         return EnqueueResult(run_id, run_name, len(new_rows), len(specs) - len(new_rows), changed)
 
@@ -200,8 +200,7 @@ def last_attempts(db: Database, job_ids: list[int]) -> dict[int, dict]:
 
     def _last(tx: Transaction):
         found = {}
-        for chunk in sql.chunks(job_ids):
-            listed, params = sql.expand("job", chunk)
+        for listed, params in sql.in_lists("job", job_ids):
             newest = f"SELECT max(id) FROM attempts WHERE job_id IN ({listed}) GROUP BY job_id"
             found.update((r["job_id"], r) for r in tx.dicts(f"SELECT * FROM attempts WHERE id IN ({newest})", params))
         return found
@@ -492,8 +491,7 @@ def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> lis
 def attempt_states(db: Database, attempt_ids: list[int]) -> dict[int, str]:
     def _states(tx: Transaction):
         found = {}
-        for chunk in sql.chunks(attempt_ids):
-            listed, params = sql.expand("attempt", chunk)
+        for listed, params in sql.in_lists("attempt", attempt_ids):
             found.update(tx.all(f"SELECT id, state FROM attempts WHERE id IN ({listed})", params))
         return found
 
@@ -552,8 +550,7 @@ def cancel_jobs(db: Database, run: str | None = None, job_ids: list[int] | None 
     def _cancel(tx: Transaction):
         ids = select_job_ids(tx, run, job_ids, [JobState.QUEUED.value, JobState.RUNNING.value])
         running = []
-        for chunk in sql.chunks(ids):
-            listed, params = sql.expand("job", chunk)
+        for listed, params in sql.in_lists("job", ids):
             running += tx.dicts(f"SELECT * FROM attempts WHERE job_id IN ({listed}) AND state = 'running'", params)
             tx.execute("UPDATE attempts SET state = 'cancelled', ended_at = {now}, reason = 'cancelled by jq cancel' "
                        f"WHERE job_id IN ({listed}) AND state = 'running'", params)
@@ -570,8 +567,7 @@ def retry_jobs(db: Database, run: str | None = None, job_ids: list[int] | None =
 
     def _retry(tx: Transaction):
         ids = select_job_ids(tx, run, job_ids, states)
-        for chunk in sql.chunks(ids):
-            listed, params = sql.expand("job", chunk)
+        for listed, params in sql.in_lists("job", ids):
             tx.execute(f"UPDATE jobs SET state = 'queued', failures = 0, updated_at = {{now}} WHERE id IN ({listed})", params)
         return len(ids)
 

@@ -49,9 +49,15 @@ def expand(name: str, values) -> tuple[str, dict]:
 
 
 def chunks(values: list, size: int = IN_LIST_CHUNK):
-    """`values` in slices short enough for one IN list each."""
+    """`values` in slices short enough for one IN list (or one executemany) each."""
     for start in range(0, len(values), size):
         yield values[start:start + size]
+
+
+def in_lists(name: str, values: list):
+    """expand() for each chunk of `values`: a long list takes one statement per chunk."""
+    for chunk in chunks(values):
+        yield expand(name, chunk)
 
 
 def to_json(value) -> str | None:
