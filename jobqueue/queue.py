@@ -176,7 +176,7 @@ def status_counts(db: Database, run: str | None = None) -> list[tuple[str, str, 
     return db.transact(_counts, write=False)
 
 
-def list_jobs(db: Database, run: str | None = None, state: str | None = None, ids: Iterable[int] | None = None) -> list[dict]:
+def list_jobs(db: Database, run: str | None = None, state: str | None = None) -> list[dict]:
     def _list(tx: Transaction):
         query = "SELECT jobs.*, runs.name AS run FROM jobs JOIN runs ON runs.id = jobs.run_id WHERE 1 = 1"
         params: dict = {}
@@ -186,10 +186,6 @@ def list_jobs(db: Database, run: str | None = None, state: str | None = None, id
         if state is not None:
             query += " AND jobs.state = :state"
             params["state"] = state
-        if ids is not None:
-            listed, id_params = sql.expand("job", ids)
-            query += f" AND jobs.id IN ({listed})"
-            params.update(id_params)
         return tx.dicts(query + " ORDER BY jobs.id", params)
 
     return db.transact(_list, write=False)
@@ -528,20 +524,23 @@ def requeue_jobs_of_dead_worker(db: Database, worker: LostWorker) -> list[int]:
 
 
 def select_job_ids(tx: Transaction, run: str | None, job_ids: list[int] | None, states: Iterable[str]) -> list[int]:
-    listed, params = sql.expand("state", states)
-    query = f"SELECT id FROM jobs WHERE state IN ({listed})"
-    if run is not None:
-        query += " AND run_id = :run_id"
-        params["run_id"] = find_run(tx, run)["id"]
-    if job_ids:
-        listed, id_params = sql.expand("job", job_ids)
-        known = {r[0] for r in tx.all(f"SELECT id FROM jobs WHERE id IN ({listed})", id_params)}
-        unknown = sorted(set(job_ids) - known)
-        if unknown:
-            raise UserError(f"no job with id {', '.join(map(str, unknown))}; `jq list` shows the ids")
-        query += f" AND id IN ({listed})"
-        params.update(id_params)
-    return [r[0] for r in tx.all(query, params)]
+    """The jobs of `run` (or all) in one of `states`; with job_ids, only those, every one of which must exist."""
+    states = list(states)
+    run_id = find_run(tx, run)["id"] if run is not None else None
+    if not job_ids:
+        listed, params = sql.expand("state", states)
+        query = f"SELECT id FROM jobs WHERE state IN ({listed})"
+        if run_id is not None:
+            query += " AND run_id = :run_id"
+            params["run_id"] = run_id
+        return [r[0] for r in tx.all(query, params)]
+    found: dict[int, tuple] = {}
+    for listed, params in sql.in_lists("job", job_ids):
+        found.update((r[0], r[1:]) for r in tx.all(f"SELECT id, state, run_id FROM jobs WHERE id IN ({listed})", params))
+    unknown = sorted(set(job_ids) - found.keys())
+    if unknown:
+        raise UserError(f"no job with id {', '.join(map(str, unknown))}; `jq list` shows the ids")
+    return sorted(i for i, (state, in_run) in found.items() if state in states and run_id in (None, in_run))
 
 
 def cancel_jobs(db: Database, run: str | None = None, job_ids: list[int] | None = None) -> tuple[int, list[dict]]:

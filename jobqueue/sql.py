@@ -30,7 +30,9 @@ _AGO = {  # the clock minus :lease_seconds
 
 JSON_COLUMNS = frozenset({"settings", "params", "argv", "env", "command"})
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
-IN_LIST_CHUNK = 5000  # well under SQLite's 32,766 parameters in one statement
+# Well under SQLite's 32,766 parameters in one statement, and short: SQLite finds a named parameter by a linear
+# search, so binding n of them costs n^2. Cancelling 40,000 jobs took 1.5 s in lists of 5,000, 0.3 s in lists of 500.
+IN_LIST_CHUNK = 500
 
 
 @functools.lru_cache(maxsize=1024)

@@ -310,6 +310,54 @@ def test_cancel_stops_a_running_job_and_records_it(project):
     assert [r["state"] for r in project.sql("select state from attempts")] == ["cancelled"]
 
 
+def test_cancel_and_retry_take_more_job_ids_than_one_statement_takes(sqlite_project, monkeypatch):
+    """A long list of ids goes into several statements. SQLite's limit is 32,766 parameters a statement by default
+    (Debian builds it with 250,000); here the real DB's connections are given a limit of 999, to need few jobs."""
+    import sqlite3
+
+    from jobqueue import db as db_module, queue
+    from jobqueue.errors import UserError
+
+    p = sqlite_project
+    p.sweep("wide", "true", 2_500)
+    p.sweep("other", "true", 1)
+    for run in ("wide", "other"):
+        p.jq("enqueue", run, check=True)
+    connect = db_module.connect_sqlite
+
+    def limited(path, journal):
+        conn = connect(path, journal)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return conn
+
+    monkeypatch.setattr(db_module, "connect_sqlite", limited)
+    db = db_module.open_db(p.db)
+    try:
+        def states():
+            rows = db.transact(lambda tx: tx.all(
+                "SELECT runs.name, state, count(*) FROM jobs JOIN runs ON runs.id = run_id GROUP BY 1, 2"), write=False)
+            return {(run, state): n for run, state, n in rows}
+
+        def ids(run):
+            return [i for (i,) in db.transact(lambda tx: tx.all(
+                "SELECT jobs.id FROM jobs JOIN runs ON runs.id = run_id WHERE runs.name = :run", {"run": run}), write=False)]
+
+        wide, (other,) = ids("wide"), ids("other")
+        with pytest.raises(sqlite3.OperationalError, match="too many SQL variables"):  # the limit is in force
+            db.transact(lambda tx: tx.cursor.execute(f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * 1000)})",
+                                                     wide[:1000]), write=False)
+        with pytest.raises(UserError, match="no job with id 999999"):
+            queue.cancel_jobs(db, job_ids=wide + [999999])
+        assert states() == {("wide", "queued"): 2_500, ("other", "queued"): 1}  # nothing changed
+        assert queue.cancel_jobs(db, job_ids=wide) == (2_500, [])
+        assert states() == {("wide", "cancelled"): 2_500, ("other", "queued"): 1}
+        assert queue.retry_jobs(db, job_ids=wide[1:] + [other]) == 2_499  # the queued one is left as it is
+        assert states() == {("wide", "cancelled"): 1, ("wide", "queued"): 2_499, ("other", "queued"): 1}
+        assert queue.cancel_jobs(db, run="wide") == (2_499, [])
+    finally:
+        db.dispose()
+
+
 def test_a_worker_for_a_run_that_does_not_exist_is_a_clear_error(sqlite_project):
     p = sqlite_project
     p.sweep("real", "true", 1)
