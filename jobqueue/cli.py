@@ -3,7 +3,6 @@
 User mistakes (UserError) become one line on stderr and exit code 2; anything else is a bug.
 """
 
-
 import json
 import sys
 from pathlib import Path
