@@ -86,15 +86,10 @@ def enqueue(
 
 
 def _print_plan(plan) -> None:
-    from rich.table import Table
+    from jobqueue.service import aligned
 
-    table = Table(title=f"{plan.run_name}: {len(plan.specs)} jobs (dry run, nothing written)", title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("name", overflow="fold")
-    table.add_column("command", overflow="fold")
-    for spec in plan.specs:
-        table.add_row(str(spec.index), spec.name, spec.cmd)
-    _console().print(table)
+    print(f"{plan.run_name}: {len(plan.specs)} jobs (dry run, nothing written)")
+    print(aligned(["#", "name", "command"], [[str(spec.index), spec.name, spec.cmd] for spec in plan.specs], right=frozenset({0})))
 
 
 # --- reading -------------------------------------------------------------------------------------

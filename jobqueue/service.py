@@ -77,22 +77,28 @@ def job_rows(db: Database, run: str | None, state: str | None, tail_lines: int =
     ]
 
 
+def aligned(columns: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> str:
+    """Plain text in columns two spaces apart (those in `right` right-aligned), the last one unpadded: a long
+    command stays whole, to be copied into a shell or grepped. Written at once, it is fast for any number of
+    rows: a rich Table took 0.3 ms a row (11 s for 40,000), a console.print per line 0.1 ms."""
+    widths = [max(len(c), max((len(r[i]) for r in rows), default=0)) for i, c in enumerate(columns)]
+    pads = [(str.rjust if i in right else str.ljust, w) for i, w in enumerate(widths[:-1])]
+    return "\n".join("  ".join([pad(cell, w) for (pad, w), cell in zip(pads, r)] + [r[-1]]) for r in [columns, *rows])
+
+
 def print_jobs(rows: list[dict], console) -> None:
     """One line per job; the command last and whole, so the line can be copied into a shell."""
     if not rows:
         console.print("No jobs match.")
         return
-    width = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in ("id", "run", "name", "state")}
-    lines = [f"{'id':>{width['id']}}  {'run':<{width['run']}}  {'name':<{width['name']}}  "
-             f"{'state':<{width['state']}}  tries  exit  command"]
+    lines = []
     for r in rows:
         exit_ = "" if r["exit_code"] is None else str(r["exit_code"])
         if r["signal"] is not None:
             exit_ = f"sig{r['signal']}"
-        lines.append(f"{r['id']:>{width['id']}}  {r['run']:<{width['run']}}  {r['name']:<{width['name']}}  "
-                     f"{r['state']:<{width['state']}}  {r['attempts']:>5}  {exit_:>4}  {r['cmd']}")
-    # Plain text, written at once: a console.print per line took 0.1 ms, 4 s for a 40,000-job run.
-    console.file.write("\n".join(lines) + "\n")
+        lines.append([str(r["id"]), r["run"], r["name"], r["state"], str(r["attempts"]), exit_, r["cmd"]])
+    header = ["id", "run", "name", "state", "tries", "exit", "command"]
+    console.file.write(aligned(header, lines, right=frozenset({0, 4, 5})) + "\n")
     for r in rows:
         if r.get("tail"):
             console.print(f"[red]{r['state']}[/red] job {r['id']} {r['name']}: last lines of {r['log']}")
@@ -189,14 +195,9 @@ def print_rows(columns: list[str], rows: list[tuple], *, as_json: bool, as_csv: 
         writer.writerow(columns)
         writer.writerows(rows)
     else:
-        from rich.table import Table
-
-        table = Table()
-        for c in columns:
-            table.add_column(c, overflow="fold")
-        for r in rows:
-            table.add_row(*["" if v is None else str(v) for v in r])
-        console.print(table)
+        cells = [["" if v is None else str(v).replace("\n", "\\n") for v in r] for r in rows]
+        numeric = frozenset(i for i in range(len(columns)) if rows and all(isinstance(r[i], (int, float, type(None))) for r in rows))
+        console.file.write(aligned(columns, cells, right=numeric) + "\n")
 
 
 def refresh_submissions(db: Database, run: str | None) -> None:

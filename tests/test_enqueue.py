@@ -177,6 +177,24 @@ def test_jq_sql_is_read_only(project):
     assert project.states() == {"queued": 3}
     csv_out = project.jq("sql", "select name, state from jobs order by id", "--csv", check=True).stdout
     assert csv_out.splitlines()[:2] == ["name,state", "00_j_i_0,queued"]
+    plain = project.jq("sql", "select id, name, exit_code, 'two\nlines' as note from jobs order by id",
+                       check=True).stdout
+    assert plain.splitlines() == ["id  name      exit_code  note"] + [  # numbers right-aligned, NULL empty, one line a row
+        f"{job['id']:>2}  {job['name']}  {'':9}  two\\nlines" for job in project.jobs()]
+    assert project.jq("sql", "select id, name from jobs where 0 = 1", check=True).stdout == "id  name\n"
+
+
+def test_long_outputs_keep_each_command_whole_on_one_line(sqlite_project):
+    p = sqlite_project
+    p.sweep("wide", "python train.py --a-long-flag-name=" + "x" * 300, 3)
+    plan = p.jq("enqueue", "wide", "--dry-run", check=True).stdout.splitlines()
+    assert plan[:2] == ["wide: 3 jobs (dry run, nothing written)", "#  name      command"]
+    jobs = json.loads(p.jq("enqueue", "wide", "--dry-run", "--json", check=True).stdout)
+    assert plan[2:] == [f"{i}  {job['name']}  {job['cmd']}" for i, job in enumerate(jobs)]
+    p.jq("enqueue", "wide", check=True)
+    listing = p.jq("list", check=True).stdout.splitlines()
+    assert listing[0] == "id  run   name      state   tries  exit  command"
+    assert listing[1:] == [f"{job['id']:>2}  wide  {job['name']}  queued      0        {job['cmd']}" for job in p.jobs()]
 
 
 def test_twenty_processes_opening_a_fresh_db_at_once_all_succeed(sqlite_project):
