@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import JQ_ENV, jq_command as jq  # noqa: E402
+from benchmarks.common import jq_command as jq, timed, write_sweep  # noqa: E402
 
 SWEEP = """
 from jobqueue import Experiment, ParamGrid, RunDescription
@@ -29,23 +27,13 @@ RUN_DESCRIPTION = RunDescription("{name}", experiments=[
 """
 
 
-def timed(argv, cwd, repeat=1) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=JQ_ENV)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--big", type=int, default=1_000_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cwd:
-        with open(os.path.join(cwd, "grid.py"), "w") as f:
-            f.write(SWEEP.format(name="grid", seeds=args.jobs // 100))
+        write_sweep(cwd, "grid", SWEEP.format(name="grid", seeds=args.jobs // 100))
         timed(jq() + ["enqueue", "grid", "--dry-run", "--json"], cwd)  # warm-up: writes the bytecode cache
         fresh = timed(jq() + ["enqueue", "grid", "--db", "fresh.db"], cwd)
         again = timed(jq() + ["enqueue", "grid", "--db", "fresh.db"], cwd)
@@ -53,8 +41,7 @@ def main() -> None:
 
         db = os.path.join(cwd, "big.db")
         for i in range(args.big // args.jobs):
-            with open(os.path.join(cwd, f"part{i}.py"), "w") as f:
-                f.write(SWEEP.format(name=f"part{i}", seeds=args.jobs // 100))
+            write_sweep(cwd, f"part{i}", SWEEP.format(name=f"part{i}", seeds=args.jobs // 100))
             subprocess.run(jq() + ["enqueue", f"part{i}", "--db", db], cwd=cwd, check=True, stdout=subprocess.DEVNULL)
         status = timed(jq() + ["status", "--db", db], cwd, repeat=5)
         status_json = timed(jq() + ["status", "--json", "--db", db], cwd, repeat=5)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import JQ_ENV, jq_command  # noqa: E402
+from benchmarks.common import JQ_ENV, jq_command, write_sweep  # noqa: E402
 
 SWEEP = """
 from jobqueue import Experiment, ParamGrid, RunDescription
@@ -53,8 +53,7 @@ def sweep_commands(cwd: str, module: str) -> list[str]:
 
 def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float, float]:
     """(jq launch into a new DB, jq launch into a DB that already exists, xargs -P)."""
-    with open(os.path.join(cwd, f"{name}.py"), "w") as f:
-        f.write(SWEEP.format(name=name, cmd=cmd, n=n))
+    write_sweep(cwd, name, SWEEP.format(name=name, cmd=cmd, n=n))
     launch = jq_command() + ["launch", name, "--max-parallel", str(slots), "--no-progress"]
     # Each launch writes its jobs' logs into a train dir of its own, as a new sweep does: the second launch
     # must not find the first one's 1,000 log files already made.
@@ -91,8 +90,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cwd:
-        with open(os.path.join(cwd, "bench_other.py"), "w") as f:
-            f.write(SWEEP.format(name="bench_other", cmd="true", n=1))
+        write_sweep(cwd, "bench_other", SWEEP.format(name="bench_other", cmd="true", n=1))
         # Warm-up: the first start writes jobqueue's bytecode cache, as `pip install` does at install time.
         timed(jq_command() + ["launch", "bench_other", "--db", os.path.join(cwd, "warm-up.db"), "--no-progress"], cwd)
         print(f"{args.jobs} x true, {args.slots} slots:")
