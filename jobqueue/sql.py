@@ -31,7 +31,8 @@ _AGO = {  # the clock minus :lease_seconds
 JSON_COLUMNS = frozenset({"settings", "params", "argv", "env", "command"})
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 # Well under SQLite's 32,766 parameters in one statement, and short: SQLite finds a named parameter by a linear
-# search, so binding n of them costs n^2. Cancelling 40,000 jobs took 1.5 s in lists of 5,000, 0.3 s in lists of 500.
+# search, so binding n of them costs n^2: 32 us an id in lists of 5,000, 7 us in lists of 500 (`jq cancel` of a
+# 40,000-job run: 1.8 s against 0.6 s).
 IN_LIST_CHUNK = 500
 
 
