@@ -11,6 +11,7 @@ and every command here should stay within a second or two of the sqlite3 shell a
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -38,20 +39,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cwd:
         write_sweep(cwd, "big", SWEEP.format(n=args.jobs))
         db = ["--db", os.path.join(cwd, "jobqueue.db")]
-        subprocess.run(jq() + ["enqueue", "big"] + db, cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=JQ_ENV)
+
+        def untimed(*argv):
+            subprocess.run(jq() + list(argv) + db, cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=JQ_ENV)
+
+        untimed("enqueue", "big")
         ids = [str(i) for i in range(1, args.jobs + 1)]
-
-        def requeue():
-            subprocess.run(jq() + ["retry", "big"] + db, cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=JQ_ENV)
-
+        requeue = functools.partial(untimed, "retry", "big")
         figures = {
             "enqueue --dry-run": timed(jq() + ["enqueue", "big", "--dry-run"], cwd, args.repeat),
             "list": timed(jq() + ["list"] + db, cwd, args.repeat),
             "list --json": timed(jq() + ["list", "--json"] + db, cwd, args.repeat),
             f'sql "{ROWS}"': timed(jq() + ["sql", ROWS] + db, cwd, args.repeat),
             "cancel big": timed(jq() + ["cancel", "big"] + db, cwd, args.repeat, before=requeue),
-            "retry big": timed(jq() + ["retry", "big"] + db, cwd, args.repeat, before=lambda: subprocess.run(
-                jq() + ["cancel", "big"] + db, cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=JQ_ENV)),
+            "retry big": timed(jq() + ["retry", "big"] + db, cwd, args.repeat,
+                               before=functools.partial(untimed, "cancel", "big")),
             f"cancel {args.jobs:,} job ids": timed(jq() + ["cancel", *ids] + db, cwd, args.repeat, before=requeue),
         }
         print(f"one run of {args.jobs:,} jobs, median of {args.repeat}:")
