@@ -413,10 +413,34 @@ def _check_known(revision: str | None, database: Database) -> None:
 
 
 def _migrate(database: Database) -> None:
-    from alembic import command
-
     if schema_revision(database) == SCHEMA_HEAD:
         return  # another process migrated while we waited for the lock
+    if database.is_sqlite and _is_empty(database):
+        from jobqueue.template_db import copy_template
+
+        with database._connection() as conn:
+            if copy_template(conn, _migrate_new_file):
+                return
+    _run_migrations(database)
+
+
+def _is_empty(database: Database) -> bool:
+    """No table, index or view at all: a DB that holds anything of its own is migrated, never overwritten."""
+    return database.transact(lambda tx: tx.first("SELECT count(*) FROM sqlite_master")[0], write=False) == 0
+
+
+def _migrate_new_file(path: Path) -> None:
+    """The migrations run on a new SQLite file (the template DB), which is left closed and in one piece."""
+    template = Database(url=f"sqlite:///{path}", path=path, journal="DELETE")
+    try:
+        _run_migrations(template)
+    finally:
+        template.dispose()
+
+
+def _run_migrations(database: Database) -> None:
+    from alembic import command
+
     config = _alembic_config()
     config.attributes["engine"] = database.engine
     command.upgrade(config, "head")

@@ -95,6 +95,15 @@ class Project:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def template_cache(tmp_path_factory) -> Path:
+    """The cache that holds jobqueue's template DB (jobqueue/template_db.py): the session's own, not the user's.
+    Every process the tests start inherits it; a test that needs an empty one sets XDG_CACHE_HOME itself."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    return cache
+
+
 @pytest.fixture
 def project(tmp_path, db_url) -> Project:
     return Project(tmp_path, db_url(tmp_path))

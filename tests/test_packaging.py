@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import zipfile
@@ -11,8 +12,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from jobqueue.db import SCHEMA_HEAD, _alembic_config, open_db
+from jobqueue.db import SCHEMA_HEAD, _alembic_config, _migrate_new_file, close_all, open_db
 from jobqueue.models import metadata
+from jobqueue.paths import data_path
+from jobqueue.template_db import migrations_digest, template_path
 from tests.conftest import REPO
 
 
@@ -39,20 +42,129 @@ def test_queue_sql_decodes_exactly_the_models_time_and_json_columns():
             assert isinstance(column.type, sa.JSON) == (column.name in sql.JSON_COLUMNS), where
 
 
-def test_a_launch_into_an_existing_sqlite_db_never_imports_sqlalchemy(sqlite_project):
+def imports_of(p, *args, env=None) -> list[str]:
+    """The SQLAlchemy and Alembic modules that `jq ARGS` imported, run in p's directory (it must succeed)."""
+    code = ("import json, sys; from jobqueue.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic'))))")
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=p.path, env=env or p.env(), capture_output=True, text=True)
+    assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def schema_of(path) -> dict:
+    """What a new DB's file holds: every table, index and trigger as SQL, the Alembic revision, and whether it is sound."""
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            "objects": conn.execute("select type, name, tbl_name, sql from sqlite_master order by type, name").fetchall(),
+            "revision": conn.execute("select version_num from alembic_version").fetchall(),
+            "user_version": conn.execute("pragma user_version").fetchone(),
+            "integrity": conn.execute("pragma integrity_check").fetchall(),
+        }
+    finally:
+        conn.close()
+
+
+def test_a_launch_into_an_existing_or_a_new_sqlite_db_never_imports_sqlalchemy(sqlite_project):
     # Importing SQLAlchemy takes longer than all the DB work of a quick sweep (see benchmarks/launch_vs_xargs.py):
-    # the launcher and its worker use plain SQL on SQLite's own driver, and Alembic only when a DB needs migrating.
+    # the launcher and its worker use plain SQL on SQLite's own driver, a new DB is a copy of the template DB the
+    # migrations made, and Alembic runs only when there is no template yet or a DB needs upgrading.
     p = sqlite_project
     p.sweep("quick", "true", 3)
     p.jq("enqueue", "quick", check=True)
-    code = ("import sys; from jobqueue.cli import main\n"
-            "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic')))")
-    for args in (["launch", "quick", "--no-progress"], ["worker"], ["status"]):
-        proc = subprocess.run([sys.executable, "-c", code, *args], cwd=p.path, env=p.env(), capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip().splitlines()[-1] == "[]", (args, proc.stdout)
+    assert template_path().exists()
+    for args in (["launch", "quick", "--no-progress"], ["worker"], ["status"],
+                 ["launch", "quick", "--no-progress", "--db", "new.db"]):
+        assert imports_of(p, *args) == [], args
     assert p.states() == {"succeeded": 3}
+    assert json.loads(p.jq("list", "--json", "--db", "new.db", check=True).stdout)[2]["state"] == "succeeded"
+
+
+def test_a_new_sqlite_db_is_a_copy_of_the_template_that_the_migrations_made(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = template_path()
+    assert template.parent == tmp_path / "cache" / "jobqueue" and not template.exists()
+    open_db(str(tmp_path / "first.db"))  # no template yet: the migrations make it, then it is copied
+    assert sorted(f.name for f in template.parent.iterdir()) == [template.name, template.name + ".lock"]
+    open_db(str(tmp_path / "second.db"))
+    close_all()
+    _migrate_new_file(tmp_path / "by_alembic.db")  # the migrations run on the file itself
+    expected = schema_of(tmp_path / "by_alembic.db")
+    assert len(expected["objects"]) > 10 and expected["revision"] == [(SCHEMA_HEAD,)] and expected["integrity"] == [("ok",)]
+    for made in (template, tmp_path / "first.db", tmp_path / "second.db"):
+        assert schema_of(made) == expected, made
+    for copy in ("first.db", "second.db"):
+        assert sqlite3.connect(tmp_path / copy).execute("pragma journal_mode").fetchone() == ("wal",)
+
+
+def test_a_db_holding_tables_of_its_own_gets_the_migrations_and_keeps_its_tables(sqlite_project):
+    p = sqlite_project
+    conn = sqlite3.connect(p.db)
+    conn.execute("create table notes (text)")
+    conn.execute("insert into notes values ('keep me')")
+    conn.commit()
+    conn.close()
+    p.sweep("q", "true", 2)
+    p.jq("enqueue", "q", check=True)
+    conn = sqlite3.connect(p.db)
+    assert conn.execute("select text from notes").fetchall() == [("keep me",)]
+    assert conn.execute("select count(*) from jobs").fetchone() == (2,)
+
+
+def test_without_a_sound_template_the_migrations_run_on_the_new_db_itself(sqlite_project, tmp_path, monkeypatch):
+    p = sqlite_project
+    p.sweep("q", "true", 2)
+    # A cache directory that cannot be made (its parent is a file): the migrations make the DB, as before templates.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    uncached = imports_of(p, "enqueue", "q", "--db", "no-cache.db", env=p.env(XDG_CACHE_HOME=str(blocker / "cache")))
+    assert "alembic" in uncached and "sqlalchemy" in uncached
+    expected = schema_of(p.path / "no-cache.db")
+    assert expected["revision"] == [(SCHEMA_HEAD,)]
+    # A damaged template is not copied but thrown away, and the next new DB makes a sound one.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = template_path()
+    template.parent.mkdir(parents=True)
+    template.write_bytes(b"SQLite format 3\0" + b"\xff" * 4080)
+    p.jq("enqueue", "q", "--db", "damaged.db", check=True)
+    assert not template.exists()
+    p.jq("enqueue", "q", "--db", "remade.db", check=True)
+    for made in ("damaged.db", "remade.db"):
+        assert schema_of(p.path / made) == expected, made
+        assert sqlite3.connect(p.path / made).execute("select count(*) from jobs").fetchone() == (2,)
+    assert schema_of(template) == expected
+
+
+def test_processes_making_new_dbs_at_once_with_an_empty_cache_make_one_template(sqlite_project, tmp_path):
+    p = sqlite_project
+    p.sweep("many", "true", 3)
+    env = p.env(XDG_CACHE_HOME=str(tmp_path / "cache"))
+    procs = [p.start("enqueue", "many", "--db", f"db{i}.db", env=env) for i in range(8)]
+    results = [(proc.wait(120), proc.stderr.read()) for proc in procs]
+    assert all(code == 0 for code, _ in results), results
+    (template,) = (tmp_path / "cache" / "jobqueue").glob("*.db")
+    assert sorted(f.name for f in template.parent.iterdir()) == [template.name, template.name + ".lock"]
+    expected = schema_of(template)
+    for i in range(8):
+        assert schema_of(p.path / f"db{i}.db") == expected
+        assert sqlite3.connect(p.path / f"db{i}.db").execute("select count(*) from jobs").fetchone() == (3,)
+
+
+def test_a_changed_migration_gets_a_template_of_its_own(tmp_path):
+    migrations = shutil.copytree(data_path("migrations"), tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    shipped = migrations_digest()
+    assert migrations_digest(migrations) == shipped and shipped in template_path().name
+    first = migrations / "versions" / "0001_initial.py"
+    text = first.read_text()
+    first.write_text(text.replace('server_default="0"', 'server_default="1"', 1))
+    assert migrations_digest(migrations) != shipped
+    first.write_text(text)
+    (migrations / "versions" / "0002_next.py").write_text("revision = '0002'\ndown_revision = '0001'\n")
+    assert migrations_digest(migrations) != shipped
+    (migrations / "versions" / "0002_next.py").unlink()
+    (migrations / "env.py").write_text((migrations / "env.py").read_text() + "\n# render_as_batch off\n")
+    assert migrations_digest(migrations) != shipped
 
 
 def test_a_wheel_installed_elsewhere_migrates_and_runs_from_its_own_files(tmp_path):
