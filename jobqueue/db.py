@@ -318,7 +318,9 @@ def _sqlite_engine(database: Database) -> "sa.Engine":
     import sqlalchemy as sa
     from sqlalchemy import event
 
-    engine = sa.create_engine(database.url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    # The URL is made from the path as it is: SQLAlchemy would read a "%41" in the URL's path as an "A".
+    url = sa.engine.URL.create("sqlite", database=str(database.path))
+    engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):

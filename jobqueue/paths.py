@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 DEFAULT_DB = "jobqueue.db"
 SCHEMA_HEAD = "0001"  # the newest migration; a test checks it against migrations/versions
@@ -32,7 +33,8 @@ def data_path(name: str) -> Path:
 
 def sqlite_readonly_connection(path: Path) -> sqlite3.Connection:
     """A connection that cannot write, for `jq sql`, `jq status` and other readers."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    # A URI, for mode=ro: the path is quoted, or a "#", "?" or "%" in it would be read as the URI's own.
+    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA query_only=ON")
     return conn

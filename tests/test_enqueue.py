@@ -249,3 +249,23 @@ def test_commands_close_the_db_so_sqlite_checkpoints_and_removes_its_wal(sqlite_
     assert (p.path / "jobqueue.db").exists() and not (p.path / "jobqueue.db-wal").exists()
     p.jq("worker", "--quiet", check=True)
     assert not (p.path / "jobqueue.db-wal").exists()
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["template", "migrations-on-the-db"])
+def test_a_db_whose_path_has_url_characters_in_it_works(sqlite_project, tmp_path, template):
+    # SQLite's URIs and SQLAlchemy's URLs give "#", "?" and "%41" meanings of their own; a path is a path.
+    p = sqlite_project
+    p.sweep("q", "true", 3)
+    if not template:  # a cache that cannot be made: the migrations run on the DB itself, through SQLAlchemy
+        (tmp_path / "a-file").write_text("")
+    env = p.env(**({} if template else {"XDG_CACHE_HOME": str(tmp_path / "a-file" / "cache")}))
+    for name in ("a#b", "c%41", "d?e", "f g"):
+        db = tmp_path / name / "q.db"
+        db.parent.mkdir()
+        for args in (["enqueue", "q"], ["worker", "--quiet"], ["status"], ["sql", "select 1"]):
+            proc = p.jq(*args, "--db", str(db), env=env)
+            assert proc.returncode == 0, (name, args, proc.stderr)
+        assert "q " in p.jq("status", "--db", str(db), env=env).stdout
+        jobs = json.loads(p.jq("list", "--json", "--db", str(db), env=env, check=True).stdout)
+        assert [job["state"] for job in jobs] == ["succeeded"] * 3, name
+    assert not (tmp_path / "cA").exists()
