@@ -1,11 +1,13 @@
 """A brand-new SQLite DB starts as a copy of a template DB that the migrations made.
 
 Making the schema with Alembic means importing SQLAlchemy and Alembic first: about 0.3 s, more than all the
-DB work of a quick sweep, paid by every new DB. So the first new DB at a given set of migrations has them run
-on a template in the user's cache directory as well, and every later new SQLite DB gets the template's pages
-through SQLite's backup API (a few milliseconds). The schema is still made only by the migrations: the
-template is their output, named after a digest of the migration files, so a changed migration makes a new
-one. Upgrades, DBs holding tables of their own, and PostgreSQL go through Alembic as before.
+DB work of a quick sweep, paid by every new DB. So a wheel ships a template that its build made by running
+the migrations (hatch_build.py); without one (a checkout, an editable install), the first new DB at a given
+set of migrations has them run on a template in the user's cache directory as well. Every other new SQLite
+DB gets the template's pages through SQLite's backup API, in a few milliseconds. The schema is still made
+only by the migrations: the template is their output, named after a digest of the migration files, so a
+changed migration makes a new one. Upgrades, DBs holding tables of their own, and PostgreSQL go through
+Alembic as before.
 """
 
 from __future__ import annotations
@@ -29,44 +31,64 @@ def migrations_digest(migrations: Path | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
-def template_path() -> Path:
-    """Where the template for this jobqueue's migrations lives: $XDG_CACHE_HOME/jobqueue, else ~/.cache/jobqueue."""
+def template_name() -> str:
+    return f"schema-{SCHEMA_HEAD}-{migrations_digest()}.db"
+
+
+def shipped_template() -> Path:
+    """The template a wheel carries, made by its build (hatch_build.py); a checkout or editable install has none."""
+    return Path(__file__).parent / "_data" / template_name()
+
+
+def cached_template() -> Path:
+    """The template made at the first new DB: $XDG_CACHE_HOME/jobqueue, else ~/.cache/jobqueue."""
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "jobqueue" / f"schema-{SCHEMA_HEAD}-{migrations_digest()}.db"
+    return Path(cache) / "jobqueue" / template_name()
 
 
 def copy_template(target: sqlite3.Connection, migrate: Callable[[Path], None]) -> bool:
-    """Give the empty DB behind `target` the template's pages, making the template with migrate(path) first if
-    there is none. False, with the DB left empty, when no sound template can be had (an unwritable cache
-    directory, a damaged template): the caller then runs the migrations on the DB itself."""
-    path = template_path()
-    if not path.exists():
+    """Give the empty DB behind `target` the template's pages: the shipped one, else the cached one, made with
+    migrate(path) first if there is none. False, with the DB left empty, when no sound template can be had (an
+    unwritable cache directory, a damaged template): the caller then runs the migrations on the DB itself."""
+    if _is_sound(shipped_template()):
+        return _backup(shipped_template(), target)
+    cached = cached_template()
+    if not cached.exists():
         try:
-            _make(path, migrate)
+            _make(cached, migrate)
         except Exception:  # noqa: BLE001 - whatever stopped it, the migrations on the DB itself say it, or succeed
             return False
-    try:
-        source = sqlite_readonly_connection(path)
-    except sqlite3.Error:
+    if not _is_sound(cached):
+        cached.unlink(missing_ok=True)  # the next new DB makes it again
         return False
-    try:
-        if not _is_sound(source):
-            path.unlink(missing_ok=True)  # the next new DB makes it again
-            return False
-        source.backup(target)  # one step, in one write transaction on the target: all of it or nothing
-        return True
-    except sqlite3.Error:
-        return False
-    finally:
-        source.close()
+    return _backup(cached, target)
 
 
-def _is_sound(template: sqlite3.Connection) -> bool:
-    try:
-        row = template.execute("SELECT version_num FROM alembic_version").fetchone()
-        return row == (SCHEMA_HEAD,) and template.execute("PRAGMA quick_check").fetchone() == ("ok",)
-    except sqlite3.DatabaseError:
+def _is_sound(template: Path) -> bool:
+    """A whole SQLite file at the newest schema."""
+    if not template.is_file():
         return False
+    try:
+        conn = sqlite_readonly_connection(template)
+        try:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            return row == (SCHEMA_HEAD,) and conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+
+
+def _backup(template: Path, target: sqlite3.Connection) -> bool:
+    try:
+        source = sqlite_readonly_connection(template)
+        try:
+            source.backup(target)  # one step, in one write transaction on the target: all of it or nothing
+        finally:
+            source.close()
+    except sqlite3.Error:
+        return False
+    return True
 
 
 def _make(path: Path, migrate: Callable[[Path], None]) -> None:

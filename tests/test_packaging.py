@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from jobqueue.db import SCHEMA_HEAD, _alembic_config, _migrate_new_file, close_all, open_db
 from jobqueue.models import metadata
 from jobqueue.paths import data_path
-from jobqueue.template_db import migrations_digest, template_path
+from jobqueue.template_db import cached_template, migrations_digest, shipped_template
 from tests.conftest import REPO
 
 
@@ -42,12 +42,12 @@ def test_queue_sql_decodes_exactly_the_models_time_and_json_columns():
             assert isinstance(column.type, sa.JSON) == (column.name in sql.JSON_COLUMNS), where
 
 
-def imports_of(p, *args, env=None) -> list[str]:
-    """The SQLAlchemy and Alembic modules that `jq ARGS` imported, run in p's directory (it must succeed)."""
+def imports_of(cwd, env: dict, *args: str) -> list[str]:
+    """The SQLAlchemy and Alembic modules that `jq ARGS` imported, run in cwd (it must succeed)."""
     code = ("import json, sys; from jobqueue.cli import main\n"
             "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic'))))")
-    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=p.path, env=env or p.env(), capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -73,17 +73,17 @@ def test_a_launch_into_an_existing_or_a_new_sqlite_db_never_imports_sqlalchemy(s
     p = sqlite_project
     p.sweep("quick", "true", 3)
     p.jq("enqueue", "quick", check=True)
-    assert template_path().exists()
+    assert cached_template().exists()
     for args in (["launch", "quick", "--no-progress"], ["worker"], ["status"],
                  ["launch", "quick", "--no-progress", "--db", "new.db"]):
-        assert imports_of(p, *args) == [], args
+        assert imports_of(p.path, p.env(), *args) == [], args
     assert p.states() == {"succeeded": 3}
     assert json.loads(p.jq("list", "--json", "--db", "new.db", check=True).stdout)[2]["state"] == "succeeded"
 
 
 def test_a_new_sqlite_db_is_a_copy_of_the_template_that_the_migrations_made(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    template = template_path()
+    template = cached_template()
     assert template.parent == tmp_path / "cache" / "jobqueue" and not template.exists()
     open_db(str(tmp_path / "first.db"))  # no template yet: the migrations make it, then it is copied
     assert sorted(f.name for f in template.parent.iterdir()) == [template.name, template.name + ".lock"]
@@ -118,13 +118,13 @@ def test_without_a_sound_template_the_migrations_run_on_the_new_db_itself(sqlite
     # A cache directory that cannot be made (its parent is a file): the migrations make the DB, as before templates.
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    uncached = imports_of(p, "enqueue", "q", "--db", "no-cache.db", env=p.env(XDG_CACHE_HOME=str(blocker / "cache")))
+    uncached = imports_of(p.path, p.env(XDG_CACHE_HOME=str(blocker / "cache")), "enqueue", "q", "--db", "no-cache.db")
     assert "alembic" in uncached and "sqlalchemy" in uncached
     expected = schema_of(p.path / "no-cache.db")
     assert expected["revision"] == [(SCHEMA_HEAD,)]
     # A damaged template is not copied but thrown away, and the next new DB makes a sound one.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    template = template_path()
+    template = cached_template()
     template.parent.mkdir(parents=True)
     template.write_bytes(b"SQLite format 3\0" + b"\xff" * 4080)
     p.jq("enqueue", "q", "--db", "damaged.db", check=True)
@@ -153,18 +153,18 @@ def test_processes_making_new_dbs_at_once_with_an_empty_cache_make_one_template(
 
 def test_a_changed_migration_gets_a_template_of_its_own(tmp_path):
     migrations = shutil.copytree(data_path("migrations"), tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
-    shipped = migrations_digest()
-    assert migrations_digest(migrations) == shipped and shipped in template_path().name
+    digest = migrations_digest()
+    assert migrations_digest(migrations) == digest and digest in cached_template().name and digest in shipped_template().name
     first = migrations / "versions" / "0001_initial.py"
     text = first.read_text()
     first.write_text(text.replace('server_default="0"', 'server_default="1"', 1))
-    assert migrations_digest(migrations) != shipped
+    assert migrations_digest(migrations) != digest
     first.write_text(text)
     (migrations / "versions" / "0002_next.py").write_text("revision = '0002'\ndown_revision = '0001'\n")
-    assert migrations_digest(migrations) != shipped
+    assert migrations_digest(migrations) != digest
     (migrations / "versions" / "0002_next.py").unlink()
     (migrations / "env.py").write_text((migrations / "env.py").read_text() + "\n# render_as_batch off\n")
-    assert migrations_digest(migrations) != shipped
+    assert migrations_digest(migrations) != digest
 
 
 def test_a_wheel_installed_elsewhere_migrates_and_runs_from_its_own_files(tmp_path):
@@ -173,9 +173,10 @@ def test_a_wheel_installed_elsewhere_migrates_and_runs_from_its_own_files(tmp_pa
                    check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("jobqueue-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    template = f"jobqueue/_data/{shipped_template().name}"  # made by the build (hatch_build.py)
     for shipped in ("jobqueue/_data/alembic.ini", "jobqueue/_data/migrations/env.py",
                     "jobqueue/_data/migrations/versions/0001_initial.py", "jobqueue/_data/workers/sbatch_worker.sh",
-                    "jobqueue/_data/workers/ngc_job.template"):
+                    "jobqueue/_data/workers/ngc_job.template", template):
         assert shipped in names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
@@ -189,8 +190,17 @@ def test_a_wheel_installed_elsewhere_migrates_and_runs_from_its_own_files(tmp_pa
     dry = subprocess.run([sys.executable, "-m", "jobqueue", "enqueue", "experiments.quickstart", "--dry-run", "--json"],
                          cwd=work, env=env, capture_output=True, text=True, check=True).stdout
     assert len(json.loads(dry)) == 6
-    subprocess.run([sys.executable, "-m", "jobqueue", "enqueue", "experiments.quickstart"], cwd=work, env=env, check=True,
-                   capture_output=True, timeout=120)
-    engine = sa.create_engine(f"sqlite:///{work / 'jobqueue.db'}")
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("select count(*) from jobs")).scalar() == 6
+    # The first DB after install is a copy of the shipped template: no SQLAlchemy, and no template made in a cache.
+    assert imports_of(work, env, "enqueue", "experiments.quickstart") == []
+    assert not (tmp_path / ".cache").exists()
+    # A DB holding a table of its own gets the wheel's migrations, run from the wheel's own files.
+    with sqlite3.connect(work / "own.db") as conn:
+        conn.execute("create table notes (text)")
+    assert "alembic" in imports_of(work, env, "enqueue", "experiments.quickstart", "--db", "own.db")
+    _migrate_new_file(tmp_path / "by_alembic.db")
+    expected = schema_of(tmp_path / "by_alembic.db")
+    assert schema_of(target / template) == schema_of(work / "jobqueue.db") == expected
+    own = schema_of(work / "own.db")
+    assert [o for o in own["objects"] if o[1] != "notes"] == expected["objects"] and own["revision"] == expected["revision"]
+    for db in ("jobqueue.db", "own.db"):
+        assert sqlite3.connect(work / db).execute("select count(*) from jobs").fetchone() == (6,)
