@@ -3,12 +3,18 @@
     python benchmarks/launch_vs_xargs.py [--jobs 1000] [--slots 8] [--rounds 5]
 
 Prints: 1,000 x `true` on 8 slots, jq launch vs xargs -P 8 (and the ratio; target <= 2x), and
-32 x `sleep 1` on 8 slots (ideal 4 s; target within 0.25 s). Each round runs jq into a new DB, jq into
-a DB that already holds another run, and xargs, one after the other; the summary is the median of the
-rounds' ratios and times (this machine's timings vary by 20-50% from one minute to the next). Every jq
-launch writes its 1,000 logs into a train dir of its own, and every timed run starts after a sync.
+32 x `sleep 1` on 8 slots (ideal 4 s; target within 0.25 s). Each round runs, one after the other: jq into
+a new DB, jq into a DB that already holds another run, xargs, and jq into a new DB with an empty cache (the
+first DB a user makes: a wheel copies the template DB it ships, an editable install has the migrations make
+one in the cache first; see jobqueue/template_db.py). The summary is the median of the rounds' ratios and
+times (this machine's timings vary by 20-50% from one minute to the next). Every jq launch writes its 1,000
+logs into a train dir of its own, and every timed run starts after a sync.
 
-jq runs as an installed copy does, with its bytecode cached (see common.py): a warm-up launch first.
+The jq timed is the one installed beside the Python that runs this script (common.py): the test venv's
+editable install, or a wheel's, e.g. `python3 -m venv /tmp/wv && /tmp/wv/bin/pip install . &&
+/tmp/wv/bin/python benchmarks/launch_vs_xargs.py`. It runs as an installed copy that has been used before
+does: with its bytecode cached and its template DB at hand, after a warm-up launch in a cache directory of
+the benchmark's own.
 """
 
 import argparse
@@ -32,14 +38,14 @@ RUN_DESCRIPTION = RunDescription("{name}", experiments=[
 """
 
 
-def timed(argv, cwd, stdin=None) -> float:
+def timed(argv, cwd, stdin=None, cache: str | None = None) -> float:
     # Pending writes are flushed first, so that no run pays for the one before it: on this project's machines,
     # creating 1,000 files took 0.02-0.7 s depending on what the disk had pending, and the same launch 1.03 s
     # without a sync before it, 0.76 s with one.
     os.sync()
     start = time.perf_counter()
     subprocess.run(argv, cwd=cwd, input=stdin, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env=JQ_ENV)
+                   env={**JQ_ENV, "XDG_CACHE_HOME": cache} if cache else JQ_ENV)
     return time.perf_counter() - start
 
 
@@ -51,30 +57,38 @@ def sweep_commands(cwd: str, module: str) -> list[str]:
     return [" ".join(job["argv"][len(shlex.split(job["cmd"].split(" --")[0])):]) for job in json.loads(out)]
 
 
-def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float, float]:
-    """(jq launch into a new DB, jq launch into a DB that already exists, xargs -P)."""
+def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float, float, float]:
+    """(jq launch into a new DB, into a DB that already exists, xargs -P, jq into the first DB with an empty cache)."""
     write_sweep(cwd, name, SWEEP.format(name=name, cmd=cmd, n=n))
     launch = jq_command() + ["launch", name, "--max-parallel", str(slots), "--no-progress"]
-    # Each launch writes its jobs' logs into a train dir of its own, as a new sweep does: the second launch
-    # must not find the first one's 1,000 log files already made.
-    fresh = timed(launch + ["--db", os.path.join(cwd, f"{name}.db"), "--train-dir", os.path.join(cwd, "new-db")], cwd)
+
+    def jq_into(db: str, **kwargs) -> float:
+        # Each launch writes its jobs' logs into a train dir of its own, as a new sweep does: no launch may find
+        # another one's 1,000 log files already made.
+        return timed(launch + ["--db", os.path.join(cwd, f"{name}_{db}.db"), "--train-dir", os.path.join(cwd, db)],
+                     cwd, **kwargs)
+
+    fresh = jq_into("new")
     existing_db = os.path.join(cwd, f"{name}_existing.db")
-    subprocess.run(jq_command() + ["enqueue", "bench_other", "--db", existing_db], cwd=cwd, check=True, capture_output=True)
-    existing = timed(launch + ["--db", existing_db, "--train-dir", os.path.join(cwd, "existing-db")], cwd)
+    subprocess.run(jq_command() + ["enqueue", "bench_other", "--db", existing_db], cwd=cwd, check=True, capture_output=True,
+                   env=JQ_ENV)
+    existing = jq_into("existing")
     args = "\n".join(sweep_commands(cwd, name)) + "\n"
     program = shlex.split(cmd)
     xargs = timed(["xargs", "-P", str(slots), "-L", "1"] + program, cwd, stdin=args.encode())
-    return fresh, existing, xargs
+    first = jq_into("first", cache=os.path.join(cwd, f"{name}_empty_cache"))
+    return fresh, existing, xargs, first
 
 
-def rounds(cwd: str, name: str, cmd: str, n: int, slots: int, count: int) -> list[tuple[float, float, float]]:
-    """(new DB, existing DB, xargs) for each of `count` rounds, each round printed as it ends, with its ratios."""
+def rounds(cwd: str, name: str, cmd: str, n: int, slots: int, count: int) -> list[tuple[float, float, float, float]]:
+    """one()'s four times for each of `count` rounds, each round printed as it ends, with its ratios."""
     results = []
     for i in range(count):
-        fresh, existing, xargs = one(cwd, f"{name}{i}", cmd, n, slots)
-        print(f"  round {i + 1}: jq launch {fresh:.2f} s into a new DB, {existing:.2f} s into an existing one; "
-              f"xargs -P {slots} {xargs:.2f} s ({fresh / xargs:.2f}x / {existing / xargs:.2f}x)", flush=True)
-        results.append((fresh, existing, xargs))
+        fresh, existing, xargs, first = one(cwd, f"{name}{i}", cmd, n, slots)
+        print(f"  round {i + 1}: jq launch {fresh:.2f} s into a new DB, {existing:.2f} s into an existing one, "
+              f"{first:.2f} s into the first DB (empty cache); xargs -P {slots} {xargs:.2f} s "
+              f"({fresh / xargs:.2f}x / {existing / xargs:.2f}x / {first / xargs:.2f}x)", flush=True)
+        results.append((fresh, existing, xargs, first))
     return results
 
 
@@ -91,21 +105,25 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cwd:
         write_sweep(cwd, "bench_other", SWEEP.format(name="bench_other", cmd="true", n=1))
-        # Warm-up: the first start writes jobqueue's bytecode cache, as `pip install` does at install time.
+        JQ_ENV["XDG_CACHE_HOME"] = os.path.join(cwd, "cache")  # the template DB's, not the user's
+        # Warm-up: the first start writes jobqueue's bytecode cache, as `pip install` does at install time, and
+        # makes the template DB, as a user's first new DB does.
         timed(jq_command() + ["launch", "bench_other", "--db", os.path.join(cwd, "warm-up.db"), "--no-progress"], cwd)
         print(f"{args.jobs} x true, {args.slots} slots:")
         timings = rounds(cwd, "bench_true", "true", args.jobs, args.slots, args.rounds)
         # Each round's ratio pairs a jq run with the xargs run seconds after it, which this machine's drift spares.
-        print(f"  median ratio to xargs -P {args.slots}: {median(f / x for f, _, x in timings):.2f}x into a new DB, "
-              f"{median(e / x for _, e, x in timings):.2f}x into an existing one (target <= 2x); medians: jq "
-              f"{median(f for f, _, _ in timings):.2f} s / {median(e for _, e, _ in timings):.2f} s, xargs "
-              f"{median(x for _, _, x in timings):.2f} s")
+        fresh, existing, xargs, first = (median(t[k] for t in timings) for k in range(4))
+        print(f"  median ratio to xargs -P {args.slots}: {median(f / x for f, _, x, _ in timings):.2f}x into a new DB, "
+              f"{median(e / x for _, e, x, _ in timings):.2f}x into an existing one, "
+              f"{median(c / x for _, _, x, c in timings):.2f}x into the first DB (target <= 2x); medians: jq "
+              f"{fresh:.2f} s / {existing:.2f} s / {first:.2f} s, xargs {xargs:.2f} s")
         ideal = args.sleeps / args.slots
         print(f"{args.sleeps} x sleep 1, {args.slots} slots (ideal {ideal:.0f} s):")
         timings = rounds(cwd, "bench_sleep", "sh -c 'sleep 1' sleep", args.sleeps, args.slots, args.rounds)
-        fresh, existing, xargs = (median(t[k] for t in timings) for k in range(3))
+        fresh, existing, xargs, first = (median(t[k] for t in timings) for k in range(4))
         print(f"  median: jq launch {fresh:.2f} s (+{fresh - ideal:.2f} s) into a new DB, {existing:.2f} s "
-              f"(+{existing - ideal:.2f} s) into an existing one (target +0.25 s); xargs -P {args.slots} {xargs:.2f} s")
+              f"(+{existing - ideal:.2f} s) into an existing one, {first:.2f} s (+{first - ideal:.2f} s) into the "
+              f"first DB (target +0.25 s); xargs -P {args.slots} {xargs:.2f} s")
 
 
 if __name__ == "__main__":
