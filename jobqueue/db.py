@@ -2,7 +2,8 @@
 
 SQLite is the default (one file, WAL, a busy timeout); PostgreSQL when many machines share a queue.
 The schema is only ever made by the Alembic migrations, applied under a file lock (SQLite) or an
-advisory lock (PostgreSQL) so that many workers opening a fresh DB at once do not race.
+advisory lock (PostgreSQL) so that many workers opening a fresh DB at once do not race. A new SQLite DB
+is a copy of the template DB they made (template_db.py).
 
 The queue's statements run as plain SQL on the driver's own connection (see sql.py and queue.py). So an
 SQLite DB at the newest schema is opened and used with the standard library alone: SQLAlchemy, whose

@@ -12,6 +12,7 @@ Alembic as before.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from pathlib import Path
@@ -31,6 +32,7 @@ def migrations_digest(migrations: Path | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.cache
 def template_name() -> str:
     return f"schema-{SCHEMA_HEAD}-{migrations_digest()}.db"
 
