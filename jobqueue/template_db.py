@@ -52,8 +52,9 @@ def copy_template(target: sqlite3.Connection, migrate: Callable[[Path], None]) -
     """Give the empty DB behind `target` the template's pages: the shipped one, else the cached one, made with
     migrate(path) first if there is none. False, with the DB left empty, when no sound template can be had (an
     unwritable cache directory, a damaged template): the caller then runs the migrations on the DB itself."""
-    if _is_sound(shipped_template()):
-        return _backup(shipped_template(), target)
+    shipped = shipped_template()
+    if _is_sound(shipped):
+        return _backup(shipped, target)
     cached = cached_template()
     if not cached.exists():
         try:
