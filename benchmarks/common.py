@@ -22,6 +22,12 @@ def jq_command() -> list[str]:
 JQ_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
+def keep_template_db_in(cwd: str) -> None:
+    """jq's processes keep their template DB (jobqueue/template_db.py) in a cache under cwd, not in the user's: the
+    first new DB makes it, so a benchmark's warm-up should make a DB."""
+    JQ_ENV["XDG_CACHE_HOME"] = os.path.join(cwd, "cache")
+
+
 def timed(argv, cwd, repeat: int = 1, before=None) -> float:
     """The median wall time of `repeat` runs of a command (its output dropped); before() runs untimed before each."""
     times = []

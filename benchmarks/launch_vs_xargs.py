@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import JQ_ENV, jq_command, write_sweep  # noqa: E402
+from benchmarks.common import JQ_ENV, jq_command, keep_template_db_in, write_sweep  # noqa: E402
 
 SWEEP = """
 from jobqueue import Experiment, ParamGrid, RunDescription
@@ -105,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cwd:
         write_sweep(cwd, "bench_other", SWEEP.format(name="bench_other", cmd="true", n=1))
-        JQ_ENV["XDG_CACHE_HOME"] = os.path.join(cwd, "cache")  # the template DB's, not the user's
+        keep_template_db_in(cwd)
         # Warm-up: the first start writes jobqueue's bytecode cache, as `pip install` does at install time, and
         # makes the template DB, as a user's first new DB does.
         timed(jq_command() + ["launch", "bench_other", "--db", os.path.join(cwd, "warm-up.db"), "--no-progress"], cwd)
