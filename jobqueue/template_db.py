@@ -44,7 +44,9 @@ def shipped_template() -> Path:
 
 def cached_template() -> Path:
     """The template made at the first new DB: $XDG_CACHE_HOME/jobqueue, else ~/.cache/jobqueue."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(cache):  # the XDG spec: a relative path is to be ignored
+        cache = os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "jobqueue" / template_name()
 
 

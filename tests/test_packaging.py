@@ -82,6 +82,9 @@ def test_a_launch_into_an_existing_or_a_new_sqlite_db_never_imports_sqlalchemy(s
 
 
 def test_a_new_sqlite_db_is_a_copy_of_the_template_that_the_migrations_made(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG spec says: ~/.cache
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cached_template().parent == tmp_path / "home" / ".cache" / "jobqueue"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     template = cached_template()
     assert template.parent == tmp_path / "cache" / "jobqueue" and not template.exists()
