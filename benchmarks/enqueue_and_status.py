@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import jq_command as jq, keep_template_db_in, timed, write_sweep  # noqa: E402
+from benchmarks.common import JQ_ENV, jq_command as jq, keep_template_db_in, timed, write_sweep  # noqa: E402
 
 SWEEP = """
 from jobqueue import Experiment, ParamGrid, RunDescription
@@ -46,7 +46,7 @@ def main() -> None:
         db = os.path.join(cwd, "big.db")
         for i in range(args.big // args.jobs):
             write_sweep(cwd, f"part{i}", SWEEP.format(name=f"part{i}", seeds=args.jobs // 100))
-            subprocess.run(jq() + ["enqueue", f"part{i}", "--db", db], cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(jq() + ["enqueue", f"part{i}", "--db", db], cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=JQ_ENV)
         status = timed(jq() + ["status", "--db", db], cwd, repeat=5)
         status_json = timed(jq() + ["status", "--json", "--db", db], cwd, repeat=5)
         bare = timed([sys.executable, "-c", "pass"], cwd, repeat=5)
