@@ -131,7 +131,7 @@ def list_(
     from jobqueue import service
 
     database = _open(db, create=False)
-    rows = service.job_rows(database, run, state)
+    rows = service.job_rows(database, run, state, details=as_json)
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return

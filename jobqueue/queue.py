@@ -176,9 +176,10 @@ def status_counts(db: Database, run: str | None = None) -> list[tuple[str, str, 
     return db.transact(_counts, write=False)
 
 
-def list_jobs(db: Database, run: str | None = None, state: str | None = None) -> list[dict]:
+def list_jobs(db: Database, run: str | None = None, state: str | None = None, columns: str = "jobs.*") -> list[dict]:
+    """The jobs (their `columns`, and their run's name as `run`), oldest first."""
     def _list(tx: Transaction):
-        query = "SELECT jobs.*, runs.name AS run FROM jobs JOIN runs ON runs.id = jobs.run_id WHERE 1 = 1"
+        query = f"SELECT {columns}, runs.name AS run FROM jobs JOIN runs ON runs.id = jobs.run_id WHERE 1 = 1"
         params: dict = {}
         if run is not None:
             query += " AND jobs.run_id = :run_id"
