@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq slurm-wlm munge postgresql util-linux >/dev/null
+  apt-get install -y -qq slurm-wlm munge postgresql util-linux jq >/dev/null
 else
   echo "tests/setup.sh: not root, so not installing slurm-wlm munge postgresql (the tests that need them will skip)" >&2
 fi
