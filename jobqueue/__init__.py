@@ -4,7 +4,18 @@ The sweep API is Sample Factory's: describe a sweep with these objects in a Pyth
 a module-level RUN_DESCRIPTION.
 """
 
-from jobqueue.sweep import Experiment, ParamGrid, ParamList, RunDescription, seeds
+TYPE_CHECKING = False  # not typing's: importing typing would cost `jq .a` more than the rest of its start-up
+if TYPE_CHECKING:
+    from jobqueue.sweep import Experiment, ParamGrid, ParamList, RunDescription, seeds
 
 __all__ = ["Experiment", "ParamGrid", "ParamList", "RunDescription", "seeds"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Imported on first use: `jq .a` hands over to the JSON jq (jobqueue/passthrough.py) before paying for it.
+    if name in __all__:
+        from jobqueue import sweep
+
+        return getattr(sweep, name)
+    raise AttributeError(f"module 'jobqueue' has no attribute {name!r}")

@@ -12,6 +12,7 @@ import typer
 
 from jobqueue.errors import UserError
 
+# A new command or group goes in jobqueue/passthrough.py's COMMANDS too, or `jq NEW` goes to the JSON jq.
 app = typer.Typer(
     name="jq",
     help=(
@@ -22,7 +23,10 @@ app = typer.Typer(
         "  jq launch experiments.quickstart --max-parallel 4   # both, with live progress\n"
         "  jq status; jq list --state failed; jq logs 7; jq resume\n\n"
         "The DB is ./jobqueue.db unless --db or $JQ_DB says otherwise (a file path, or postgresql+psycopg://...). "
-        "`jq COMMAND --help` explains each command."
+        "`jq COMMAND --help` explains each command.\n\n"
+        "`jq` shares its name with the JSON processor: a first argument that is not a jobqueue command "
+        "(`jq .a`, `jq -r ...`) goes to the next `jq` on PATH, so scripts that parse JSON keep working. "
+        "`jobqueue` is the same CLI without the hand-over."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
