@@ -1,0 +1,122 @@
+"""jobqueue in a researcher's shell: `jq` next to the JSON processor of the same name, a closed terminal,
+and completion of run names, job ids and states."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import service_unavailable
+
+VENV_BIN = Path(sys.executable).parent
+JQ = VENV_BIN / "jq"  # the installed entry point, as a shell finds it
+JSON_JQ = Path("/usr/bin/jq")  # Debian's, installed by tests/setup.sh
+
+
+@pytest.fixture
+def shell(tmp_path) -> dict:
+    """A shell's environment with jobqueue's venv activated in front of the system's JSON jq."""
+    if not JQ.exists():
+        pytest.fail(f"{JQ} is missing: install jobqueue into the venv (tests/setup.sh)")
+    if not JSON_JQ.exists():
+        service_unavailable("Debian's jq", f"{JSON_JQ} is missing: tests/setup.sh installs it")
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}/usr/bin{os.pathsep}/bin"}
+
+
+def run(program, *args: str, env: dict, cwd=None, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(program), *args], env=env, cwd=cwd, input=input, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# --- jq and the JSON jq ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, stdin", [
+    ([".a"], '{"a": [1, "x"]}'),
+    (["-r", ".a"], '{"a": "raw text"}'),
+    (["-n", "1+1"], None),
+    (["-n", "--arg", "x", "1", "$x"], None),
+    (["map(.x)"], '[{"x": 1}, {"x": 2}]'),
+    (["-c", ".", "data.json"], None),
+    (["-e", ".missing"], "{}"),
+    ([".a |||"], "{}"),
+    ([".a"], "not json"),
+    (["--version"], None),
+])
+def test_what_is_not_a_jobqueue_command_is_the_json_jqs_exactly(shell, tmp_path, args, stdin):
+    (tmp_path / "data.json").write_text('{"from": "a file"}\n[1, 2]\n')
+    ours = run(JQ, *args, env=shell, cwd=tmp_path, input=stdin)
+    theirs = run(JSON_JQ, *args, env=shell, cwd=tmp_path, input=stdin)
+    assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr)
+    assert ours.stdout or ours.stderr  # the case shows something: an empty comparison would prove nothing
+
+
+def test_the_json_jqs_exit_codes_come_through(shell):
+    assert run(JQ, "-e", ".missing", env=shell, input="{}").returncode == 1
+    assert run(JQ, ".a |||", env=shell, input="{}").returncode == 3
+
+
+def test_a_reader_that_stops_early_ends_the_json_jq_as_it_would_alone(shell):
+    # `jq ... | head -1`: the JSON jq dies of SIGPIPE quietly, not with "Broken pipe" errors.
+    for program in (JSON_JQ, JQ):
+        proc = subprocess.Popen([str(program), "-n", "range(1000000)"], env=shell, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout.readline() == b"0\n"
+        proc.stdout.close()
+        assert (proc.wait(30), proc.stderr.read()) == (-signal.SIGPIPE, b""), program
+
+
+def test_a_symlink_to_jq_or_another_installs_jq_earlier_on_path_is_skipped(shell, tmp_path):
+    linked, copied = tmp_path / "linked", tmp_path / "other-venv"
+    linked.mkdir()
+    copied.mkdir()
+    (linked / "jq").symlink_to(JQ)
+    (copied / "jq").write_bytes(JQ.read_bytes())
+    (copied / "jq").chmod(0o755)
+    env = {**shell, "PATH": os.pathsep.join([str(linked), str(copied), str(VENV_BIN), "/usr/bin", "/bin"])}
+    assert run(linked / "jq", "-n", "[1,2] | add", env=env, timeout=15).stdout == "3\n"
+    # Two installs with no JSON jq after them must not hand the call back and forth for ever.
+    env["PATH"] = os.pathsep.join([str(linked), str(copied), str(VENV_BIN)])
+    assert run(copied / "jq", "-n", "1", env=env, timeout=15).returncode == 2
+
+
+def test_with_no_other_jq_on_path_a_filter_is_one_clear_line(shell):
+    proc = run(JQ, ".a", env={**shell, "PATH": str(VENV_BIN)}, input="{}")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("jq: error:") and "'.a'" in line and "jq --help" in line
+
+
+def test_jobqueues_own_commands_help_and_alias_stay_jobqueues(shell, tmp_path):
+    bare = run(JQ, env=shell, cwd=tmp_path)
+    assert "Usage: jq [OPTIONS] COMMAND" in bare.stdout + bare.stderr
+    assert "Jobs per state" in run(JQ, "status", "--help", env=shell).stdout
+    for flag in ("--help", "-h"):
+        helped = run(JQ, flag, env=shell)
+        assert helped.returncode == 0
+        assert "JSON processor" in helped.stdout and "next `jq` on PATH" in " ".join(helped.stdout.split())
+    alias = run(VENV_BIN / "jobqueue", ".a", env=shell, input="{}")
+    assert alias.returncode == 2 and "No such command '.a'" in alias.stderr
+    module = subprocess.run([sys.executable, "-m", "jobqueue", ".a"], env=shell, capture_output=True, text=True)
+    assert module.returncode == 2 and "No such command '.a'" in module.stderr
+
+
+def test_the_pass_through_knows_every_command_and_global_option_of_the_app():
+    import typer.main
+
+    from jobqueue import passthrough
+    from jobqueue.cli import app
+
+    commands = {c.name or typer.main.get_command_name(c.callback.__name__) for c in app.registered_commands}
+    commands |= {g.name for g in app.registered_groups}
+    assert passthrough.COMMANDS == commands
+    group = typer.main.get_command(app)
+    options = {opt for param in group.params for opt in param.opts + param.secondary_opts}
+    options |= set(group.context_settings["help_option_names"])
+    assert passthrough.GLOBAL_OPTIONS == options
