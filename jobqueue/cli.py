@@ -12,9 +12,12 @@ import typer
 
 from jobqueue.errors import UserError
 
+# What the whole app and the one-command apps of _app_for share.
+_APP_OPTIONS = dict(
+    name="jq", pretty_exceptions_enable=False, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+)
 # A new command or group goes in jobqueue/passthrough.py's COMMANDS too, or `jq NEW` goes to the JSON jq.
 app = typer.Typer(
-    name="jq",
     help=(
         "jobqueue: run ML sweeps (seeds x hyperparameters x environments) from a queue that never loses a job.\n\n"
         "\b\nTypical session:\n"
@@ -29,15 +32,27 @@ app = typer.Typer(
         "`jobqueue` is the same CLI without the hand-over."
     ),
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    **_APP_OPTIONS,
 )
 db_app = typer.Typer(help="Database tools: copy a queue between SQLite and PostgreSQL.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 DB_HELP = "Queue DB: a file path or an SQLAlchemy URL (postgresql+psycopg://user@host/db). Default: $JQ_DB, else ./jobqueue.db."
 DbOption = typer.Option(None, "--db", help=DB_HELP, show_default=False)
+
+
+# Every top-level command: its name -> (function, app.command's keywords), for _app_for.
+_COMMANDS: dict[str, tuple] = {}
+
+
+def command(name: Optional[str] = None, **options):
+    """app.command, remembering the command so that _app_for can build an app of it alone."""
+
+    def register(fn):
+        _COMMANDS[name or fn.__name__.replace("_", "-")] = (fn, {"name": name, **options})
+        return app.command(name, **options)(fn)
+
+    return register
 
 
 def _stderr(message: str) -> None:
@@ -62,7 +77,7 @@ def _console():
 # --- enqueue ---------------------------------------------------------------------------------------
 
 
-@app.command()
+@command()
 def enqueue(
     sweep: str = typer.Argument(..., help="Sweep file: a dotted module importable from here (experiments.quickstart) or a path to a .py file."),
     train_dir: str = typer.Option("./train_dir", "--train-dir", help="Root directory passed to each job as --train_dir=DIR/RUN/EXPERIMENT_SUFFIX."),
@@ -99,7 +114,7 @@ def _print_plan(plan) -> None:
 # --- reading -------------------------------------------------------------------------------------
 
 
-@app.command()
+@command()
 def status(
     run: Optional[str] = typer.Argument(None, help="Only this run."),
     db: Optional[str] = DbOption,
@@ -124,7 +139,7 @@ def status(
     reports.print_status(report, _console())
 
 
-@app.command("list")
+@command("list")
 def list_(
     run: Optional[str] = typer.Option(None, "--run", help="Only this run."),
     state: Optional[str] = typer.Option(None, "--state", help="Only jobs in this state: queued, running, succeeded, failed, timeout, cancelled."),
@@ -142,7 +157,7 @@ def list_(
     service.print_jobs(rows, _console())
 
 
-@app.command()
+@command()
 def logs(
     job: int = typer.Argument(..., help="Job id (see `jq list`)."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing as the log grows, until the job ends."),
@@ -155,7 +170,7 @@ def logs(
     service.show_log(_open(db, create=False), job, follow=follow, attempt=attempt)
 
 
-@app.command()
+@command()
 def sql(
     query: str = typer.Argument(..., help='One read-only statement, e.g. "select state, count(*) from jobs group by state".'),
     db: Optional[str] = DbOption,
@@ -172,7 +187,7 @@ def sql(
 # --- running -------------------------------------------------------------------------------------
 
 
-@app.command()
+@command()
 def worker(
     gpu: Optional[str] = typer.Option(None, "--gpu", help="GPUs for this worker's jobs: 0, or 0,1 (each job gets both), or none (default: CUDA_VISIBLE_DEVICES as inherited)."),
     slots: int = typer.Option(1, "--slots", min=1, help="How many jobs run at once."),
@@ -212,11 +227,12 @@ def worker(
     raise typer.Exit(result.exit_code)
 
 
-def _launch_overrides(**flags) -> dict:
+def _given(**flags) -> dict:
+    """The settings flags given on this command line, under their stored names (jobqueue.settings)."""
     return {k: v for k, v in flags.items() if v is not None}
 
 
-@app.command(context_settings={"allow_interspersed_args": True})
+@command(context_settings={"allow_interspersed_args": True})
 def launch(
     sweep: Optional[str] = typer.Argument(None, help="Sweep file: dotted module or .py path (or --run=MODULE, as in Sample Factory)."),
     run_module: Optional[str] = typer.Option(None, "--run", help="Sample Factory's spelling of SWEEP."),
@@ -234,7 +250,8 @@ def launch(
     slurm_gpus_per_job: Optional[int] = typer.Option(None, "--slurm-gpus-per-job", help="[slurm] GPUs per Slurm job (--gres=gpu:G). Default 1."),
     slurm_cpus_per_gpu: Optional[int] = typer.Option(None, "--slurm-cpus-per-gpu", help="[slurm] CPUs per GPU (-c G*C; -c C when G is 0). Default 14."),
     slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="[slurm] Partition (-p)."),
-    slurm_timeout: Optional[str] = typer.Option(None, "--slurm-timeout", help="[slurm] Time limit in Slurm's format (e.g. 2-00:00:00); 0 = none."),
+    slurm_timeout: Optional[str] = typer.Option(None, "--slurm-timeout", help="[slurm] Sample Factory's: $TIMEOUT in the sbatch template, timeout(1)'s duration (e.g. 10, 1h); default 0 = none."),
+    slurm_time_limit: Optional[str] = typer.Option(None, "--slurm-time-limit", help="[slurm] sbatch --time, in Slurm's format (e.g. 2-00:00:00, 90, 1:30:00). Default: the partition's."),
     slurm_workdir: Optional[str] = typer.Option(None, "--slurm-workdir", help="[slurm] Where sbatch scripts and Slurm logs go. Default ./slurm."),
     slurm_sbatch_template: Optional[str] = typer.Option(None, "--slurm-sbatch-template", help="[slurm] Your sbatch script template ($CMD, $GPU, $CPU, ...)."),
     slurm_print_only: bool = typer.Option(False, "--slurm-print-only", help="[slurm] Print the scripts and sbatch commands; submit nothing."),
@@ -257,26 +274,25 @@ def launch(
     """
     from jobqueue import launch as launching
     from jobqueue import service
+    from jobqueue.settings import FLAGS, parse
 
     target = sweep or run_module
     if not target:
         raise UserError("name the sweep: `jq launch experiments.quickstart` (or --run=experiments.quickstart)")
+    flags = _given(backend=backend, num_gpus=num_gpus, gpus=gpus, experiments_per_gpu=experiments_per_gpu,
+                   max_parallel=max_parallel, pause_between=pause_between, timeout=timeout, max_attempts=max_attempts,
+                   slurm_gpus_per_job=slurm_gpus_per_job, slurm_cpus_per_gpu=slurm_cpus_per_gpu,
+                   slurm_partition=slurm_partition, slurm_timeout=slurm_timeout, slurm_time_limit=slurm_time_limit,
+                   slurm_workdir=slurm_workdir, slurm_sbatch_template=slurm_sbatch_template, slurm_workers=slurm_workers,
+                   slurm_max_running=slurm_max_running, slurm_mode=slurm_mode, slurm_signal_lead=slurm_signal_lead,
+                   slots=slots, grace=grace, ngc_job_template=ngc_job_template, ngc_workers=ngc_workers,
+                   slurm_print_only=slurm_print_only, ngc_print_only=ngc_print_only)
+    parse(flags, FLAGS)  # bad flags fail before the sweep file runs
     plan = service.plan_sweep(target, train_dir=train_dir, suffix=experiment_suffix)
-    overrides = _launch_overrides(backend=backend, num_gpus=num_gpus, gpus=gpus, experiments_per_gpu=experiments_per_gpu,
-                                  max_parallel=max_parallel, pause_between=pause_between, timeout=timeout,
-                                  max_attempts=max_attempts, slurm_gpus_per_job=slurm_gpus_per_job,
-                                  slurm_cpus_per_gpu=slurm_cpus_per_gpu, slurm_partition=slurm_partition,
-                                  slurm_timeout=slurm_timeout, slurm_workdir=slurm_workdir,
-                                  slurm_sbatch_template=slurm_sbatch_template, slurm_workers=slurm_workers,
-                                  slurm_max_running=slurm_max_running, slurm_mode=slurm_mode,
-                                  slurm_signal_lead=slurm_signal_lead, slots=slots, grace=grace,
-                                  ngc_job_template=ngc_job_template, ngc_workers=ngc_workers)
-    # Print-only is a property of this call, never recorded for a later resume.
-    overrides["slurm_print_only"], overrides["ngc_print_only"] = slurm_print_only, ngc_print_only
-    raise typer.Exit(launching.launch(db, plan, overrides, progress=not no_progress))
+    raise typer.Exit(launching.launch(db, plan, flags, progress=not no_progress))
 
 
-@app.command()
+@command()
 def resume(
     run: Optional[str] = typer.Argument(None, help="Only this run (default: every run with queued jobs)."),
     failed: bool = typer.Option(False, "--failed", help="Also queue failed and timed-out jobs again."),
@@ -291,45 +307,44 @@ def resume(
     slurm_max_running: Optional[int] = typer.Option(None, "--slurm-max-running", min=1),
     slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition"),
     slurm_timeout: Optional[str] = typer.Option(None, "--slurm-timeout"),
+    slurm_time_limit: Optional[str] = typer.Option(None, "--slurm-time-limit"),
     slurm_print_only: bool = typer.Option(False, "--slurm-print-only", help="[slurm] Print what would be submitted."),
     db: Optional[str] = DbOption,
 ) -> None:
     """After a crash, reboot or Ctrl-C: requeue lost jobs, kill orphans, and run the rest with the recorded settings."""
     from jobqueue import launch as launching
+    from jobqueue.settings import FLAGS, parse
 
-    overrides = _launch_overrides(backend=backend, max_parallel=max_parallel, experiments_per_gpu=experiments_per_gpu,
-                                  num_gpus=num_gpus, slurm_workers=slurm_workers, slurm_max_running=slurm_max_running,
-                                  slurm_partition=slurm_partition, slurm_timeout=slurm_timeout)
-    overrides["slurm_print_only"] = slurm_print_only
-    code = launching.resume(_open(db, create=False), run, failed=failed, requeue_only=requeue_only, overrides=overrides,
+    flags = _given(backend=backend, max_parallel=max_parallel, experiments_per_gpu=experiments_per_gpu, num_gpus=num_gpus,
+                   slurm_workers=slurm_workers, slurm_max_running=slurm_max_running, slurm_partition=slurm_partition,
+                   slurm_timeout=slurm_timeout, slurm_time_limit=slurm_time_limit, slurm_print_only=slurm_print_only)
+    parse(flags, FLAGS)
+    code = launching.resume(_open(db, create=False), run, failed=failed, requeue_only=requeue_only, flags=flags,
                             progress=not no_progress, lease=lease)
     raise typer.Exit(code)
 
 
-@app.command()
+@command()
 def cancel(
     targets: Optional[List[str]] = typer.Argument(None, help="A run name, or job ids."),
     db: Optional[str] = DbOption,
 ) -> None:
     """Cancel a run's (or some jobs') queued and running jobs; running ones are terminated and recorded as cancelled."""
-    from jobqueue import launch as launching
+    from jobqueue import control
 
-    print(launching.cancel(_open(db, create=False), targets or []))
+    print(control.cancel(_open(db, create=False), targets or []))
 
 
-@app.command()
+@command()
 def retry(
     targets: Optional[List[str]] = typer.Argument(None, help="A run name, or job ids (default: every run)."),
     failed: bool = typer.Option(False, "--failed", help="Only failed jobs (not timed-out or cancelled ones)."),
     db: Optional[str] = DbOption,
 ) -> None:
     """Put failed, timed-out and cancelled jobs back in the queue (then run `jq worker` or `jq resume`)."""
-    from jobqueue import launch as launching
-    from jobqueue import queue as q
+    from jobqueue import control
 
-    database = _open(db, create=False)
-    run_name, job_ids = launching._parse_targets(database, targets) if targets else (None, None)
-    n = q.retry_jobs(database, run_name, job_ids, failed_only=failed)
+    n = control.retry(_open(db, create=False), targets or [], failed_only=failed)
     print(f"{n} jobs queued again")
 
 
@@ -382,20 +397,21 @@ def main() -> None:
 
 
 def _app_for(argv: list[str]) -> typer.Typer:
-    """The app with only the command named first: typer builds every registered command's parameters on each call
-    (0.02-0.03 s here, before `jq launch` can start a job), and the command parses the same alone. `jq --help`,
+    """An app of only the command named first: typer builds every registered command's parameters on each call,
+    which would delay `jq launch` before it can start a job, and the command parses the same alone. `jq --help`,
     `jq db ...`, shell completion (its words come in the environment) and typos get the whole app."""
-    import copy
-
-    from typer.main import get_command_name
-
-    wanted = [c for c in app.registered_commands
-              if argv and (c.name or get_command_name(c.callback.__name__)) == argv[0]]
-    if not wanted:
+    entry = _COMMANDS.get(argv[0]) if argv else None
+    if entry is None:
         return app
-    single = copy.copy(app)
-    single.registered_commands = wanted  # its groups stay: an app of one command alone would become that command
+    fn, options = entry
+    single = typer.Typer(**_APP_OPTIONS)
+    single.callback()(_no_options)  # a group, so that the command is still named on the command line
+    single.command(**options)(fn)
     return single
+
+
+def _no_options() -> None:
+    pass
 
 
 def _main() -> None:

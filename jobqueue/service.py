@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from jobqueue import queue
+from jobqueue import queue, settings
 from jobqueue.db import Database
 from jobqueue.paths import sqlite_readonly_connection
 from jobqueue.errors import UserError
@@ -26,23 +26,27 @@ class SweepPlan:
     specs: list[JobSpec]
     train_dir: str
     suffix: str
+    launch_settings: dict  # the sweep file's RunDescription keywords, checked (jobqueue.settings.parse)
 
 
 def plan_sweep(target: str, *, train_dir: str = "./train_dir", suffix: str = "") -> SweepPlan:
     """Load a sweep file and expand it, touching no database."""
     loaded = load_sweep(target)
+    shown = os.path.relpath(loaded.path)
     try:
         specs = expand(loaded.run, train_dir=train_dir, suffix=suffix)
     except UserError as exc:
-        raise UserError(f"{os.path.relpath(loaded.path)}: {exc}") from None
-    return SweepPlan(loaded, queue.run_key(loaded.run.run_name, suffix), specs, train_dir, suffix)
+        raise UserError(f"{shown}: {exc}") from None
+    launch_settings = settings.parse(loaded.run.launch_defaults, settings.Source("sweep", shown))
+    return SweepPlan(loaded, queue.run_key(loaded.run.run_name, suffix), specs, train_dir, suffix, launch_settings)
 
 
-def enqueue_plan(db: Database, plan: SweepPlan, settings: dict | None = None, max_attempts: int | None = None) -> queue.EnqueueResult:
-    defaults = dict(plan.loaded.run.launch_defaults)
+def enqueue_plan(db: Database, plan: SweepPlan, max_attempts: int | None = None) -> queue.EnqueueResult:
+    """Add the plan's jobs; its RunDescription keywords become the run's settings until a launch records its own."""
+    recorded = {"version": settings.STORED_VERSION, **plan.launch_settings} if plan.launch_settings else None
     return queue.enqueue(
         db, plan.run_name, plan.specs, sweep=plan.loaded.target, train_dir=plan.train_dir, suffix=plan.suffix,
-        settings={**defaults, **(settings or {})}, max_attempts=max_attempts or defaults.get("max_attempts"),
+        settings=recorded, max_attempts=max_attempts or plan.launch_settings.get("max_attempts"),
     )
 
 

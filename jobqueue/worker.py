@@ -1,8 +1,8 @@
 """The worker loop: claim jobs, run up to N at once, record how each ended, heartbeat, reap the dead.
 
 One thread per slot claims a job, starts it in its own process group and waits on a pidfd, so the
-next job starts the moment a slot frees. The main thread owns the signals (TERM, INT, USR1 for
-Slurm's pre-preemption warning), the heartbeat and the reaper.
+next job starts the moment a slot frees. The main thread owns the signals (TERM, INT, HUP from a closed
+terminal, USR1 for Slurm's pre-preemption warning), the heartbeat and the reaper.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from jobqueue import queue
 from jobqueue.db import Database
 from jobqueue.errors import UserError
 from jobqueue.processes import Guard, crash_point, signal_group, spawn_job, stop_group, wait_exit
+from jobqueue.reaper import reap
 from jobqueue.states import AttemptState, JobState
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 PID_RECORD_DELAY = 0.05  # seconds; see Worker._wait_job
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 
@@ -469,24 +470,3 @@ def _which(program: str, path: bytes) -> str | None:
             return None
         _which_cache[key] = found
     return _which_cache[key]
-
-
-def reap(db: Database, lease: float, say=None) -> list[int]:
-    """Requeue the jobs of dead workers, after killing whatever they left running on this host."""
-    from jobqueue.processes import attempt_processes, kill_processes
-
-    requeued = []
-    dead = queue.find_dead_workers(db, lease)
-    if not dead:
-        return requeued
-    local = [w for w in dead if w.host == queue.socket.gethostname()]
-    if local:
-        attempt_ids = {a["id"] for a in queue.running_attempts_of(db, [w.id for w in local])}
-        if attempt_ids:
-            kill_processes(attempt_processes(attempt_ids, db.url))
-    for w in dead:
-        jobs = queue.requeue_jobs_of_dead_worker(db, w)
-        if jobs and say:
-            say(f"worker {w.id} on {w.host} (pid {w.pid}) is lost ({w.why}): requeued jobs {', '.join(map(str, jobs))}")
-        requeued += jobs
-    return requeued

@@ -76,7 +76,8 @@ def test_sample_factory_sweep_files_load_unmodified_and_seeds_are_reproducible(s
     p.jq("enqueue", "sf_sweep", check=True)
     assert "Nothing to add" in p.jq("enqueue", "sf_sweep", check=True).stdout
     (run,) = p.sql("select settings from runs")
-    assert json.loads(run["settings"]) == {"use_gpus": 2, "experiments_per_gpu": -1, "max_parallel": 1}
+    # Stored under their own names (Sample Factory 1.x's use_gpus is num_gpus), with the format's version.
+    assert json.loads(run["settings"]) == {"version": 2, "num_gpus": 2, "experiments_per_gpu": -1, "max_parallel": 1}
 
 
 def test_other_sample_factory_imports_name_the_missing_module(sqlite_project):

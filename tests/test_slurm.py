@@ -85,7 +85,7 @@ def test_print_only_prints_the_scripts_and_commands_and_submits_nothing(slurm_pr
         ])
     """)
     workers = normalized_print_only(p, "--slurm-workers", "2", "--slurm-max-running", "1", "--slurm-partition", "gpu",
-                                    "--slurm-timeout", "1:00:00", "--slurm-cpus-per-gpu", "8")
+                                    "--slurm-time-limit", "1:00:00", "--slurm-cpus-per-gpu", "8")
     per_job = normalized_print_only(p, "--slurm-mode", "per-job", "--slurm-gpus-per-job", "0", "--slurm-cpus-per-gpu", "4")
     expected = (EXPECTED / "slurm_print_only.txt").read_text()
     assert workers + "----\n" + per_job == expected
@@ -99,13 +99,17 @@ def test_home_and_other_shell_variables_in_a_template_survive(slurm_project):
     p.sweep("templated", "true", 1)
     template = p.write("my_template.sh", """\
         #!/bin/bash
-        # partition: $PARTITION, gpus $GPU, cpus $CPU, time $TIMEOUT
+        # partition: [$PARTITION], gpus $GPU, cpus $CPU, time $TIMEOUT
         cd $HOME && echo "${SLURM_JOB_ID} ran $FILENAME for $JQ_RUN" >> $JQ_DB.log
         timeout $TIMEOUT $CMD
     """)
     out = p.jq("launch", "templated", "--backend", "slurm", "--slurm-print-only", "--slurm-sbatch-template", str(template),
-               "--slurm-timeout", "3:00", check=True).stdout
+               "--slurm-timeout", "3:00", "--slurm-partition", "debug", check=True).stdout
     assert "cd $HOME && echo \"${SLURM_JOB_ID} ran " in out
+    # Sample Factory's texts: $PARTITION ends with a space (its templates write `$PARTITION--gres=...`), and
+    # --slurm-timeout is timeout(1)'s duration in the script, not sbatch's time limit.
+    assert "# partition: [-p debug ], gpus 1, cpus 14, time 3:00" in out
+    assert "--time" not in out
     assert "for templated\" >> sqlite:///" in out
     assert re.search(r"timeout 3:00 \S*python\S* -m jobqueue worker --db sqlite:///\S+ --backend slurm", out)
 

@@ -21,6 +21,7 @@ from jobqueue import queue
 from jobqueue.db import Database
 from jobqueue.paths import resolve_url
 from jobqueue.errors import UserError
+from jobqueue.settings import LaunchSettings
 from jobqueue.states import JobState
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -64,15 +65,15 @@ def is_shared_db(url: str) -> bool:
     return url.startswith("postgresql")
 
 
-def check_settings(db_url: str | None, settings: dict) -> None:
-    load_template(settings.get("ngc_job_template"))
+def check_settings(db_url: str | None, settings: LaunchSettings) -> None:
+    load_template(settings.ngc.job_template)
     url = resolve_url(db_url)
-    if settings.get("ngc_workers") and not is_shared_db(url):
+    if settings.ngc.workers and not is_shared_db(url):
         raise UserError(
             f"--ngc-workers needs a DB that NGC jobs can reach: {url} is an SQLite file on this machine. "
             "Use --db postgresql+psycopg://user@host/db (or per-job mode, without --ngc-workers)"
         )
-    if not settings.get("ngc_print_only") and shutil.which("ngc") is None:
+    if not settings.ngc.print_only and shutil.which("ngc") is None:
         raise UserError("ngc is not on PATH: install NVIDIA's NGC CLI, or use --ngc-print-only to see the commands")
 
 
@@ -80,17 +81,17 @@ def _worker_cmd(url: str, extra: list[str]) -> str:
     return shlex.join(["python", "-m", "jobqueue", "worker", "--db", url, "--backend", "ngc", *extra])
 
 
-def plan_commands(db_url: str, run: dict, settings: dict, queued: list[dict]) -> list[tuple[int | None, list[str]]]:
+def plan_commands(db_url: str, run: dict, settings: LaunchSettings, queued: list[dict]) -> list[tuple[int | None, list[str]]]:
     """(job id or None for a worker, argv) for every NGC job to submit."""
-    words = load_template(settings.get("ngc_job_template"))
+    words = load_template(settings.ngc.job_template)
     shared = is_shared_db(db_url)
     base = {"run": run["name"], "db": db_url}
-    if settings.get("ngc_workers"):
-        slots = str(settings.get("slots") or 1)
+    if settings.ngc.workers:
+        slots = str(settings.slots)
         return [
             (None, fill(words, {**base, "name": f"jq-{run['name']}-worker-{i}", "job_id": "",
                                 "experiment_cmd": _worker_cmd(db_url, ["--run", run["name"], "--slots", slots])}))
-            for i in range(int(settings["ngc_workers"]))
+            for i in range(settings.ngc.workers)
         ]
     commands = []
     for job in queued:
@@ -118,25 +119,26 @@ def submit(argv: list[str]) -> tuple[int, str, str]:
         return -1, "", f"cannot run ngc: {exc.strerror}"
 
 
-def launch(db: Database, run: dict, settings: dict) -> int:
+def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
     shared = is_shared_db(db.url)
     already = {s["job_id"] for s in queue.run_submissions(db, run["id"], "ngc") if s["state"] == "submitted"}
     queued = [j for j in queue.list_jobs(db, run["name"], JobState.QUEUED.value) if j["id"] not in already]
-    if not settings.get("ngc_workers") and not queued:
+    if not settings.ngc.workers and not queued:
         print(f"{run['name']}: every queued job was already submitted to NGC; nothing to do")
         return 0
     commands = plan_commands(db.url, run, settings, queued)
-    if settings.get("ngc_print_only"):
+    if settings.ngc.print_only:
         for _, argv in commands:
             print(shlex.join(argv))
         return 0
-    if not shared and not settings.get("ngc_workers"):
+    if not shared and not settings.ngc.workers:
         queue.update_run_settings(db, run["id"], {"executes": "direct"})
         print(f"{run['name']}: {db.url} is not reachable from NGC, so each NGC job runs its command directly "
               "and this DB records submissions, not execution")
-    mode = "workers" if settings.get("ngc_workers") else "per-job"
+    mode = "workers" if settings.ngc.workers else "per-job"
     total, failures = len(commands), 0
-    with ThreadPoolExecutor(max_workers=max(1, int(settings.get("max_parallel") or 4))) as pool:
+    # --max-parallel bounds the `ngc batch run` calls under way at once, as it bounds jobs at once locally.
+    with ThreadPoolExecutor(max_workers=settings.max_parallel) as pool:
         for done, ((job_id, argv), (code, out, err)) in enumerate(
                 zip(commands, pool.map(lambda c: submit(c[1]), commands)), start=1):
             ngc_id = parse_job_id(out) if code == 0 else None
@@ -192,3 +194,23 @@ def cancel_run(db: Database, run: dict) -> list[str]:
     for sub in subs:
         queue.update_submission(db, sub["id"], state="cancelled")
     return [f"ngc batch kill {ids}"]
+
+
+class NgcBackend:
+    name = "ngc"
+    reports_nothing_queued = True
+
+    def check(self, db_url: str, settings: LaunchSettings) -> None:
+        check_settings(db_url, settings)
+
+    def start(self, db: Database, run: dict, settings: LaunchSettings, progress: bool) -> int:
+        return launch(db, run, settings)
+
+    def live_states(self, submissions: list[dict]) -> dict[int, str]:
+        return {}  # NGC's states are asked for by `jq status --refresh` and stored with each submission
+
+    def cancel(self, db: Database, run: dict) -> list[str]:
+        return cancel_run(db, run)
+
+
+BACKEND = NgcBackend()

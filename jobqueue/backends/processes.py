@@ -7,32 +7,31 @@ launch pays for one Python start-up, and Ctrl-C reaches it directly.
 
 from __future__ import annotations
 
+from jobqueue import queue
 from jobqueue.db import Database
 from jobqueue.progress import ProgressView
+from jobqueue.settings import LaunchSettings
+from jobqueue.states import JobState
 from jobqueue.worker import Worker, WorkerResult, WorkerSettings
 
-
-def gpu_list(settings: dict) -> list[str]:
-    if settings.get("gpus"):
-        return [g.strip() for g in str(settings["gpus"]).split(",") if g.strip()]
-    return [str(i) for i in range(int(settings.get("num_gpus") or settings.get("use_gpus") or 1))]
+DEFAULT_GRACE = 30.0
 
 
-def worker_settings(settings: dict, run_id: int, on_event=None) -> WorkerSettings:
-    per_gpu = int(settings.get("experiments_per_gpu", -1))
+def worker_settings(settings: LaunchSettings, run_id: int, on_event=None) -> WorkerSettings:
+    pinned = settings.experiments_per_gpu > 0
     return WorkerSettings(
-        slots=max(1, int(settings.get("max_parallel") or 4)),
-        gpus=gpu_list(settings) if per_gpu > 0 else None,
-        experiments_per_gpu=per_gpu,
+        slots=settings.max_parallel,
+        gpus=settings.gpu_list() if pinned else None,
+        experiments_per_gpu=settings.experiments_per_gpu,
         run_id=run_id,
-        pause_between=float(settings.get("pause_between") or 0),
-        grace=float(settings.get("grace", 30)),
+        pause_between=settings.pause_between,
+        grace=DEFAULT_GRACE if settings.grace is None else settings.grace,
         backend="processes",
         on_event=on_event,
     )
 
 
-def run_local(db: Database, run: dict, settings: dict, progress: bool = True) -> WorkerResult:
+def run_local(db: Database, run: dict, settings: LaunchSettings, progress: bool = True) -> WorkerResult:
     """Run every queued job of the run here, with a live progress view; returns what the worker did."""
     with ProgressView(db, run["name"], enabled=progress) as view:
         quiet_events = lambda message: view.say(message) if _worth_showing(message) else None  # noqa: E731
@@ -42,3 +41,28 @@ def run_local(db: Database, run: dict, settings: dict, progress: bool = True) ->
 
 def _worth_showing(message: str) -> bool:
     return any(word in message for word in ("failed", "timeout", "lost", "stopping", "cancelled", "got SIG"))
+
+
+class ProcessesBackend:
+    name = "processes"
+    reports_nothing_queued = False
+
+    def check(self, db_url: str, settings: LaunchSettings) -> None:
+        pass
+
+    def start(self, db: Database, run: dict, settings: LaunchSettings, progress: bool) -> int:
+        result = run_local(db, run, settings, progress)
+        if result.stop_signal is not None:
+            print(f"{run['name']}: stopped; unfinished jobs are queued again. `jq resume {run['name']}` carries on.")
+            return result.exit_code
+        counts = {state: n for _, state, n in queue.status_counts(db, run["name"])}
+        return 1 if counts.get(JobState.FAILED.value) or counts.get(JobState.TIMEOUT.value) else 0
+
+    def live_states(self, submissions: list[dict]) -> dict[int, str]:
+        return {}
+
+    def cancel(self, db: Database, run: dict) -> list[str]:
+        return []  # its jobs' processes are stopped by jq cancel itself, through their process groups
+
+
+BACKEND = ProcessesBackend()

@@ -21,30 +21,20 @@ from jobqueue import queue
 from jobqueue.db import Database
 from jobqueue.paths import data_path
 from jobqueue.errors import UserError
+from jobqueue.settings import LaunchSettings
 from jobqueue.states import JobState
 
 DEFAULT_TEMPLATE = "workers/sbatch_worker.sh"
 DEFAULT_MAX_ARRAY_SIZE = 1001
-SLURM_DEFAULTS = {
-    "slurm_gpus_per_job": 1, "slurm_cpus_per_gpu": 14, "slurm_partition": None, "slurm_timeout": "0",
-    "slurm_workdir": "./slurm", "slurm_sbatch_template": None, "slurm_print_only": False, "slurm_workers": None,
-    "slurm_max_running": None, "slots": 1, "slurm_mode": "workers", "slurm_signal_lead": 60,
-    # Below Slurm's default KillWait (30 s): the worker must hand its jobs back before Slurm KILLs it.
-    "grace": 10,
-}
+# Below Slurm's default KillWait (30 s): the worker must hand its jobs back before Slurm KILLs it.
+DEFAULT_GRACE = 10.0
 
 
-def settings_with_defaults(settings: dict) -> dict:
-    return {**SLURM_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
-
-
-def check_settings(settings: dict) -> None:
-    s = settings_with_defaults(settings)
-    if s["slurm_mode"] not in ("workers", "per-job"):
-        raise UserError(f"--slurm-mode {s['slurm_mode']}: use workers (default) or per-job")
-    if s["slurm_sbatch_template"] and not Path(s["slurm_sbatch_template"]).is_file():
-        raise UserError(f"--slurm-sbatch-template {s['slurm_sbatch_template']}: no such file")
-    if not s["slurm_print_only"] and not _which("sbatch"):
+def check_settings(settings: LaunchSettings) -> None:
+    s = settings.slurm
+    if s.sbatch_template and not Path(s.sbatch_template).is_file():
+        raise UserError(f"--slurm-sbatch-template {s.sbatch_template}: no such file")
+    if not s.print_only and not _which("sbatch"):
         raise UserError("sbatch is not on PATH: run on a Slurm login node, or use --slurm-print-only to see the commands")
 
 
@@ -62,40 +52,39 @@ def fill_template(template: str, *, cmd: list[str], filename: str, partition: st
                   timeout: str, db_url: str, run: str) -> str:
     """Sample Factory's variables, shell-quoted; unknown $NAMES (like $HOME) stay for the shell."""
     values = {
+        # $PARTITION ends with a space, as Sample Factory's: its templates write `sbatch $PARTITION--gres=...`.
         "CMD": shlex.join(cmd), "FILENAME": shlex.quote(filename),
-        "PARTITION": f"-p {shlex.quote(partition)}" if partition else "", "GPU": str(gpus), "CPU": str(cpus),
+        "PARTITION": f"-p {shlex.quote(partition)} " if partition else "", "GPU": str(gpus), "CPU": str(cpus),
         "TIMEOUT": shlex.quote(str(timeout)), "JQ_DB": shlex.quote(db_url), "JQ_RUN": shlex.quote(run),
     }
     return Template(template).safe_substitute(values)
 
 
-def cpus_per_task(s: dict) -> int:
-    gpus = int(s["slurm_gpus_per_job"])
-    return gpus * int(s["slurm_cpus_per_gpu"]) if gpus > 0 else int(s["slurm_cpus_per_gpu"])
-
-
-def sbatch_argv(s: dict, script: str, output: str, array: str | None = None, name: str | None = None) -> list[str]:
+def sbatch_argv(settings: LaunchSettings, script: str, output: str, array: str | None = None,
+                name: str | None = None) -> list[str]:
+    s = settings.slurm
     argv = ["sbatch"]
-    if s["slurm_partition"]:
-        argv += ["-p", s["slurm_partition"]]
-    if int(s["slurm_gpus_per_job"]) > 0:
-        argv.append(f"--gres=gpu:{s['slurm_gpus_per_job']}")
-    argv += ["-c", str(cpus_per_task(s)), "--parsable", "--output", output]
+    if s.partition:
+        argv += ["-p", s.partition]
+    if s.gpus_per_job > 0:
+        argv.append(f"--gres=gpu:{s.gpus_per_job}")
+    argv += ["-c", str(s.cpus_per_task), "--parsable", "--output", output]
     if array:
         argv.append(f"--array={array}")
     if name:
         argv += ["--job-name", name]
-    if str(s["slurm_timeout"]) not in ("0", "", "None"):
-        argv.append(f"--time={s['slurm_timeout']}")
-    argv += [f"--signal=B:USR1@{int(s['slurm_signal_lead'])}", "--requeue", script]
+    if s.time_limit:
+        argv.append(f"--time={s.time_limit}")
+    argv += [f"--signal=B:USR1@{s.signal_lead}", "--requeue", script]
     return argv
 
 
-def worker_argv(db_url: str, run: str, s: dict, job_id: int | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "jobqueue", "worker", "--db", db_url, "--backend", "slurm", "--grace", str(s["grace"])]
+def worker_argv(db_url: str, run: str, settings: LaunchSettings, job_id: int | None = None) -> list[str]:
+    grace = DEFAULT_GRACE if settings.grace is None else settings.grace
+    argv = [sys.executable, "-m", "jobqueue", "worker", "--db", db_url, "--backend", "slurm", "--grace", f"{grace:g}"]
     if job_id is not None:
         return argv + ["--job", str(job_id)]
-    return argv + ["--run", run, "--slots", str(s["slots"])]
+    return argv + ["--run", run, "--slots", str(settings.slots)]
 
 
 def max_array_size() -> int:
@@ -118,46 +107,46 @@ class Submission:
     job_id: int | None = None
 
 
-def plan_submissions(db_url: str, run: str, s: dict, queued: list[dict], workdir: str) -> list[Submission]:
-    template = load_template(s["slurm_sbatch_template"])
-    gpus, cpus = int(s["slurm_gpus_per_job"]), cpus_per_task(s)
-    fill = dict(partition=s["slurm_partition"], gpus=gpus, cpus=cpus, timeout=s["slurm_timeout"], db_url=db_url, run=run)
-    if s["slurm_mode"] == "per-job":
+def plan_submissions(db_url: str, run: str, settings: LaunchSettings, queued: list[dict]) -> list[Submission]:
+    s = settings.slurm
+    template = load_template(s.sbatch_template)
+    fill = dict(partition=s.partition, gpus=s.gpus_per_job, cpus=s.cpus_per_task, timeout=s.timeout, db_url=db_url, run=run)
+    if s.mode == "per-job":
         plans = []
         for job in queued:
-            path = os.path.abspath(os.path.join(workdir, f"sbatch_{job['name']}.sh"))
-            script = fill_template(template, cmd=worker_argv(db_url, run, s, job["id"]), filename=path, **fill)
-            output = f"{workdir}/{os.path.basename(path)}-slurm-%j.out"
-            plans.append(Submission(path, script, sbatch_argv(s, path, output), None, job["id"]))
+            path = os.path.abspath(os.path.join(s.workdir, f"sbatch_{job['name']}.sh"))
+            script = fill_template(template, cmd=worker_argv(db_url, run, settings, job["id"]), filename=path, **fill)
+            output = f"{s.workdir}/{os.path.basename(path)}-slurm-%j.out"
+            plans.append(Submission(path, script, sbatch_argv(settings, path, output), None, job["id"]))
         return plans
-    workers = int(s["slurm_workers"] or len(queued))
+    workers = s.workers or len(queued)
     if workers <= 0:
         return []
-    limit = max_array_size() if not s["slurm_print_only"] else DEFAULT_MAX_ARRAY_SIZE
+    limit = max_array_size() if not s.print_only else DEFAULT_MAX_ARRAY_SIZE
     plans = []
     for part, start in enumerate(range(0, workers, limit)):
         tasks = min(limit, workers - start)
-        array = f"0-{tasks - 1}" + (f"%{s['slurm_max_running']}" if s["slurm_max_running"] else "")
-        path = os.path.abspath(os.path.join(workdir, f"jq_{run}_workers{'_' + str(part) if part else ''}.sh"))
-        script = fill_template(template, cmd=worker_argv(db_url, run, s), filename=path, **fill)
-        output = f"{workdir}/jq_{run}-%A_%a.out"
-        plans.append(Submission(path, script, sbatch_argv(s, path, output, array=array, name=f"jq-{run}"), tasks))
+        array = f"0-{tasks - 1}" + (f"%{s.max_running}" if s.max_running else "")
+        path = os.path.abspath(os.path.join(s.workdir, f"jq_{run}_workers{'_' + str(part) if part else ''}.sh"))
+        script = fill_template(template, cmd=worker_argv(db_url, run, settings), filename=path, **fill)
+        output = f"{s.workdir}/jq_{run}-%A_%a.out"
+        plans.append(Submission(path, script, sbatch_argv(settings, path, output, array=array, name=f"jq-{run}"), tasks))
     return plans
 
 
-def launch(db: Database, run: dict, settings: dict) -> int:
+def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
     """Submit the run's workers (or one sbatch per queued job). Returns 0 when every submission went in."""
-    s = settings_with_defaults(settings)
-    workdir = s["slurm_workdir"]
+    s = settings.slurm
+    workdir = s.workdir
     queued = queue.list_jobs(db, run["name"], JobState.QUEUED.value)
     if not queued:
         print(f"{run['name']}: nothing queued; nothing submitted")
         return 0
-    if s["slurm_mode"] == "workers" and _live_submissions(db, run):
+    if s.mode == "workers" and _live_submissions(db, run):
         print(f"{run['name']}: its Slurm workers are still queued or running and will take the {len(queued)} queued jobs")
         return 0
-    plans = plan_submissions(db.url, run["name"], s, queued, workdir)
-    if s["slurm_print_only"]:
+    plans = plan_submissions(db.url, run["name"], settings, queued)
+    if s.print_only:
         print_plans(plans)
         return 0
     os.makedirs(workdir, exist_ok=True)
@@ -166,7 +155,7 @@ def launch(db: Database, run: dict, settings: dict) -> int:
         Path(plan.script_path).write_text(plan.script)
         proc = subprocess.run(plan.argv, capture_output=True, text=True, timeout=120)
         slurm_id = proc.stdout.strip().split(";")[0] if proc.returncode == 0 else None
-        queue.record_submission(db, run_id=run["id"], backend="slurm", mode=s["slurm_mode"], job_id=plan.job_id,
+        queue.record_submission(db, run_id=run["id"], backend="slurm", mode=s.mode, job_id=plan.job_id,
                                 external_id=slurm_id, tasks=plan.tasks, state="submitted" if slurm_id else "failed",
                                 command=plan.argv, stdout=proc.stdout, stderr=proc.stderr, exit_code=proc.returncode)
         if slurm_id:
@@ -176,9 +165,9 @@ def launch(db: Database, run: dict, settings: dict) -> int:
         else:
             failures += 1
             print(f"sbatch failed (exit {proc.returncode}): {proc.stderr.strip()}", file=sys.stderr)
-        if s.get("pause_between"):
-            time.sleep(float(s["pause_between"]))
-    if s["slurm_mode"] == "per-job" and ids:
+        if settings.pause_between:
+            time.sleep(settings.pause_between)
+    if s.mode == "per-job" and ids:
         Path(workdir, "scancel.sh").write_text(f"scancel {' '.join(ids)}\n")
         print(f"cancel them all with: bash {workdir}/scancel.sh")
     print(f"monitor: jq status {run['name']}; logs: tail -f {workdir}/*.out")
@@ -241,3 +230,25 @@ def cancel_run(db: Database, run: dict) -> list[str]:
     if proc.returncode != 0:
         return [f"scancel {' '.join(ids)} failed: {proc.stderr.strip()}"]
     return [f"scancel {' '.join(ids)}"]
+
+
+class SlurmBackend:
+    name = "slurm"
+    reports_nothing_queued = True
+
+    def check(self, db_url: str, settings: LaunchSettings) -> None:
+        check_settings(settings)
+
+    def start(self, db: Database, run: dict, settings: LaunchSettings, progress: bool) -> int:
+        return launch(db, run, settings)
+
+    def live_states(self, submissions: list[dict]) -> dict[int, str]:
+        live = [s for s in submissions if s["state"] == "submitted" and s["external_id"]]
+        states = describe_states([s["external_id"] for s in live]) if live else {}
+        return {s["id"]: states[s["external_id"]] for s in live if s["external_id"] in states}
+
+    def cancel(self, db: Database, run: dict) -> list[str]:
+        return cancel_run(db, run)
+
+
+BACKEND = SlurmBackend()
