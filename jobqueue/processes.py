@@ -2,9 +2,9 @@
 
 Each job runs in its own process group, so one signal reaches everything it started. A job dies
 with its worker through the worker's guard (below), which keeps CPython's fast spawn path: a
-parent-death signal would need a preexec_fn or a `setpriv` in front of every job, each of which
-doubles the cost of starting one. What still escapes is found by the JQ_ATTEMPT_ID in its
-environment and killed by the reaper and `jq resume`.
+parent-death signal would need a preexec_fn (which takes Popen off that path) or a `setpriv` exec in
+front of every job, on the worker's busiest path, and would still miss children that left the group.
+What still escapes is found by the JQ_ATTEMPT_ID in its environment and killed by the reaper and `jq resume`.
 """
 
 from __future__ import annotations
@@ -89,9 +89,9 @@ class Guard:
 def spawn_job(argv: list[str], executable: str | None, cwd: str, env: dict[bytes, bytes], log: int) -> subprocess.Popen:
     """Start a job in its own process group, stdin from /dev/null, its output into the descriptor `log`.
 
-    Popen, not os.posix_spawn: posix_spawn costs the worker half the CPU per job, but it holds the GIL until the
-    child has exec'd, where Popen (CPython 3.11.4 and later) lets the other slot threads run; with 8 slots, 1,000
-    quick jobs took 1.46-1.63 s through posix_spawn and 1.31-1.58 s through Popen on this project's machines."""
+    Popen, not os.posix_spawn: posix_spawn takes less of the worker's CPU per job, but it holds the GIL until the
+    child has exec'd, where Popen (CPython 3.11.4 and later) lets go of it, so the other slot threads keep
+    claiming and recording while a job starts (docs/performance.md has the figures)."""
     return subprocess.Popen(argv, executable=executable, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT, process_group=0)
 

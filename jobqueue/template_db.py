@@ -1,10 +1,11 @@
 """A brand-new SQLite DB starts as a copy of a template DB that the migrations made.
 
-Making the schema with Alembic means importing SQLAlchemy and Alembic first: about 0.3 s, more than all the
-DB work of a quick sweep, paid by every new DB. So a wheel ships a template that its build made by running
-the migrations (hatch_build.py); without one (a checkout, an editable install), the first new DB at a given
-set of migrations has them run on a template in the user's cache directory as well. Every other new SQLite
-DB gets the template's pages through SQLite's backup API, in a few milliseconds. The schema is still made
+Making the schema with Alembic means importing SQLAlchemy and Alembic first, which takes longer than all the
+DB work of a quick sweep, and every new DB would pay it (docs/performance.md has the figures). So a wheel ships
+a template that its build made by running the migrations (hatch_build.py); without one (a checkout, an editable
+install), the first new DB at a given set of migrations has them run on a template in the user's cache
+directory as well. Every other new SQLite DB gets the template's pages through SQLite's backup API, which needs
+neither library. The schema is still made
 only by the migrations: the template is their output, named after a digest of the migration files, so a
 changed migration makes a new one. Upgrades, DBs holding tables of their own, and PostgreSQL go through
 Alembic as before.
