@@ -183,3 +183,46 @@ def test_resume_submits_a_new_array_when_the_old_workers_are_gone(slurm_project)
     assert second != first
     p.wait_for(lambda: p.states() == {"succeeded": 4}, timeout=120, what="the new array to finish the run")
     assert [s["external_id"] for s in p.sql("select external_id from submissions order by id")] == [first, second]
+
+
+SF_VENV = Path(__file__).resolve().parent.parent / ".venv-sf"
+
+
+def sample_factory_template() -> str:
+    """Sample Factory 2.1.1's own sbatch_timeout.sh, as its wheel ships it, less its conda and cd lines."""
+    from tests.conftest import service_unavailable
+
+    found = sorted(SF_VENV.glob("lib/python*/site-packages/sample_factory/launcher/slurm/sbatch_timeout.sh"))
+    if not found:
+        service_unavailable("Sample Factory 2.1.1 (.venv-sf, made by tests/setup.sh)", "its sbatch_timeout.sh is missing")
+    lines = found[0].read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not line.startswith(("conda activate", "cd "))]
+    assert len(kept) == len(lines) - 2 and any("timeout $TIMEOUT $CMD" in line for line in kept)
+    return "".join(kept)
+
+
+def test_sample_factorys_timeout_template_resubmits_its_worker_until_every_job_succeeds_once(slurm_project):
+    """sbatch_timeout.sh runs `timeout $TIMEOUT $CMD` and, on exit 124, submits itself again with
+    `sbatch $PARTITION--gres=gpu:$GPU -c $CPU ...`: it needs $PARTITION's trailing space and $TIMEOUT as timeout(1)'s."""
+    p = slurm_project
+    template = p.write("sbatch_timeout.sh", sample_factory_template())
+    p.sweep("chained", TASK_JOB.format(secs=2), 4)
+    proc = p.jq("launch", "chained", "--backend", "slurm", "--slurm-sbatch-template", str(template), "--slurm-partition", "debug",
+                "--slurm-timeout", "3", "--slurm-workers", "1", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    p.wait_for(lambda: p.states() == {"succeeded": 4}, timeout=150, what="all jobs to succeed",
+               diagnose=lambda: "\n".join(f.read_text() for f in (p.path / "slurm").glob("*.out")))
+    outcomes = p.sql("select job_id, state from attempts order by id")
+    assert sorted(a["job_id"] for a in outcomes if a["state"] == "succeeded") == [1, 2, 3, 4]
+    assert {a["state"] for a in outcomes} <= {"succeeded", "interrupted"}
+    assert any(a["state"] == "interrupted" for a in outcomes), "timeout stopped a worker mid-job at least once"
+    rows = ledger(p)
+    starts = [job for _, what, job, _, _ in rows if what == "start"]
+    ends = [job for _, what, job, _, _ in rows if what == "end"]
+    assert sorted(ends) == [1, 2, 3, 4], "each job ran to its end exactly once"
+    assert len(starts) > 4
+    assert len(p.sql("select id from workers")) >= 2
+    # The resubmitted workers write `$FILENAME-slurm-%j.out`, as the template says.
+    assert list((p.path / "slurm").glob("jq_chained_workers.sh-slurm-*.out")), "the template submitted its worker again"
+    p.wait_for(lambda: not p.cluster.squeue(), timeout=30, what="the last worker to leave")
+    assert all("error" not in f.read_text() for f in (p.path / "slurm").glob("*.out"))
