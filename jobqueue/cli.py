@@ -388,7 +388,7 @@ def main() -> None:
     finally:
         # Close the DB connections ourselves (SQLite then checkpoints and removes its WAL), and exempt
         # everything else from the collections Python runs at exit: tearing down SQLAlchemy's and rich's
-        # object graphs otherwise costs about 0.2 s at the end of every command.
+        # object graphs would otherwise delay the end of every command (docs/performance.md).
         import gc
 
         if "jobqueue.db" in sys.modules:

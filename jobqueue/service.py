@@ -72,7 +72,7 @@ DETAILS = ("params", "argv", "env", "cwd", "started_at", "ended_at")  # and what
 
 def job_rows(db: Database, run: str | None, state: str | None, tail_lines: int = 3, details: bool = True) -> list[dict]:
     """The jobs, with the log path and last lines of each failed one. Without details, only what `jq list`
-    prints is read: decoding the JSON and time columns took most of a plain listing's time."""
+    prints is read: the JSON and time columns are the costly ones to decode."""
     if state is not None and state not in {s.value for s in JobState}:
         raise UserError(f"--state {state}: unknown state; use one of {', '.join(s.value for s in JobState)}")
     keys = LISTED + DETAILS if details else LISTED
@@ -88,8 +88,8 @@ def job_rows(db: Database, run: str | None, state: str | None, tail_lines: int =
 
 def aligned(columns: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> str:
     """Plain text in columns two spaces apart (those in `right` right-aligned), the last one unpadded: a long
-    command stays whole, to be copied into a shell or grepped. Written at once, it is fast for any number of
-    rows: a rich Table took 0.3 ms a row (11 s for 40,000), a console.print per line 0.1 ms."""
+    command stays whole, to be copied into a shell or grepped. Written at once as plain text, it stays fast for any
+    number of rows, where a rich Table or a print per line does work per row."""
     widths = [max(len(c), max((len(r[i]) for r in rows), default=0)) for i, c in enumerate(columns)]
     pads = [(str.rjust if i in right else str.ljust, w) for i, w in enumerate(widths[:-1])]
     return "\n".join("  ".join([pad(cell, w) for (pad, w), cell in zip(pads, r)] + [r[-1]]) for r in [columns, *rows])
