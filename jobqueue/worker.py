@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -160,6 +161,8 @@ class Worker:
         return self.result
 
     def _on_signal(self, signum, _frame) -> None:
+        if signum == signal.SIGHUP:
+            _leave_the_terminal()
         if self.result.stop_signal is None:
             self.result.stop_signal = signum
             self._say(f"worker {self.info.id}: got {signal.Signals(signum).name}, stopping its jobs and handing them back")
@@ -446,6 +449,19 @@ class Worker:
             self.s.on_event(message)
         elif not self.s.quiet:
             print(f"jq worker: {message}", file=sys.stderr, flush=True)
+
+
+def _leave_the_terminal() -> None:
+    """After a hang-up every write to the terminal fails (EIO), and a failed print would stop the worker before it
+    hands its jobs back: output that went to a terminal goes to /dev/null from now on; files and pipes keep theirs."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):  # stdout and stderr, whatever Python objects write to them
+        try:
+            if stat.S_ISCHR(os.fstat(fd).st_mode):
+                os.dup2(devnull, fd)
+        except OSError:
+            pass  # closed already
+    os.close(devnull)
 
 
 def _drain(fd: int) -> None:

@@ -3,14 +3,21 @@ and completion of run names, job ids and states."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import select
 import signal
 import subprocess
 import sys
+import termios
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from jobqueue.paths import resolve_url
+from jobqueue.processes import all_job_processes
 from tests.conftest import service_unavailable
 
 VENV_BIN = Path(sys.executable).parent
@@ -120,3 +127,67 @@ def test_the_pass_through_knows_every_command_and_global_option_of_the_app():
     options = {opt for param in group.params for opt in param.opts + param.secondary_opts}
     options |= set(group.context_settings["help_option_names"])
     assert passthrough.GLOBAL_OPTIONS == options
+
+
+# --- a closed terminal ------------------------------------------------------------------------------
+
+# Twenty seconds on the first attempt, at once on the next: a resume shows that the jobs were handed back.
+SLOW_FIRST_TIME = """sh -c 'if [ "$JQ_ATTEMPT" = 1 ]; then sleep 20; fi' job"""
+
+
+def test_sighup_to_a_foreground_launch_hands_its_jobs_back_and_resume_finishes_them(sqlite_project):
+    p = sqlite_project
+    p.sweep("hup", SLOW_FIRST_TIME, 4)
+    launch = p.start("launch", "hup", "--max-parallel", "4", "--no-progress")
+    url = resolve_url(p.db)
+    p.wait_for(lambda: len(all_job_processes(url)) == 4, what="four running jobs", diagnose=lambda: p.states())
+    time.sleep(1)
+    launch.send_signal(signal.SIGHUP)  # what ssh's end sends when the laptop's lid closes
+    out, err = launch.communicate(timeout=30)
+    assert launch.returncode == 128 + signal.SIGHUP, err
+    assert "`jq resume hup`" in out
+    assert p.sql("select state, reason from attempts") == [{"state": "interrupted", "reason": "worker stopped by SIGHUP"}] * 4
+    assert all_job_processes(url) == {}
+    assert p.states() == {"queued": 4}
+    p.jq("resume", "hup", "--no-progress", check=True)
+    assert p.states() == {"succeeded": 4}
+
+
+def test_a_launch_whose_terminal_goes_away_hands_its_jobs_back(sqlite_project):
+    """The real thing: the launch runs on a terminal of its own, with its progress view, and the terminal is
+    closed. Every write to it fails from then on; the jobs must still be handed back, not left running."""
+    p = sqlite_project
+    p.sweep("lid", SLOW_FIRST_TIME, 4)
+    master, terminal = os.openpty()
+
+    def on_the_terminal():
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    launch = subprocess.Popen([sys.executable, "-m", "jobqueue", "launch", "lid", "--max-parallel", "4"], cwd=p.path,
+                              env=p.env(), stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
+                              preexec_fn=on_the_terminal)
+    os.close(terminal)
+    shown, hang_up = [], threading.Event()
+    reader = threading.Thread(target=_read_until_hung_up, args=(master, shown, hang_up), daemon=True)
+    reader.start()
+    url = resolve_url(p.db)
+    p.wait_for(lambda: len(all_job_processes(url)) == 4, what="four running jobs", diagnose=lambda: b"".join(shown))
+    time.sleep(1)
+    hang_up.set()
+    reader.join()
+    os.close(master)  # the ssh connection drops: the kernel hangs up the terminal and sends SIGHUP
+    assert launch.wait(30) == 128 + signal.SIGHUP
+    assert p.sql("select state, reason from attempts") == [{"state": "interrupted", "reason": "worker stopped by SIGHUP"}] * 4
+    assert all_job_processes(url) == {}
+    p.jq("resume", "lid", "--no-progress", check=True)
+    assert p.states() == {"succeeded": 4}
+
+
+def _read_until_hung_up(fd: int, into: list, hang_up: threading.Event) -> None:
+    # A read blocked on the terminal would keep it open past os.close(): poll, and stop when told.
+    while not hang_up.is_set():
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                into.append(os.read(fd, 65536))
+            except OSError:
+                return
