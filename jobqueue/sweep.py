@@ -241,14 +241,13 @@ def expand(run: RunDescription, train_dir: str = "./train_dir", suffix: str | No
                     "give the Experiments different names or remove the repeated parameter values"
                 )
             seen[name] = experiment.base_name
-            _check_storable(experiment.base_name, params)
             tokens = tokens + [f"{run.experiment_dir_arg_name}={experiment_dir}"]
             env = {str(k): str(v) for k, v in experiment.env_vars.items()} if experiment.env_vars else None
             jobs.append(
                 JobSpec(
                     name=name,
                     experiment=experiment.base_name,
-                    params=params,
+                    params=_stored_params(experiment.base_name, params),
                     argv=base_argv + tokens,
                     cmd=display_command(experiment.cmd, tokens),
                     root_dir=root_dir,
@@ -264,14 +263,37 @@ def expand(run: RunDescription, train_dir: str = "./train_dir", suffix: str | No
 _PLAIN = (str, int, bool, type(None))
 
 
-def _check_storable(experiment: str, params: dict) -> None:
+def _stored_params(experiment: str, params: dict) -> dict:
+    """The parameters as the database stores them: JSON values, numpy scalars as their Python equal.
+
+    The command line and the name keep the original value's text (Sample Factory's); only the stored
+    copy is converted, so `jq list` and grouping see plain ints, floats and bools.
+    """
+    stored = params
     for key, value in params.items():
         if type(value) in _PLAIN or (type(value) is float and value == value and abs(value) != float("inf")):
             continue  # the common case, without serializing every value of a large grid
         try:
-            json.dumps(value, allow_nan=False)
+            plain = json.loads(json.dumps(value, allow_nan=False, default=_numpy_scalar_as_plain))
         except (TypeError, ValueError):
             raise UserError(
                 f"experiment {experiment!r}: parameter {key!r} has a value of type {type(value).__name__} "
-                f"({value!r:.60}) that cannot be stored; use str, int, float, bool, None or lists of them"
+                f"({value!r:.60}) that cannot be stored; use str, int, float, bool, None, numpy scalars "
+                "or lists and dicts of them"
             ) from None
+        if stored is params:
+            stored = dict(params)
+        stored[key] = plain
+    return stored
+
+
+def _numpy_scalar_as_plain(value: Any) -> Any:
+    """json.dumps' hook: a numpy scalar (np.int64, np.float32, np.bool_, ...) as the Python value .item() gives.
+
+    Recognised by its type's module, so a sweep that does not use numpy never imports it. A scalar with
+    no JSON equal (complex, datetime64, longdouble) is stored as the text its command line shows.
+    """
+    if type(value).__module__ != "numpy" or getattr(value, "shape", None) != () or not hasattr(value, "item"):
+        raise TypeError(type(value).__name__)
+    plain = value.item()
+    return plain if type(plain) in _PLAIN or type(plain) is float else f"{value}"
