@@ -1,12 +1,15 @@
 """The sweep API users already know from Sample Factory's launcher, and its expansion into jobs.
 
-Pure functions and small objects: no database, no I/O. Names, commands and order follow Sample
-Factory exactly; argv is kept as a list so values with spaces or quotes stay one argument.
+Pure functions and small objects: no database, and no I/O but the directories Sample Factory's own
+RunDescription.generate_experiments makes. The objects' methods return what Sample Factory's return, for
+code written against them; jq expands with experiment_jobs() and expand(), which give the same names,
+commands and order but keep argv as a list, so values with spaces or quotes stay one argument.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shlex
@@ -15,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import product
 from os.path import join
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from jobqueue.errors import UserError
 
@@ -126,24 +129,36 @@ class Experiment:
         self.timeout = timeout
 
     def generate_experiments(self, experiment_arg_name, customize_experiment_name, param_prefix):
-        """Yields (extra argv tokens, experiment_name), Sample Factory's naming."""
-        num_experiments = 1 if len(self.params) == 0 else len(self.params)
-        for experiment_idx in range(num_experiments):
-            tokens = []
-            name_tokens = [self.base_name]
-            shorthands: list[str] = []
-            params = self.params[experiment_idx] if self.params else {}
-            for param, value in params.items():
-                tokens.append(f"{param_prefix}{param}={value}")
-                shorthand = param_shorthand(param, shorthands)
-                shorthands.append(shorthand)
-                name_tokens.append(f"{shorthand}_{value}")
-            if customize_experiment_name:
-                experiment_name = f"{experiment_idx:02d}_" + "_".join(name_tokens)
-            else:
-                experiment_name = f"{experiment_idx:02d}_{self.base_name}"
-            tokens.append(f"{experiment_arg_name}={experiment_name}")
-            yield tokens, experiment_name, params
+        """Sample Factory's: yields (command, experiment_name), the command one string joined by spaces."""
+        generated = experiment_jobs(self, experiment_arg_name, customize_experiment_name, param_prefix)
+        for tokens, experiment_name, _ in generated:
+            yield " ".join([self.cmd] + tokens), experiment_name
+
+
+def experiment_jobs(
+    experiment: Experiment, experiment_arg_name: str, customize_experiment_name: bool, param_prefix: str
+) -> Iterator[tuple[list[str], str, dict]]:
+    """jq's expansion of one Experiment: (argv tokens after its command, experiment_name, params).
+
+    Names and tokens are Sample Factory's text: each value formatted as its f-string does.
+    """
+    params_list = experiment.params
+    for experiment_idx in range(max(1, len(params_list))):
+        tokens = []
+        name_tokens = [experiment.base_name]
+        shorthands: list[str] = []
+        params = params_list[experiment_idx] if params_list else {}
+        for param, value in params.items():
+            tokens.append(f"{param_prefix}{param}={value}")
+            shorthand = param_shorthand(param, shorthands)
+            shorthands.append(shorthand)
+            name_tokens.append(f"{shorthand}_{value}")
+        if customize_experiment_name:
+            experiment_name = f"{experiment_idx:02d}_" + "_".join(name_tokens)
+        else:
+            experiment_name = f"{experiment_idx:02d}_{experiment.base_name}"
+        tokens.append(f"{experiment_arg_name}={experiment_name}")
+        yield tokens, experiment_name, params
 
 
 def param_shorthand(param: str, taken: list[str]) -> str:
@@ -192,6 +207,25 @@ class RunDescription:
         self.timeout = timeout
         self.launch_defaults = launch_defaults
 
+    def generate_experiments(self, train_dir, makedirs=True):
+        """Sample Factory's: yields (command, experiment_name, root_dir, env_vars) and, unless makedirs is
+        False, creates each experiment's directory under train_dir, as its launchers expect."""
+        for experiment in self.experiments:
+            root_dir = experiment_root_dir(self, experiment, self.experiment_suffix)
+            experiment_dir = join(train_dir, root_dir)
+            generated = experiment.generate_experiments(
+                self.experiment_arg_name, self.customize_experiment_name, self.param_prefix
+            )
+            for cmd, experiment_name in generated:
+                if makedirs:
+                    os.makedirs(experiment_dir, exist_ok=True)
+                yield f"{cmd} {self.experiment_dir_arg_name}={experiment_dir}", experiment_name, root_dir, experiment.env_vars
+
+
+def experiment_root_dir(run: RunDescription, experiment: Experiment, suffix: str) -> str:
+    """Where an experiment's jobs write, relative to the train dir: RUN/BASE_NAME_SUFFIX."""
+    return join(run.run_name, f"{experiment.base_name}_{suffix}")
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -225,15 +259,13 @@ def expand(run: RunDescription, train_dir: str = "./train_dir", suffix: str | No
     for experiment in run.experiments:
         if not isinstance(experiment, Experiment):
             raise UserError(f"RUN_DESCRIPTION.experiments holds a {type(experiment).__name__}; use Experiment(...)")
-        root_dir = join(run.run_name, f"{experiment.base_name}_{suffix}")
+        root_dir = experiment_root_dir(run, experiment, suffix)
         experiment_dir = join(train_dir, root_dir)
         try:
             base_argv = shlex.split(experiment.cmd)
         except ValueError as exc:
             raise UserError(f"experiment {experiment.base_name!r}: cannot split its command ({exc}); check its quotes")
-        generated = experiment.generate_experiments(
-            run.experiment_arg_name, run.customize_experiment_name, run.param_prefix
-        )
+        generated = experiment_jobs(experiment, run.experiment_arg_name, run.customize_experiment_name, run.param_prefix)
         for tokens, name, params in generated:
             if name in seen:
                 raise UserError(
