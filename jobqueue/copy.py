@@ -28,7 +28,7 @@ def copy_queue(src: Database, dst: Database) -> dict[str, int]:
             copied[table.name] = n
         if not dst.is_sqlite:
             # Explicit ids do not move PostgreSQL's sequences: set each past the largest copied id.
-            for table in tables:
+            for table in (t for t in tables if "id" in t.columns):
                 writer.execute(sa.text(
                     f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
                     f"COALESCE((SELECT max(id) FROM {table.name}), 0) + 1, false)"

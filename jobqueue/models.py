@@ -115,3 +115,49 @@ submissions = sa.Table(
     sa.Column("submitted_at", sa.DateTime, nullable=False),
     sa.Index("ix_submissions_run", "run_id"),
 )
+
+# --- metrics: what the jobs achieved (jobqueue/metrics.py reads them, jobqueue/results.py stores and reports) ---
+# A value is a float; NaN is stored as NULL on both databases (SQLite has no NaN, and PostgreSQL's NaN sorts
+# above every number, which would make max() and ORDER BY lie), so SQL aggregates skip it as they skip NULL.
+# ±Infinity are stored as they are: both databases keep them.
+
+metric_points = sa.Table(
+    "metric_points",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),  # also the order of arrival
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", name="fk_metric_points_job"), nullable=False),
+    sa.Column("attempt_id", sa.Integer, sa.ForeignKey("attempts.id", name="fk_metric_points_attempt"), nullable=False),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("step", sa.BigInteger, nullable=True),  # Sample Factory steps by env steps, past 2**31
+    sa.Column("value", sa.Float, nullable=True),  # NULL: NaN
+    sa.Column("wall_time", sa.Float, nullable=True),  # seconds since the epoch, as TensorBoard keeps it
+    sa.Index("ix_metric_points_curve", "job_id", "key", "attempt_id", "step"),  # one job's curve of one key
+)
+
+metric_summaries = sa.Table(
+    "metric_summaries",
+    metadata,
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", name="fk_metric_summaries_job"), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),  # the order the job first logged its keys in: 0 for the first
+    sa.Column("last", sa.Float, nullable=True),  # the value at the highest step (the newest among equal steps)
+    sa.Column("last_step", sa.BigInteger, nullable=True),
+    sa.Column("min", sa.Float, nullable=True),  # over the values that are not NaN
+    sa.Column("max", sa.Float, nullable=True),
+    sa.Column("count", sa.Integer, nullable=False),  # points, NaN included, over all attempts
+)
+
+metric_sources = sa.Table(  # the files a job's metrics are read from, and how far
+    "metric_sources",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", name="fk_metric_sources_job"), nullable=False),
+    sa.Column("attempt_id", sa.Integer, sa.ForeignKey("attempts.id", name="fk_metric_sources_attempt"), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # jsonl or tfevents
+    sa.Column("bytes_read", sa.BigInteger, nullable=False),  # whole lines or records up to here are in metric_points
+    sa.Column("points", sa.BigInteger, nullable=False),
+    sa.Column("skipped", sa.Integer, nullable=False),  # malformed lines or records, refused keys
+    sa.Column("read_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("job_id", "path", name="uq_metric_sources_job_path"),
+)

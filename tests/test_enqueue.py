@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from jobqueue.paths import SCHEMA_HEAD
 from tests.conftest import REPO
 
 SF_SWEEP = """
@@ -206,7 +207,7 @@ def test_twenty_processes_opening_a_fresh_db_at_once_all_succeed(sqlite_project)
     assert all(code == 0 for code, _, _ in results), results
     assert sum("Enqueued 5 new jobs" in out for _, out, _ in results) == 1
     assert len(p.jobs()) == 5
-    assert p.sql("select version_num from alembic_version") == [{"version_num": "0001"}]
+    assert p.sql("select version_num from alembic_version") == [{"version_num": SCHEMA_HEAD}]
 
 
 def test_status_and_list(project):
