@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from jobqueue import completion
 from jobqueue.errors import UserError
 
 # What the whole app and the one-command apps of _app_for share.
@@ -116,14 +117,25 @@ def _print_plan(plan) -> None:
 
 @command()
 def status(
-    run: Optional[str] = typer.Argument(None, help="Only this run."),
+    run: Optional[str] = typer.Argument(None, help="Only this run.", autocompletion=completion.run_names),
     db: Optional[str] = DbOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable counts."),
     refresh: bool = typer.Option(False, "--refresh", help="Ask the backend (NGC) for the state of submitted jobs first."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Show the run's live progress (as jq launch does) until no job is queued or running; exits 1 if a job failed. For runs whose workers run elsewhere (Slurm, NGC, other hosts)."),
+    interval: float = typer.Option(2.0, "--interval", min=0.1, help="With --watch: seconds between readings."),
 ) -> None:
     """Jobs per state for each run, the last lines of failed jobs' logs, and the run's Slurm/NGC submissions."""
     from jobqueue import report as reports
 
+    if watch:
+        from jobqueue import launch as launching
+        from jobqueue import queue as q
+
+        database = _open(db, create=False)
+        name = run or (q.only_run(database) or {}).get("name")
+        if name is None:
+            raise UserError("name the run to watch, e.g. `jq status quickstart --watch`: this DB holds several runs, or none")
+        raise typer.Exit(launching.watch_run(database, name, interval=interval))
     if refresh:
         from jobqueue import service
 
@@ -141,8 +153,9 @@ def status(
 
 @command("list")
 def list_(
-    run: Optional[str] = typer.Option(None, "--run", help="Only this run."),
-    state: Optional[str] = typer.Option(None, "--state", help="Only jobs in this state: queued, running, succeeded, failed, timeout, cancelled."),
+    run: Optional[str] = typer.Option(None, "--run", help="Only this run.", autocompletion=completion.run_names),
+    state: Optional[str] = typer.Option(None, "--state", help="Only jobs in this state: queued, running, succeeded, failed, timeout, cancelled.",
+                                        autocompletion=completion.states),
     db: Optional[str] = DbOption,
     as_json: bool = typer.Option(False, "--json", help="A JSON array of jobs."),
 ) -> None:
@@ -159,7 +172,7 @@ def list_(
 
 @command()
 def logs(
-    job: int = typer.Argument(..., help="Job id (see `jq list`)."),
+    job: int = typer.Argument(..., help="Job id (see `jq list`).", autocompletion=completion.job_ids),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing as the log grows, until the job ends."),
     attempt: Optional[int] = typer.Option(None, "--attempt", help="Which attempt (default: the latest)."),
     db: Optional[str] = DbOption,
@@ -247,6 +260,7 @@ def launch(
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="Seconds before a job is stopped and recorded as timeout."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", min=1, help="Run a failing job up to this many times."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress view."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="[slurm/ngc] After submitting, show the run's progress until it is done (as `jq status RUN --watch`)."),
     slurm_gpus_per_job: Optional[int] = typer.Option(None, "--slurm-gpus-per-job", help="[slurm] GPUs per Slurm job (--gres=gpu:G). Default 1."),
     slurm_cpus_per_gpu: Optional[int] = typer.Option(None, "--slurm-cpus-per-gpu", help="[slurm] CPUs per GPU (-c G*C; -c C when G is 0). Default 14."),
     slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="[slurm] Partition (-p)."),
@@ -289,7 +303,7 @@ def launch(
                    slurm_print_only=slurm_print_only, ngc_print_only=ngc_print_only)
     parse(flags, FLAGS)  # bad flags fail before the sweep file runs
     plan = service.plan_sweep(target, train_dir=train_dir, suffix=experiment_suffix)
-    raise typer.Exit(launching.launch(db, plan, flags, progress=not no_progress))
+    raise typer.Exit(launching.launch(db, plan, flags, progress=not no_progress, watch=watch))
 
 
 @command()

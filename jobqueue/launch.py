@@ -7,7 +7,8 @@ jobqueue.backends.base. `jq cancel` and `jq retry` live in control.py, the reape
 from __future__ import annotations
 
 import socket
-from typing import Any, Mapping
+import time
+from typing import Any, Callable, Mapping
 
 from jobqueue import queue
 from jobqueue.backends.base import get_backend
@@ -18,7 +19,7 @@ from jobqueue.settings import FLAGS, LaunchSettings, Source, parse
 from jobqueue.states import JobState
 
 
-def launch(db_arg: str | None, plan: SweepPlan, flags: Mapping[str, Any], progress: bool = True) -> int:
+def launch(db_arg: str | None, plan: SweepPlan, flags: Mapping[str, Any], progress: bool = True, watch: bool = False) -> int:
     """Check the backend's settings, then (and only then) open the DB, enqueue and start the workers.
 
     A launch states its settings afresh: the sweep file's RunDescription keywords, then the flags given now."""
@@ -33,7 +34,10 @@ def launch(db_arg: str | None, plan: SweepPlan, flags: Mapping[str, Any], progre
     queue.set_job_limits(db, result.run_id, timeout=settings.timeout, max_attempts=settings.max_attempts)
     print(f"{result.run_name}: {result.added} new jobs enqueued, {result.existing} already there; backend {settings.backend}",
           flush=True)
-    return backend.start(db, queue.get_run(db, result.run_name), settings, progress)
+    code = backend.start(db, queue.get_run(db, result.run_name), settings, progress)
+    if watch and code == 0 and backend.reports_nothing_queued and not (settings.slurm.print_only or settings.ngc.print_only):
+        return watch_run(db, result.run_name, progress=progress)
+    return code
 
 
 def recorded_settings(run: dict, flags: Mapping[str, Any] | None = None) -> LaunchSettings:
@@ -79,3 +83,38 @@ def _runs_with_queued_jobs(db: Database) -> list[dict]:
         if state == JobState.QUEUED.value and n and name not in names:
             names.append(name)
     return [queue.get_run(db, name) for name in names]
+
+
+def watch_run(db: Database, run_name: str, *, interval: float = 2.0, progress: bool = True) -> int:
+    """Show a run's progress, and its Slurm/NGC submissions' live states as they change, until no job is queued or
+    running; for a run whose workers run elsewhere. 1 if a job failed or timed out, else 0."""
+    from jobqueue.progress import ProgressView
+
+    run = queue.get_run(db, run_name)
+    seen: dict[int, str] = {}
+    with ProgressView(db, run_name, enabled=progress, interval=min(interval, 0.5)) as view:
+        say: Callable[[str], None] = view.say if progress else print
+        while True:
+            counts = {state: n for _, state, n in queue.status_counts(db, run_name)}
+            for line in _submission_changes(db, run, seen):
+                say(line)
+            if not counts.get(JobState.QUEUED.value) and not counts.get(JobState.RUNNING.value):
+                break
+            time.sleep(interval)
+    return 1 if counts.get(JobState.FAILED.value) or counts.get(JobState.TIMEOUT.value) else 0
+
+
+def _submission_changes(db: Database, run: dict, seen: dict[int, str]) -> list[str]:
+    """A line for each of the run's submissions whose (live) state is new since the last call."""
+    by_backend: dict[str, list[dict]] = {}
+    for sub in queue.run_submissions(db, run["id"]):
+        by_backend.setdefault(sub["backend"], []).append(sub)
+    lines = []
+    for name, subs in by_backend.items():
+        live = get_backend(name).live_states(subs)
+        for sub in subs:
+            state = live.get(sub["id"], sub["state"])
+            if seen.get(sub["id"]) != state:
+                seen[sub["id"]] = state
+                lines.append(f"{run['name']}: {name} submission {sub['external_id'] or '-'}: {state}")
+    return lines
