@@ -191,3 +191,53 @@ def _read_until_hung_up(fd: int, into: list, hang_up: threading.Event) -> None:
                 into.append(os.read(fd, 65536))
             except OSError:
                 return
+
+
+# --- completion --------------------------------------------------------------------------------------
+
+
+def complete(project, words: str, shell: str = "bash", env: dict | None = None) -> subprocess.CompletedProcess:
+    """What `jq` offers when TAB is pressed at the end of `words`, through typer's completion protocol."""
+    protocol = {"_JQ_COMPLETE": f"complete_{shell}"}
+    if shell == "bash":
+        protocol |= {"COMP_WORDS": words, "COMP_CWORD": str(len(words.split(" ")) - 1)}
+    else:
+        protocol |= {"_TYPER_COMPLETE_ARGS": words}
+    proc = run(JQ, env={**(env or project.env()), **protocol}, cwd=project.path)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc
+    return proc
+
+
+def offered(project, words: str, **kwargs) -> list[str]:
+    return complete(project, words, **kwargs).stdout.split()
+
+
+def test_tab_completes_run_names_job_ids_with_their_names_and_states_from_the_db(project):
+    p = project
+    for run, n in (("alpha_run", 3), ("alpine", 12), ("beta", 60)):
+        p.sweep(run, "true", n)
+        p.jq("enqueue", run, check=True)
+    assert offered(p, "jq status al") == ["alpha_run", "alpine"]
+    assert offered(p, "jq status ") == ["alpha_run", "alpine", "beta"]
+    assert offered(p, "jq list --state f") == ["failed"]
+    assert offered(p, "jq list --run b") == ["beta"]
+    # Job ids: newest first, one line each in bash; zsh shows each one's name, state and run.
+    assert offered(p, "jq logs 1") == ["19", "18", "17", "16", "15", "14", "13", "12", "11", "10", "1"]
+    assert offered(p, "jq logs 7") == ["75", "74", "73", "72", "71", "70", "7"]
+    assert offered(p, "jq logs 0") == offered(p, "jq logs x") == []
+    assert len(offered(p, "jq logs ")) == 50  # 75 jobs: the newest 50
+    zsh = complete(p, "jq logs 15", shell="zsh").stdout
+    assert '"15":"11_j_i_11 (queued, run alpine)"' in zsh  # alpine's jobs are 4 to 15
+
+
+def test_completion_reads_the_db_named_on_the_command_line_and_is_silent_without_one(sqlite_project, tmp_path):
+    p = sqlite_project
+    p.sweep("mine", "true", 1)
+    p.jq("enqueue", "mine", "--db", "other.db", check=True)
+    assert offered(p, "jq status ") == []  # $JQ_DB names a DB that does not exist: nothing, and nothing made
+    assert not Path(p.db).exists()
+    assert offered(p, "jq status --db other.db ") == ["mine"]
+    assert offered(p, "jq list --db other.db --run m") == ["mine"]
+    (p.path / "damaged.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    assert offered(p, "jq logs --db damaged.db ") == []
+    assert offered(p, "jq list --state ") == ["queued", "running", "succeeded", "failed", "timeout", "cancelled"]
