@@ -7,13 +7,18 @@ a module-level RUN_DESCRIPTION.
 TYPE_CHECKING = False  # not typing's: importing typing would cost `jq .a` more than the rest of its start-up
 if TYPE_CHECKING:
     from jobqueue.sweep import Experiment, ParamGrid, ParamList, RunDescription, seeds
+    from jobqueue.training import log_metrics
 
-__all__ = ["Experiment", "ParamGrid", "ParamList", "RunDescription", "seeds"]
+__all__ = ["Experiment", "ParamGrid", "ParamList", "RunDescription", "log_metrics", "seeds"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
     # Imported on first use: `jq .a` hands over to the JSON jq (jobqueue/passthrough.py) before paying for it.
+    if name == "log_metrics":  # for training scripts: its module imports next to nothing
+        from jobqueue.training import log_metrics
+
+        return log_metrics
     if name in __all__:
         from jobqueue import sweep
 
