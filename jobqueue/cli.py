@@ -4,6 +4,7 @@ User mistakes (UserError) become one line on stderr and exit code 2; anything el
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -413,7 +414,7 @@ def main() -> None:
 def _app_for(argv: list[str]) -> typer.Typer:
     """An app of only the command named first: typer builds every registered command's parameters on each call,
     which would delay `jq launch` before it can start a job, and the command parses the same alone. `jq --help`,
-    `jq db ...`, shell completion (its words come in the environment) and typos get the whole app."""
+    `jq db ...`, shell completion of a command's name and typos get the whole app."""
     entry = _COMMANDS.get(argv[0]) if argv else None
     if entry is None:
         return app
@@ -428,12 +429,26 @@ def _no_options() -> None:
     pass
 
 
+def _command_being_completed(prog_name: str) -> list[str]:
+    """During shell completion, whose words come in the environment (typer's protocol), the command typed in full
+    before the word being completed, if any: TAB after `jq logs ` then builds `logs` alone."""
+    if f"_{prog_name.replace('-', '_').upper()}_COMPLETE" not in os.environ:
+        return []
+    if "COMP_WORDS" in os.environ:  # bash
+        typed = os.environ["COMP_WORDS"].split()[: int(os.environ.get("COMP_CWORD", "0"))]
+    else:  # zsh and fish
+        line = os.environ.get("_TYPER_COMPLETE_ARGS", "")
+        typed = line.split() if line.endswith(" ") else line.split()[:-1]
+    return typed[1:2]
+
+
 def _main() -> None:
     argv = sys.argv[1:]
     if argv and argv[0] in ("launch", "resume"):
         argv = argv[:1] + normalize_sf_argv(argv[1:])
+    prog_name = Path(sys.argv[0]).name if sys.argv[0] not in ("-m", "-c") else "jq"
     try:
-        _app_for(argv)(args=argv, prog_name=Path(sys.argv[0]).name if sys.argv[0] not in ("-m", "-c") else "jq")
+        _app_for(argv or _command_being_completed(prog_name))(args=argv, prog_name=prog_name)
     except UserError as exc:
         _stderr(f"jq: error: {exc}")
         sys.exit(2)
