@@ -146,11 +146,7 @@ def test_sighup_to_a_foreground_launch_hands_its_jobs_back_and_resume_finishes_t
     out, err = launch.communicate(timeout=30)
     assert launch.returncode == 128 + signal.SIGHUP, err
     assert "`jq resume hup`" in out
-    assert p.sql("select state, reason from attempts") == [{"state": "interrupted", "reason": "worker stopped by SIGHUP"}] * 4
-    assert all_job_processes(url) == {}
-    assert p.states() == {"queued": 4}
-    p.jq("resume", "hup", "--no-progress", check=True)
-    assert p.states() == {"succeeded": 4}
+    assert_handed_back_then_resumed(p, "hup")
 
 
 def test_a_launch_whose_terminal_goes_away_hands_its_jobs_back(sqlite_project):
@@ -177,9 +173,16 @@ def test_a_launch_whose_terminal_goes_away_hands_its_jobs_back(sqlite_project):
     reader.join()
     os.close(master)  # the ssh connection drops: the kernel hangs up the terminal and sends SIGHUP
     assert launch.wait(30) == 128 + signal.SIGHUP
+    assert_handed_back_then_resumed(p, "lid")
+
+
+def assert_handed_back_then_resumed(p, run: str) -> None:
+    """The four jobs were stopped and handed back with the reason, none of their processes is left, and a resume
+    finishes them."""
     assert p.sql("select state, reason from attempts") == [{"state": "interrupted", "reason": "worker stopped by SIGHUP"}] * 4
-    assert all_job_processes(url) == {}
-    p.jq("resume", "lid", "--no-progress", check=True)
+    assert all_job_processes(resolve_url(p.db)) == {}
+    assert p.states() == {"queued": 4}
+    p.jq("resume", run, "--no-progress", check=True)
     assert p.states() == {"succeeded": 4}
 
 
