@@ -61,6 +61,11 @@ def job_ids(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
     return [(str(job_id), f"{name} ({state}, run {run})") for job_id, name, state, run in rows]
 
 
+def runs_or_job_ids(ctx: typer.Context, incomplete: str) -> list:
+    """For arguments that take a run name or job ids (`jq cancel`, `jq retry`): ids once a digit is typed."""
+    return job_ids(ctx, incomplete) if incomplete[:1].isdigit() else run_names(ctx, incomplete)
+
+
 @_silent
 def states(incomplete: str) -> list[str]:
     return [state.value for state in JobState if state.value.startswith(incomplete)]

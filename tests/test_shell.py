@@ -244,3 +244,19 @@ def test_completion_reads_the_db_named_on_the_command_line_and_is_silent_without
     (p.path / "damaged.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
     assert offered(p, "jq logs --db damaged.db ") == []
     assert offered(p, "jq list --state ") == ["queued", "running", "succeeded", "failed", "timeout", "cancelled"]
+
+
+def test_a_run_name_or_job_ids_argument_completes_ids_once_a_digit_is_typed(sqlite_project):
+    # For `jq cancel` and `jq retry`, called as typer calls it, with the context of the command line being completed.
+    import typer.main
+
+    from jobqueue import completion
+    from jobqueue.cli import app
+
+    p = sqlite_project
+    p.sweep("gamma", "true", 12)
+    p.jq("enqueue", "gamma", check=True)
+    status = typer.main.get_command(app).get_command(None, "status")
+    ctx = status.make_context("status", ["--db", p.db], resilient_parsing=True)
+    assert completion.runs_or_job_ids(ctx, "") == completion.runs_or_job_ids(ctx, "g") == ["gamma"]
+    assert [job_id for job_id, _ in completion.runs_or_job_ids(ctx, "1")] == ["12", "11", "10", "1"]
