@@ -1,0 +1,552 @@
+"""What jobs achieved, in the DB: storing the chunks metrics.py reads, and reading them back for `jq results`,
+`jq metrics` and `jq status`, as rows and as table, JSON or CSV.
+
+Plain SQL (sql.py), the same on SQLite and PostgreSQL. A NaN is stored as NULL (see models.py) and comes back
+as float("nan"); output spells the non-finite numbers NaN, Infinity and -Infinity, which JSON parsers of
+Python and JavaScript (Number("Infinity")) turn back into numbers. Readers stream: a run of any size is read
+with one query, a bounded number of rows at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import itertools
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Iterable, Iterator, Sequence
+
+from jobqueue import metrics as readers
+from jobqueue import sql
+from jobqueue.db import Database, Transaction
+from jobqueue.errors import UserError
+from jobqueue.metrics import Chunk, Point, Source
+from jobqueue.report import Reader, unknown_run
+
+NAN = float("nan")
+FETCH_ROWS = 2000
+
+# --- storing --------------------------------------------------------------------------------------
+
+_KNOWN_SOURCES = "SELECT path, kind, attempt_id, bytes_read FROM metric_sources WHERE job_id = :job_id ORDER BY id"
+# Takes the byte range [start, end) of a file for this transaction: a second reader of the same file (a worker
+# declared lost that is still running, say) finds the range taken and stores nothing twice. Returns the attempt
+# the file belongs to.
+_TAKE_RANGE = (
+    "INSERT INTO metric_sources (job_id, attempt_id, path, kind, bytes_read, points, skipped, read_at) "
+    "VALUES (:job_id, :attempt_id, :path, :kind, :end, :points, :skipped, {now}) "
+    "ON CONFLICT (job_id, path) DO UPDATE SET bytes_read = excluded.bytes_read, "
+    "points = metric_sources.points + excluded.points, skipped = metric_sources.skipped + excluded.skipped, "
+    "read_at = excluded.read_at WHERE metric_sources.bytes_read = :start RETURNING attempt_id"
+)
+_INSERT_POINTS = "INSERT INTO metric_points (job_id, attempt_id, key, step, value, wall_time) VALUES (?, ?, ?, ?, ?, ?)"
+# One row per key of a chunk, merged with the stored one. `last` is the value at the highest step, the newer of
+# equal ones: a resumed attempt logging old steps again does not move it back. An unstepped point comes before any
+# stepped one (a key logged without steps has its newest value last). NULL bounds are "no number yet". A new key's
+# seq is the number of keys the job had before it: the rows are inserted one after another.
+_MERGE_SUMMARY = (
+    "INSERT INTO metric_summaries (job_id, key, seq, last, last_step, min, max, count) "
+    "VALUES (?, ?, (SELECT count(*) FROM metric_summaries WHERE job_id = ?), ?, ?, ?, ?, ?) "
+    "ON CONFLICT (job_id, key) DO UPDATE SET "
+    "last = CASE WHEN {keep_last} THEN metric_summaries.last ELSE excluded.last END, "
+    "last_step = CASE WHEN {keep_last} THEN metric_summaries.last_step ELSE excluded.last_step END, "
+    "min = CASE WHEN metric_summaries.min IS NULL OR excluded.min < metric_summaries.min THEN excluded.min "
+    "ELSE metric_summaries.min END, "
+    "max = CASE WHEN metric_summaries.max IS NULL OR excluded.max > metric_summaries.max THEN excluded.max "
+    "ELSE metric_summaries.max END, "
+    "count = metric_summaries.count + excluded.count"
+).replace("{keep_last}", "metric_summaries.last_step IS NOT NULL AND (excluded.last_step IS NULL "
+                         "OR excluded.last_step < metric_summaries.last_step)")
+
+
+def known_sources(tx: Transaction, job_id: int) -> dict[str, Source]:
+    """The files already read for a job, by any attempt, and how far."""
+    return {path: Source(path, kind, attempt_id, bytes_read)
+            for path, kind, attempt_id, bytes_read in tx.all(_KNOWN_SOURCES, {"job_id": job_id})}
+
+
+def ingest(tx: Transaction, job_id: int, attempt_id: int, chunk: Chunk) -> bool:
+    """Store a chunk read from one of the job's files: its points, the summaries, and how far the file is read.
+    A file new to the job belongs to `attempt_id`; one read before keeps its attempt. False (nothing stored) when
+    the chunk's range was already taken by another reader."""
+    taken = tx.first(_TAKE_RANGE, {
+        "job_id": job_id, "attempt_id": attempt_id, "path": chunk.path, "kind": chunk.kind, "start": chunk.start,
+        "end": chunk.end, "points": len(chunk.points), "skipped": chunk.skipped,
+    })
+    if taken is None:
+        return False
+    add_points(tx, job_id, taken[0], chunk.points)
+    return True
+
+
+def add_points(tx: Transaction, job_id: int, attempt_id: int, points: list[Point]) -> None:
+    """Insert points of one attempt, in the order they were logged, and fold them into the job's summaries."""
+    if not points:
+        return
+    tx.executemany(_INSERT_POINTS, [(job_id, attempt_id, key, step, None if math.isnan(value) else value, wall_time)
+                                    for key, step, value, wall_time in points])
+    tx.executemany(_MERGE_SUMMARY, [(job_id, key, job_id, *summary) for key, summary in _summarize(points).items()])
+
+
+def _summarize(points: list[Point]) -> dict[str, list]:
+    """Per key, in the order the keys first appear: [last, last_step, min, max, count], as _MERGE_SUMMARY merges them."""
+    found: dict[str, list] = {}
+    for key, step, value, _ in points:
+        number = None if math.isnan(value) else value
+        s = found.get(key)
+        if s is None:
+            found[key] = [number, step, number, number, 1]
+            continue
+        if s[1] is None or (step is not None and step >= s[1]):  # as _MERGE_SUMMARY orders them
+            s[0], s[1] = number, step
+        if number is not None:
+            if s[2] is None or number < s[2]:
+                s[2] = number
+            if s[3] is None or number > s[3]:
+                s[3] = number
+        s[4] += 1
+    return found
+
+
+@dataclass
+class Collected:
+    """What one collect() stored."""
+
+    points: int = 0
+    skipped: int = 0
+    message: str | None = None  # to show once: event files that cannot be read
+
+
+def collect(db: Database, job_id: int, attempt_id: int, *, experiment_dir: str | None, metrics_file: str | None,
+            chunk_points: int = readers.CHUNK_POINTS) -> Collected:
+    """Read what is new in a job's files and store it, one transaction per chunk: the worker's call while an
+    attempt runs (every --metrics-every seconds) and once more when it has ended. Files are read outside the
+    transactions, and no more than one chunk is held at a time."""
+    known = db.transact(lambda tx: known_sources(tx, job_id), write=False)
+    sources, message = readers.job_sources(known, attempt_id, experiment_dir, metrics_file)
+    done = Collected(message=message)
+    for source in sources:
+        for chunk in readers.read_new(source, chunk_points):
+            if not db.transact(functools.partial(ingest, job_id=job_id, attempt_id=attempt_id, chunk=chunk)):
+                break  # another reader is further on in this file
+            done.points += len(chunk.points)
+            done.skipped += chunk.skipped
+    return done
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _reading(source: Database | Reader) -> Iterator[Reader]:
+    """A Reader as it is, or one on a Database's own connection (read-only on SQLite), closed afterwards."""
+    if isinstance(source, Reader):
+        yield source
+        return
+    if source.path is not None:  # SQLite
+        from jobqueue.paths import sqlite_readonly_connection
+
+        conn = sqlite_readonly_connection(source.path)
+        reader = Reader(conn, conn.close, sql.SQLITE)
+    else:
+        raw = source.engine.raw_connection()
+        reader = Reader(raw, raw.close, source.dialect)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+_cursors = itertools.count()
+
+
+def _stream(reader: Reader, query: str, params: dict) -> Iterator[tuple]:
+    """The rows of one query, FETCH_ROWS at a time: on PostgreSQL from a server-side cursor, which psycopg
+    would otherwise fetch whole into memory."""
+    if reader.dialect == sql.POSTGRESQL:
+        # Every row is read: the planner is to plan for all of them, not for the first tenth as it does for a
+        # cursor by default (with which it chose nested loops several times slower on a big run).
+        reader.conn.cursor().execute("SET LOCAL cursor_tuple_fraction = 1.0")
+        cursor = reader.conn.cursor(name=f"jq_stream_{next(_cursors)}")
+    else:
+        cursor = reader.conn.cursor()
+    try:
+        cursor.execute(sql.render(query, reader.dialect), params)
+        while rows := cursor.fetchmany(FETCH_ROWS):
+            yield from rows
+    finally:
+        cursor.close()
+
+
+def _run_id(reader: Reader, run: str) -> int:
+    row = reader.rows("SELECT id FROM runs WHERE name = :name", {"name": run})
+    if not row:
+        raise unknown_run(run, [name for (name,) in reader.rows("SELECT name FROM runs ORDER BY id")])
+    return row[0][0]
+
+
+_RUN_KEYS = (
+    "SELECT m.key FROM metric_summaries m JOIN jobs j ON j.id = m.job_id WHERE j.run_id = :run_id "
+    "GROUP BY m.key ORDER BY min(m.seq), count(*) DESC, m.key"
+)
+
+
+def run_metric_keys(reader: Reader, run_id: int) -> list[str]:
+    """The keys the run's jobs logged, the first-logged first (the one `jq status` judges jobs by)."""
+    return [key for (key,) in reader.rows(_RUN_KEYS, {"run_id": run_id})]
+
+
+def run_param_names(reader: Reader, run_id: int) -> list[str]:
+    """The parameters of the run's jobs, in the order of the sweep."""
+    names: dict[str, None] = {}
+    for (text,) in _stream(reader, "SELECT CAST(params AS TEXT) FROM jobs WHERE run_id = :run_id ORDER BY id",
+                           {"run_id": run_id}):
+        names.update(dict.fromkeys(json.loads(text)))
+    return list(names)
+
+
+@dataclass
+class ResultColumns:
+    """What a results table or CSV shows: the run's parameters and metric keys."""
+
+    run_id: int
+    params: list[str]
+    metrics: list[str]
+
+
+def result_columns(source: Database | Reader, run: str, metrics: Iterable[str] = ()) -> ResultColumns:
+    """The columns of `jq results RUN`: every parameter, and the metrics asked for (else all the run's)."""
+    with _reading(source) as reader:
+        run_id = _run_id(reader, run)
+        keys = run_metric_keys(reader, run_id)
+        _check_keys("--metric", run, list(metrics), keys)
+        return ResultColumns(run_id, run_param_names(reader, run_id), list(metrics) or keys)
+
+
+def _check_keys(option: str, run: str, asked: list[str], known: list[str]) -> None:
+    unknown = [k for k in asked if k not in known]
+    if unknown:
+        raise UserError(f"{option} {unknown[0]}: no job of run {run!r} has logged this metric (metrics: {_listed(known)})")
+
+
+def _listed(keys: list[str]) -> str:
+    return ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "") if keys else "none yet"
+
+
+_DURATION = {  # an attempt's seconds, a running one's until now
+    sql.SQLITE: "(julianday(COALESCE(a.ended_at, {now})) - julianday(a.started_at)) * 86400.0",
+    sql.POSTGRESQL: "CAST(EXTRACT(EPOCH FROM COALESCE(a.ended_at, {now}) - a.started_at) AS DOUBLE PRECISION)",
+}
+# One row per job and metric, job after job: one query, so one snapshot of a run that is being written to.
+_RESULTS = (
+    "SELECT j.id, j.name, j.state, CAST(j.params AS TEXT), d.seconds, m.key, m.last, m.last_step, m.min, m.max, m.count "
+    "FROM jobs j "
+    "LEFT JOIN (SELECT a.job_id, sum({duration}) AS seconds FROM attempts a JOIN jobs aj ON aj.id = a.job_id "
+    "WHERE aj.run_id = :run_id GROUP BY a.job_id) d ON d.job_id = j.id "
+    "{sort_join}"
+    "LEFT JOIN metric_summaries m ON m.job_id = j.id{key_filter} "
+    "WHERE j.run_id = :run_id ORDER BY {sort_order}j.id, m.seq"
+)
+_SORT_JOIN = "LEFT JOIN metric_summaries s ON s.job_id = j.id AND s.key = :sort "
+# A NaN (NULL) or missing value sorts last, whichever the direction.
+_SORT_ORDER = "CASE WHEN s.last IS NULL THEN 1 ELSE 0 END, s.last {direction}, "
+
+
+def results(source: Database | Reader, run: str, sort: str | None = None, minimize: bool = False,
+            group_by: Iterable[str] = (), metrics: Iterable[str] = ()) -> Iterator[dict]:
+    """`jq results RUN`: one row per job, best first by `sort`'s last value (highest first; lowest with
+    minimize; NaN and missing last), else in sweep order:
+        {"id", "name", "state", "params": {...}, "duration_s", "metrics": {KEY: {"last", "last_step", "min", "max", "count"}}}
+    With group_by, one row per combination of those parameters' values, over the jobs' last values:
+        {"group": {...}, "jobs": N, "metrics": {KEY: {"mean", "std", "min", "max"}}}
+    Ungrouped rows stream; grouped ones are made after the last job (their memory grows with the groups)."""
+    metrics, group_by = list(metrics), list(group_by)
+    with _reading(source) as reader:
+        run_id = _run_id(reader, run)
+        known = run_metric_keys(reader, run_id)
+        _check_keys("--metric", run, metrics, known)
+        _check_keys("--sort", run, [sort] if sort else [], known)
+        rows = _job_rows(reader, run_id, None if group_by else sort, minimize, metrics)
+        if not group_by:
+            yield from rows
+            return
+        groups = _group(rows, group_by, run)
+    if sort:
+        groups.sort(key=lambda g: _order_key(g["metrics"].get(sort, {}).get("mean", NAN), minimize))
+    yield from groups
+
+
+def _job_rows(reader: Reader, run_id: int, sort: str | None, minimize: bool, metrics: list[str]) -> Iterator[dict]:
+    key_list, params = sql.expand("key", metrics)
+    query = _RESULTS.format(
+        duration=_DURATION[reader.dialect], key_filter=f" AND m.key IN ({key_list})" if metrics else "",
+        sort_join=_SORT_JOIN if sort else "",
+        sort_order=_SORT_ORDER.format(direction="ASC" if minimize else "DESC") if sort else ""
+    )
+    job = None
+    for job_id, name, state, params_text, seconds, key, last, last_step, low, high, count in _stream(
+            reader, query, {**params, "run_id": run_id, "sort": sort}):
+        if job is None or job["id"] != job_id:
+            if job is not None:
+                yield job
+            job = {"id": job_id, "name": name, "state": state, "params": json.loads(params_text),
+                   "duration_s": seconds, "metrics": {}}
+        if key is not None:
+            job["metrics"][key] = {"last": _number(last), "last_step": last_step, "min": _number(low),
+                                   "max": _number(high), "count": count}
+    if job is not None:
+        yield job
+
+
+def _number(value: float | None) -> float:
+    """A stored value: NULL is a NaN (a summary row always has a value behind it)."""
+    return NAN if value is None else value
+
+
+def _order_key(value: float, minimize: bool) -> tuple:
+    return (1, 0.0) if math.isnan(value) else (0, value if minimize else -value)
+
+
+class _Stats:
+    """Mean, sample std, min and max of a stream of numbers, in constant memory (Welford's method). Infinities
+    make the mean infinite (NaN if both signs) and the std NaN."""
+
+    __slots__ = ("n", "mean", "m2", "low", "high", "infinities")
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2, self.low, self.high = 0, 0.0, 0.0, math.inf, -math.inf
+        self.infinities: set[float] = set()
+
+    def add(self, x: float) -> None:
+        self.low, self.high = min(self.low, x), max(self.high, x)
+        if math.isinf(x):
+            self.infinities.add(x)
+            return
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+
+    def as_dict(self) -> dict:
+        if self.infinities:
+            mean, std = (next(iter(self.infinities)) if len(self.infinities) == 1 else NAN), NAN
+        else:
+            mean, std = self.mean, math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else NAN
+        return {"mean": mean, "std": std, "min": self.low, "max": self.high}
+
+
+def _group(rows: Iterator[dict], group_by: list[str], run: str) -> list[dict]:
+    """The jobs' last values per combination of the group_by parameters, in the order the groups first appear.
+    NaN values are left out of a group's numbers (its `jobs` still counts their jobs)."""
+    groups: dict[str, dict] = {}
+    seen_params: set[str] = set()
+    for row in rows:
+        seen_params.update(row["params"])
+        values = [row["params"].get(p) for p in group_by]
+        group = groups.setdefault(json.dumps(values), {"group": dict(zip(group_by, values)), "jobs": 0, "stats": {}})
+        group["jobs"] += 1
+        for key, summary in row["metrics"].items():
+            stats = group["stats"].setdefault(key, _Stats())
+            if not math.isnan(summary["last"]):
+                stats.add(summary["last"])
+    missing = [p for p in group_by if p not in seen_params]
+    if missing:
+        listed = ", ".join(sorted(seen_params)) or "none"
+        raise UserError(f"--group-by {missing[0]}: no job of run {run!r} has this parameter (parameters: {listed})")
+    return [{"group": g["group"], "jobs": g["jobs"],
+             "metrics": {key: stats.as_dict() for key, stats in g["stats"].items() if stats.n or stats.infinities}}
+            for g in groups.values()]
+
+
+_POINTS = (
+    "SELECT a.number, p.key, p.step, p.value, p.wall_time FROM metric_points p JOIN attempts a ON a.id = p.attempt_id "
+    "WHERE p.job_id = :job_id{key_filter} "
+    "ORDER BY p.attempt_id, p.key, CASE WHEN p.step IS NULL THEN 1 ELSE 0 END, p.step, p.id"
+)
+
+
+def metrics(source: Database | Reader, job_id: int, keys: Iterable[str] = ()) -> Iterator[dict]:
+    """`jq metrics JOB [KEY ...]`: the job's points, attempt by attempt, each key's in step order (unstepped
+    points in the order they were logged): {"attempt", "key", "step", "value", "wall_time"}."""
+    keys = list(keys)
+    with _reading(source) as reader:
+        known = _job_keys(reader, job_id)
+        _check_job_keys(job_id, keys, known)
+        key_list, params = sql.expand("key", keys)
+        query = _POINTS.format(key_filter=f" AND p.key IN ({key_list})" if keys else "")
+        for attempt, key, step, value, wall_time in _stream(reader, query, {**params, "job_id": job_id}):
+            yield {"attempt": attempt, "key": key, "step": step, "value": _number(value), "wall_time": wall_time}
+
+
+def _job_keys(reader: Reader, job_id: int) -> list[str]:
+    if not reader.rows("SELECT id FROM jobs WHERE id = :job_id", {"job_id": job_id}):
+        raise UserError(f"no job with id {job_id}; `jq list` shows the ids")
+    return [key for (key,) in reader.rows("SELECT key FROM metric_summaries WHERE job_id = :job_id ORDER BY seq",
+                                          {"job_id": job_id})]
+
+
+def _check_job_keys(job_id: int, asked: list[str], known: list[str]) -> None:
+    unknown = [k for k in asked if k not in known]
+    if unknown:
+        raise UserError(f"{unknown[0]}: job {job_id} has not logged this metric (metrics: {_listed(known)})")
+
+
+def job_metric_keys(source: Database | Reader, job_id: int) -> list[str]:
+    """The keys a job logged, its first-logged first."""
+    with _reading(source) as reader:
+        return _job_keys(reader, job_id)
+
+
+_SOURCES = (
+    "SELECT a.number, s.path, s.kind, s.points, s.skipped, s.bytes_read, s.read_at FROM metric_sources s "
+    "JOIN attempts a ON a.id = s.attempt_id WHERE s.job_id = :job_id ORDER BY a.number, s.id"
+)
+
+
+def metric_sources(source: Database | Reader, job_id: int) -> list[dict]:
+    """The files a job's points came from: per attempt, its points and the bad lines or records skipped."""
+    to_dict = sql.row_converter([(name,) for name in ("attempt", "path", "kind", "points", "skipped", "bytes_read", "read_at")])
+    with _reading(source) as reader:
+        return [to_dict(row) for row in reader.rows(_SOURCES, {"job_id": job_id})]
+
+
+_BEST = (
+    "SELECT j.id, j.name, s.last, s.last_step FROM metric_summaries s JOIN jobs j ON j.id = s.job_id "
+    "WHERE j.run_id = :run_id AND s.key = :key AND s.last IS NOT NULL ORDER BY s.last {direction}, j.id LIMIT 1"
+)
+_RUN_SKIPPED = ("SELECT COALESCE(sum(s.skipped), 0) FROM metric_sources s JOIN jobs j ON j.id = s.job_id "
+                "WHERE j.run_id = :run_id")
+
+
+def run_best(source: Database | Reader, run: str, key: str | None = None, minimize: bool = False) -> dict | None:
+    """For `jq status`: the best job so far on `key` (else the run's first-logged metric), and the bad lines or
+    records skipped over the run; None when the run has no metrics yet.
+        {"key", "minimize", "job": {"id", "name", "last", "last_step"} or None, "skipped"}"""
+    with _reading(source) as reader:
+        run_id = _run_id(reader, run)
+        keys = run_metric_keys(reader, run_id)
+        (skipped,) = reader.rows(_RUN_SKIPPED, {"run_id": run_id})[0]
+        if not keys:
+            return {"key": None, "minimize": minimize, "job": None, "skipped": skipped} if skipped else None
+        _check_keys("--sort", run, [key] if key else [], keys)
+        key = key or keys[0]
+        found = reader.rows(_BEST.format(direction="ASC" if minimize else "DESC"), {"run_id": run_id, "key": key})
+        job = dict(zip(("id", "name", "last", "last_step"), found[0])) if found else None
+        return {"key": key, "minimize": minimize, "job": job, "skipped": skipped}
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def number_text(value, digits: int | None = None) -> str:
+    """A number as jq prints it: NaN, Infinity and -Infinity spelled out, floats to `digits` significant digits
+    (all of them when None), empty for None."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return f"{value:.{digits}g}" if digits else repr(value)
+    return str(value)
+
+
+def _jsonable(value):
+    """`value` for strict JSON: non-finite floats as the strings NaN, Infinity, -Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return number_text(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _started(rows: Iterable[dict]) -> Iterator[dict]:
+    """The rows, the first one already read: a bad option (found by the first read) is reported before any output."""
+    rows = iter(rows)
+    first = next(rows, None)
+    return rows if first is None else itertools.chain([first], rows)
+
+
+def write_json(rows: Iterable[dict], out: IO[str]) -> None:
+    """A JSON list, one row per line, written as the rows come."""
+    rows = _started(rows)
+    out.write("[")
+    for i, row in enumerate(rows):
+        text = json.dumps(row)
+        if "NaN" in text or "Infinity" in text:  # json's own spelling of a non-finite float, or a string holding it
+            text = json.dumps(_jsonable(row), allow_nan=False)
+        out.write(("," if i else "") + "\n" + text)
+    out.write("\n]\n")
+
+
+def _cell(value) -> str:
+    """A CSV cell: plain text (params that are lists or dicts as JSON), numbers in full."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return str(value)
+    return number_text(value)
+
+
+def write_results_csv(rows: Iterable[dict], out: IO[str], columns: ResultColumns, group_by: Sequence[str] = ()) -> None:
+    """`jq results --csv`: per job, the last value of each metric; grouped, each metric's KEY.mean, .std, .min, .max."""
+    rows, writer = _started(rows), csv.writer(out)
+    if group_by:
+        writer.writerow([*group_by, "jobs", *(f"{k}.{s}" for k in columns.metrics for s in ("mean", "std", "min", "max"))])
+        for g in rows:
+            stats = [g["metrics"].get(k, {}).get(s) for k in columns.metrics for s in ("mean", "std", "min", "max")]
+            writer.writerow([*(_cell(g["group"][p]) for p in group_by), g["jobs"], *map(_cell, stats)])
+        return
+    writer.writerow(["id", "name", "state", *columns.params, "duration_s", *columns.metrics])
+    for r in rows:
+        lasts = [r["metrics"].get(k, {}).get("last") for k in columns.metrics]
+        writer.writerow([r["id"], r["name"], r["state"], *(_cell(r["params"].get(p)) for p in columns.params),
+                         _cell(r["duration_s"]), *map(_cell, lasts)])
+
+
+def results_table(rows: Iterable[dict], columns: ResultColumns, group_by: Sequence[str] = ()) -> str:
+    """`jq results` as plain aligned columns: numbers to 6 significant digits; grouped, each metric as mean ± std."""
+    from jobqueue.service import aligned
+
+    if group_by:
+        header = [*group_by, "jobs", *columns.metrics]
+        cells = [[*(_cell(g["group"][p]) for p in group_by), str(g["jobs"]),
+                  *(_mean_std(g["metrics"].get(k)) for k in columns.metrics)] for g in rows]
+        right = frozenset(range(len(group_by), len(header)))
+    else:
+        header = ["id", "name", "state", *columns.params, "duration_s", *columns.metrics]
+        cells = [[str(r["id"]), r["name"], r["state"], *(_cell(r["params"].get(p)) for p in columns.params),
+                  "" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
+                  *(number_text(r["metrics"].get(k, {}).get("last"), 6) for k in columns.metrics)] for r in rows]
+        first_metric = 4 + len(columns.params)
+        right = frozenset({0, first_metric - 1, *range(first_metric, len(header))})
+    return aligned(header, cells, right=right)
+
+
+def _mean_std(stats: dict | None) -> str:
+    if stats is None:
+        return ""
+    if math.isnan(stats["std"]):  # one job, or an infinity: no spread to show
+        return number_text(stats["mean"], 6)
+    return f"{number_text(stats['mean'], 6)} ± {number_text(stats['std'], 3)}"
+
+
+def write_points_csv(rows: Iterable[dict], out: IO[str]) -> None:
+    rows, writer = _started(rows), csv.writer(out)
+    writer.writerow(["attempt", "key", "step", "value", "wall_time"])
+    for p in rows:
+        writer.writerow([p["attempt"], p["key"], _cell(p["step"]), _cell(p["value"]), _cell(p["wall_time"])])
+
+
+def points_table(rows: Iterable[dict], keys: list[str]) -> Iterator[str]:
+    """`jq metrics JOB` as lines of aligned columns, written as they come: the widths are known beforehand."""
+    key_width = max([len("key"), *map(len, keys)])
+    rows = _started(rows)
+    yield f"{'attempt':>7}  {'key':<{key_width}}  {'step':>12}  value"
+    for p in rows:
+        yield f"{p['attempt']:>7}  {p['key']:<{key_width}}  {number_text(p['step']):>12}  {number_text(p['value'], 6)}"
