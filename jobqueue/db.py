@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from jobqueue import sql
 from jobqueue.errors import UserError
-from jobqueue.paths import BUSY_TIMEOUT_MS, SCHEMA_HEAD, SQLITE_HEADER, data_path, resolve_url, sqlite_path
+from jobqueue.paths import (BUSY_TIMEOUT_MS, SCHEMA_HEAD, SQLITE_HEADER, data_path, redacted, resolve_url, scrub,
+                            sqlite_path)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -248,7 +249,7 @@ def open_db(db: str | None = None, *, create: bool = True) -> Database:
     elif url.startswith("postgresql"):
         database = _open_postgres(url)
     else:
-        raise UserError(f"--db {url}: unsupported database; use a file path or a postgresql+psycopg:// URL")
+        raise UserError(f"--db {redacted(url)}: unsupported database; use a file path or a postgresql+psycopg:// URL")
     try:
         _ensure_schema(database)
     except _database_errors() as exc:
@@ -343,8 +344,14 @@ def _open_postgres(url: str) -> Database:
         ) from None
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    import sqlalchemy as sa
+
     database = Database(url=url, path=None)
-    database.engine  # noqa: B018 - made now, so that a bad URL is reported as one
+    try:
+        database.engine  # noqa: B018 - made now, so that a bad URL is reported as one
+    except (sa.exc.ArgumentError, ValueError) as exc:  # an unknown driver, a port that is not a number
+        raise UserError(f"--db {redacted(url)}: not a PostgreSQL URL SQLAlchemy can read ({scrub(str(exc))}); "
+                        "write postgresql+psycopg://USER@HOST:PORT/DBNAME") from None
     return database
 
 
@@ -410,7 +417,7 @@ def _check_known(revision: str | None, database: Database) -> None:
     known = {script.revision for script in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
     if revision not in known:
         raise UserError(
-            f"{database.path or database.url}: written by a newer jobqueue (schema {revision}); "
+            f"{database.path or redacted(database.url)}: written by a newer jobqueue (schema {revision}); "
             "upgrade jobqueue (pip install -U jobqueue) to open it"
         )
 
@@ -450,8 +457,8 @@ def _run_migrations(database: Database) -> None:
 
 
 def _explain_db_error(database: Database, exc: Exception) -> str:
-    where = database.path or database.url
-    text = " ".join(str(getattr(exc, "orig", exc)).split())  # drivers' messages span lines; ours is one
+    where = database.path or redacted(database.url)
+    text = scrub(" ".join(str(getattr(exc, "orig", exc)).split()))  # drivers' messages span lines; ours is one
     if "not a database" in text or "malformed" in text:
         return f"--db {where}: the file is damaged or not a jobqueue database ({text}); restore it or use a new file"
     if "readonly" in text or "read-only" in text or "unable to open" in text:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 DEFAULT_DB = "jobqueue.db"
 SCHEMA_HEAD = "0002"  # the newest migration; a test checks it against migrations/versions
@@ -17,8 +18,50 @@ def resolve_url(db: str | None) -> str:
     """--db value (a file path or an SQLAlchemy URL), else $JQ_DB, else ./jobqueue.db -> a URL."""
     db = db or os.environ.get("JQ_DB") or DEFAULT_DB
     if "://" in db:
+        _passwords.update(p for password in _url_passwords(db) for p in (password, unquote(password)) if p)
         return db
     return f"sqlite:///{os.path.abspath(db)}"
+
+
+# --- passwords in URLs --------------------------------------------------------------------------------
+# A password is never shown, written to a file or put on a command line (which every user of a node can read).
+# These read a URL as SQLAlchemy does: `user:password@` right after the scheme, the password running to the
+# first "@", or a `password=` in the query, which SQLAlchemy hands to the driver.
+_USERINFO_PASSWORD = re.compile(r"^([\w+]+://[^:/]*):([^@]*)@")
+_QUERY_PASSWORD = re.compile(r"([?&])password=([^&]*)")
+_passwords: set[str] = set()  # of every URL this process has resolved, for scrub()
+REDACTED = "***"
+
+
+def _url_passwords(url: str) -> list[str]:
+    userinfo = _USERINFO_PASSWORD.match(url)
+    return ([userinfo.group(2)] if userinfo else []) + [m.group(2) for m in _QUERY_PASSWORD.finditer(url)]
+
+
+def has_password(url: str) -> bool:
+    return bool(_url_passwords(url))
+
+
+def redacted(url: str) -> str:
+    """The URL as it may be shown: its password, if it has one, as ***."""
+    url = _USERINFO_PASSWORD.sub(rf"\1:{REDACTED}@", url, count=1)
+    return _QUERY_PASSWORD.sub(rf"\1password={REDACTED}", url)
+
+
+def without_password(url: str) -> str:
+    """The URL for a place that must find the password elsewhere (PGPASSFILE, ~/.pgpass, PGSERVICE)."""
+    url = _USERINFO_PASSWORD.sub(r"\1@", url, count=1)
+    base, question, query = url.partition("?")
+    kept = [part for part in query.split("&") if not part.startswith("password=")]
+    return base + (question + "&".join(kept) if any(kept) else "")
+
+
+def scrub(text: str) -> str:
+    """The text with every password of the URLs this process has resolved shown as ***: for error messages
+    that quote a driver or a server, which may repeat what they were given."""
+    for password in sorted(_passwords, key=len, reverse=True):
+        text = text.replace(password, REDACTED)
+    return text
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from jobqueue import queue, settings
 from jobqueue.db import Database
-from jobqueue.paths import sqlite_readonly_connection
+from jobqueue.paths import redacted, sqlite_readonly_connection
 from jobqueue.errors import UserError
 from jobqueue.loader import LoadedSweep, load_sweep
 from jobqueue.report import tail
@@ -51,7 +51,7 @@ def enqueue_plan(db: Database, plan: SweepPlan, max_attempts: int | None = None)
 
 
 def describe_enqueue(result: queue.EnqueueResult, db: Database) -> str:
-    where = os.path.relpath(db.path) if db.path else db.url
+    where = os.path.relpath(db.path) if db.path else redacted(db.url)
     total = result.added + result.existing
     if result.added == 0:
         line = f"Nothing to add: all {total} jobs of run {result.run_name!r} are already in {where}."
