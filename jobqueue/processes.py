@@ -19,20 +19,24 @@ import time
 # The guard: a tiny process (no imports) that a worker starts once and holds a pipe to. The pipe closes when the
 # worker dies, however it dies; then the guard SIGKILLs every process (and its group) whose environment says it
 # was started by that worker -- children that left their group included, which a parent-death signal misses.
-# A worker that ends normally writes "done" first. The guard ignores the signals a terminal, scancel --signal
-# or a shutdown send, and sits in its own session, so it outlives the worker to do its one job.
+# The worker sends the marks down the pipe, each ending in a NUL as in /proc/PID/environ: a command line can be
+# read by every user of the host, and JQ_DB may hold a password. A worker that ends normally writes "done" after
+# them. The guard ignores the signals a terminal, scancel --signal or a shutdown send, and sits in its own
+# session, so it outlives the worker to do its one job.
 _GUARD = r"""
 import os, signal, sys, time
 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
     signal.signal(s, signal.SIG_IGN)
-fd, marks = int(sys.argv[1]), {m.encode() for m in sys.argv[2:]}
+fd = int(sys.argv[1])
 said = b""
 while True:
-    chunk = os.read(fd, 64)
+    chunk = os.read(fd, 4096)
     if not chunk:
         break
     said += chunk
-if said.endswith(b"done"):
+*marks, last = said.split(b"\0")
+marks = set(marks)
+if last == b"done" or not marks:  # no marks: the worker died before it could start a job
     sys.exit(0)
 for _ in range(20):
     found = 0
@@ -68,11 +72,13 @@ class Guard:
         try:
             # close_fds (the default) keeps the write end out of the guard and out of every job: only the worker holds it.
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _GUARD, str(read_end)] + [f"{k}={v}" for k, v in marks.items()],
+                [sys.executable, "-I", "-S", "-c", _GUARD, str(read_end)],
                 pass_fds=(read_end,), stdin=subprocess.DEVNULL, start_new_session=True,
             )
         finally:
             os.close(read_end)
+        # Far below a pipe's buffer, so this never waits for the guard to read.
+        os.write(self._write_end, b"".join(os.fsencode(f"{k}={v}") + b"\0" for k, v in marks.items()))
 
     def stand_down(self) -> None:
         """The worker is ending normally, its jobs are over: the guard leaves without killing anything.
