@@ -4,6 +4,10 @@ one sbatch per experiment, each a worker bound to its one job).
 The sbatch script comes from a template with Sample Factory's variables ($CMD, $FILENAME, $PARTITION,
 $GPU, $CPU, $TIMEOUT) plus $JQ_DB and $JQ_RUN; values are shell-quoted and other $NAMES are left to
 the shell. Workers get `--signal=B:USR1@LEAD --requeue`: on the warning they hand their jobs back.
+
+A DB URL with a password is written into no script and onto no command line: sbatch runs with it in $JQ_DB,
+passes it on to the job with the rest of its environment (Slurm's default, --export=ALL), and the worker,
+given no --db, reads it from there.
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 from jobqueue import queue
 from jobqueue.db import Database
-from jobqueue.paths import data_path
+from jobqueue.paths import data_path, has_password, redacted
 from jobqueue.errors import UserError
 from jobqueue.settings import LaunchSettings
 from jobqueue.states import JobState
@@ -50,13 +54,16 @@ def load_template(path: str | None) -> str:
 
 def fill_template(template: str, *, cmd: list[str], filename: str, partition: str | None, gpus: int, cpus: int,
                   timeout: str, db_url: str, run: str) -> str:
-    """Sample Factory's variables, shell-quoted; unknown $NAMES (like $HOME) stay for the shell."""
+    """Sample Factory's variables, shell-quoted; unknown $NAMES (like $HOME) stay for the shell. So does $JQ_DB
+    when the URL holds a password: the shell reads it from the job's environment."""
     values = {
         # $PARTITION ends with a space, as Sample Factory's: its templates write `sbatch $PARTITION--gres=...`.
         "CMD": shlex.join(cmd), "FILENAME": shlex.quote(filename),
         "PARTITION": f"-p {shlex.quote(partition)} " if partition else "", "GPU": str(gpus), "CPU": str(cpus),
-        "TIMEOUT": shlex.quote(str(timeout)), "JQ_DB": shlex.quote(db_url), "JQ_RUN": shlex.quote(run),
+        "TIMEOUT": shlex.quote(str(timeout)), "JQ_RUN": shlex.quote(run),
     }
+    if not has_password(db_url):
+        values["JQ_DB"] = shlex.quote(db_url)
     return Template(template).safe_substitute(values)
 
 
@@ -81,7 +88,8 @@ def sbatch_argv(settings: LaunchSettings, script: str, output: str, array: str |
 
 def worker_argv(db_url: str, run: str, settings: LaunchSettings, job_id: int | None = None) -> list[str]:
     grace = DEFAULT_GRACE if settings.grace is None else settings.grace
-    argv = [sys.executable, "-m", "jobqueue", "worker", "--db", db_url, "--backend", "slurm", "--grace", f"{grace:g}"]
+    db = [] if has_password(db_url) else ["--db", db_url]  # else it comes in $JQ_DB (see the module's docstring)
+    argv = [sys.executable, "-m", "jobqueue", "worker", *db, "--backend", "slurm", "--grace", f"{grace:g}"]
     if job_id is not None:
         return argv + ["--job", str(job_id)]
     return argv + ["--run", run, "--slots", str(settings.slots)]
@@ -105,19 +113,21 @@ class Submission:
     argv: list[str]
     tasks: int | None
     job_id: int | None = None
+    env: dict[str, str] = field(default_factory=dict)  # for sbatch, which passes it on to the job
 
 
 def plan_submissions(db_url: str, run: str, settings: LaunchSettings, queued: list[dict]) -> list[Submission]:
     s = settings.slurm
     template = load_template(s.sbatch_template)
     fill = dict(partition=s.partition, gpus=s.gpus_per_job, cpus=s.cpus_per_task, timeout=s.timeout, db_url=db_url, run=run)
+    env = {"JQ_DB": db_url} if has_password(db_url) else {}
     if s.mode == "per-job":
         plans = []
         for job in queued:
             path = os.path.abspath(os.path.join(s.workdir, f"sbatch_{job['name']}.sh"))
             script = fill_template(template, cmd=worker_argv(db_url, run, settings, job["id"]), filename=path, **fill)
             output = f"{s.workdir}/{os.path.basename(path)}-slurm-%j.out"
-            plans.append(Submission(path, script, sbatch_argv(settings, path, output), None, job["id"]))
+            plans.append(Submission(path, script, sbatch_argv(settings, path, output), None, job["id"], env=env))
         return plans
     workers = s.workers or len(queued)
     if workers <= 0:
@@ -130,7 +140,8 @@ def plan_submissions(db_url: str, run: str, settings: LaunchSettings, queued: li
         path = os.path.abspath(os.path.join(s.workdir, f"jq_{run}_workers{'_' + str(part) if part else ''}.sh"))
         script = fill_template(template, cmd=worker_argv(db_url, run, settings), filename=path, **fill)
         output = f"{s.workdir}/jq_{run}-%A_%a.out"
-        plans.append(Submission(path, script, sbatch_argv(settings, path, output, array=array, name=f"jq-{run}"), tasks))
+        plans.append(Submission(path, script, sbatch_argv(settings, path, output, array=array, name=f"jq-{run}"), tasks,
+                                env=env))
     return plans
 
 
@@ -153,7 +164,7 @@ def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
     failures, ids = 0, []
     for plan in plans:
         Path(plan.script_path).write_text(plan.script)
-        proc = subprocess.run(plan.argv, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(plan.argv, capture_output=True, text=True, timeout=120, env={**os.environ, **plan.env})
         slurm_id = proc.stdout.strip().split(";")[0] if proc.returncode == 0 else None
         queue.record_submission(db, run_id=run["id"], backend="slurm", mode=s.mode, job_id=plan.job_id,
                                 external_id=slurm_id, tasks=plan.tasks, state="submitted" if slurm_id else "failed",
@@ -178,6 +189,8 @@ def print_plans(plans: list[Submission]) -> None:
     for plan in plans:
         print(f"# {plan.script_path}")
         print(plan.script.rstrip("\n"))
+        for name, value in plan.env.items():
+            print(f"# sbatch runs with {name}={redacted(value)} in its environment: export it to run this line yourself")
         print(shlex.join(plan.argv))
         print()
 
