@@ -4,6 +4,10 @@ Unlike Sample Factory's, the template is split into words with shlex first and t
 replaced inside each word, and the words run without a shell: no value (quotes, `$`, `;`) can break
 out locally. `{{ experiment_cmd }}` is the job's command, shell-quoted for the shell NGC runs it in.
 Job ids are parsed from `--format_type json` and stored with each submission.
+
+NGC jobs run in NVIDIA's cloud and inherit nothing from here, so a DB URL's password cannot travel in the
+environment: the commands carry the URL without it (a command line is seen by NGC, its logs and our DB), and
+the job's container must supply it through libpq's own PGPASSFILE, ~/.pgpass or PGSERVICE.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from jobqueue import queue
 from jobqueue.db import Database
-from jobqueue.paths import resolve_url
+from jobqueue.paths import has_password, redacted, resolve_url, without_password
 from jobqueue.errors import UserError
 from jobqueue.settings import LaunchSettings
 from jobqueue.states import JobState
@@ -70,7 +74,7 @@ def check_settings(db_url: str | None, settings: LaunchSettings) -> None:
     url = resolve_url(db_url)
     if settings.ngc.workers and not is_shared_db(url):
         raise UserError(
-            f"--ngc-workers needs a DB that NGC jobs can reach: {url} is an SQLite file on this machine. "
+            f"--ngc-workers needs a DB that NGC jobs can reach: {redacted(url)} is an SQLite file on this machine. "
             "Use --db postgresql+psycopg://user@host/db (or per-job mode, without --ngc-workers)"
         )
     if not settings.ngc.print_only and shutil.which("ngc") is None:
@@ -78,14 +82,14 @@ def check_settings(db_url: str | None, settings: LaunchSettings) -> None:
 
 
 def _worker_cmd(url: str, extra: list[str]) -> str:
-    return shlex.join(["python", "-m", "jobqueue", "worker", "--db", url, "--backend", "ngc", *extra])
+    return shlex.join(["python", "-m", "jobqueue", "worker", "--db", without_password(url), "--backend", "ngc", *extra])
 
 
 def plan_commands(db_url: str, run: dict, settings: LaunchSettings, queued: list[dict]) -> list[tuple[int | None, list[str]]]:
     """(job id or None for a worker, argv) for every NGC job to submit."""
     words = load_template(settings.ngc.job_template)
     shared = is_shared_db(db_url)
-    base = {"run": run["name"], "db": db_url}
+    base = {"run": run["name"], "db": without_password(db_url)}
     if settings.ngc.workers:
         slots = str(settings.slots)
         return [
@@ -127,13 +131,16 @@ def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
         print(f"{run['name']}: every queued job was already submitted to NGC; nothing to do")
         return 0
     commands = plan_commands(db.url, run, settings, queued)
+    if shared and has_password(db.url):
+        print("jq: warning: the NGC jobs get the DB URL without its password; their container must supply it in a "
+              "PGPASSFILE, ~/.pgpass or PGSERVICE (docs/ngc.md)", file=sys.stderr)
     if settings.ngc.print_only:
         for _, argv in commands:
             print(shlex.join(argv))
         return 0
     if not shared and not settings.ngc.workers:
         queue.update_run_settings(db, run["id"], {"executes": "direct"})
-        print(f"{run['name']}: {db.url} is not reachable from NGC, so each NGC job runs its command directly "
+        print(f"{run['name']}: {redacted(db.url)} is not reachable from NGC, so each NGC job runs its command directly "
               "and this DB records submissions, not execution")
     mode = "workers" if settings.ngc.workers else "per-job"
     total, failures = len(commands), 0
