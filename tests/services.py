@@ -22,6 +22,12 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--"] + argv if os.geteuid() == 0 else argv
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @dataclass
 class Postgres:
     root: Path
@@ -33,12 +39,22 @@ class Postgres:
     def url(self, dbname: str) -> str:
         return f"postgresql+psycopg://postgres@/{dbname}?host={self.root}&port={self.port}"
 
-    def create_database(self, dbname: str) -> str:
+    def create_database(self, dbname: str, owner: str = "postgres") -> str:
+        self._admin(f'CREATE DATABASE "{dbname}" OWNER "{owner}"')
+        return self.url(dbname)
+
+    def create_password_role(self, role: str, password: str, dbname: str) -> str:
+        """A role that must give its password (scram-sha-256), owning a new database: the URL that reaches it over
+        TCP, password included. The Unix socket trusts everyone, so only TCP makes the password matter."""
+        self._admin(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+        self.create_database(dbname, owner=role)
+        return f"postgresql+psycopg://{role}:{password}@127.0.0.1:{self.port}/{dbname}"
+
+    def _admin(self, statement: str) -> None:
         import psycopg
 
         with psycopg.connect(host=str(self.root), port=self.port, user="postgres", dbname="postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-        return self.url(dbname)
+            conn.execute(statement)
 
     def stop(self) -> None:
         subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "stop"]),
@@ -56,20 +72,18 @@ def start_postgres(_tmp: Path) -> Postgres:
     if os.geteuid() == 0:
         user = pwd.getpwnam("postgres")
         os.chown(root, user.pw_uid, user.pw_gid)
-    server = Postgres(root, 15432)
+    # A free port, not a fixed one: it is TCP's too, and other test sessions on this machine run servers of their own.
+    server = Postgres(root, free_port())
     server.run([str(PG_BIN / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres", "--no-sync"])
+    # The tests' URLs come through the Unix socket, which trusts every role. TCP, on 127.0.0.1 only, asks every
+    # role for its password: the way to test one (create_password_role); `postgres` has none, so it cannot.
+    (root / "data" / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
     server.run([str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "pg.log"), "-w", "-o",
-                f"-k {root} -p {server.port} -c listen_addresses='' -c fsync=off -c max_connections=300", "start"])
+                f"-k {root} -p {server.port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300", "start"])
     return server
 
 
 # --- Slurm -------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -152,7 +166,7 @@ def start_slurm(root: Path) -> Slurm:
     host = socket.gethostname().split(".")[0]
     cpus = min(os.cpu_count() or 2, int(subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout.split("CPUs=")[1].split()[0]))
     conf = root / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(host=host, root=root, ctld_port=_free_port(), d_port=_free_port(), cpus=cpus))
+    conf.write_text(SLURM_CONF.format(host=host, root=root, ctld_port=free_port(), d_port=free_port(), cpus=cpus))
     (root / "gres.conf").write_text(f"AutoDetect=off\nNodeName={host} Name=gpu File={root}/dev/nvidia[0-3]\n")
     cluster = Slurm(root, host, {"SLURM_CONF": str(conf)})
     cluster.run("slurmctld", "-f", str(conf))
