@@ -440,6 +440,35 @@ def run_best(source: Database | Reader, run: str, key: str | None = None, minimi
 # --- output ---------------------------------------------------------------------------------------
 
 
+def best_line(run: str, best: dict | None) -> str | None:
+    """`jq status`'s line on a run's metrics (from run_best), or None when it has none."""
+    if best is None:
+        return None
+    skipped = _skipped(best["skipped"], "bad metric line or record", "bad metric lines or records")
+    if best["job"] is None:
+        line = f"{run}: no metric values yet" if best["key"] is None else f"{run}: no job has a number for {best['key']} yet"
+        return line + (f"; {skipped}" if skipped else "")
+    job = best["job"]
+    at = "" if job["last_step"] is None else f" at step {job['last_step']}"
+    lowest = " (lowest)" if best["minimize"] else ""
+    line = f"{run}: best on {best['key']}{lowest} so far: job {job['id']} {job['name']}, {number_text(job['last'], 6)}{at}"
+    return line + (f"; {skipped}" if skipped else "")
+
+
+def _skipped(n: int, one: str, many: str) -> str:
+    return "" if not n else f"{n} {one if n == 1 else many} skipped"
+
+
+def source_lines(sources: list[dict]) -> list[str]:
+    """`jq metrics`'s account of where a job's points came from, a line per file (from metric_sources)."""
+    lines = []
+    for s in sources:
+        what = ("bad line", "bad lines") if s["kind"] == readers.JSONL else ("bad record", "bad records")
+        bad = _skipped(s["skipped"], *what)
+        lines.append(f"attempt {s['attempt']}: {s['points']} points from {s['path']}" + (f", {bad}" if bad else ""))
+    return lines
+
+
 def number_text(value, digits: int | None = None) -> str:
     """A number as jq prints it: NaN, Infinity and -Infinity spelled out, floats to `digits` significant digits
     (all of them when None), empty for None."""

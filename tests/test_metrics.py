@@ -17,7 +17,15 @@ from tensorboardX.proto.tensor_pb2 import TensorProto
 
 from jobqueue import queue, results
 from jobqueue.db import open_db
-from jobqueue.metrics import JSONL, Point, find_event_files, job_sources, metrics_file_for, read_event_file, read_jsonl
+from jobqueue.metrics import (
+    JSONL,
+    Point,
+    find_event_files,
+    job_sources,
+    metrics_file_for,
+    read_event_file,
+    read_jsonl,
+)
 from jobqueue.states import AttemptState
 from jobqueue.sweep import JobSpec
 from tests.conftest import REPO
@@ -271,6 +279,9 @@ def test_a_resumed_job_keeps_both_attempts_points_and_its_summary_spans_them(pro
     assert math.isnan(points[3]["value"]) and points[-1]["value"] == 100.5
     sources = results.metric_sources(db, job.job_id)
     assert [(s["attempt"], s["kind"], s["points"], s["skipped"]) for s in sources] == [(1, JSONL, 18, 1), (2, JSONL, 13, 0)]
+    assert results.source_lines(sources) == [f"attempt 1: 18 points from {sources[0]['path']}, 1 bad line skipped",
+                                             f"attempt 2: 13 points from {sources[1]['path']}"]
+    assert results.best_line("sweep", results.run_best(db, "sweep")).endswith("100.5 at step 100; 1 bad metric line or record skipped")
     assert results.job_metric_keys(db, job.job_id) == ["reward", "loss", "x"]
 
 
@@ -324,7 +335,9 @@ def test_results_sort_best_first_with_nan_last_and_group_over_seeds(project, tmp
     best = results.run_best(db, "sweep")
     assert best == {"key": "reward", "minimize": False, "job": {"id": sweep.ids[4], "name": "04_j", "last": 24.0, "last_step": 2},
                     "skipped": 0}
-    assert results.run_best(db, "sweep", "loss", minimize=True)["job"]["id"] == sweep.ids[5]
+    assert results.best_line("sweep", best) == f"sweep: best on reward so far: job {sweep.ids[4]} 04_j, 24 at step 2"
+    lowest = results.run_best(db, "sweep", "loss", minimize=True)
+    assert results.best_line("sweep", lowest) == f"sweep: best on loss (lowest) so far: job {sweep.ids[5]} 05_j, 0.166667 at step 2"
     for call, message in [
         (lambda: results.results(db, "sweep", sort="acc"), "--sort acc: no job of run 'sweep' has logged this metric"),
         (lambda: results.results(db, "sweep", group_by=["batch"]), "--group-by batch: no job of run 'sweep' has this parameter"),
