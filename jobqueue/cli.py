@@ -205,8 +205,10 @@ def sql(
 def worker(
     gpu: Optional[str] = typer.Option(None, "--gpu", help="GPUs for this worker's jobs: 0, or 0,1 (each job gets both), or none (default: CUDA_VISIBLE_DEVICES as inherited)."),
     slots: int = typer.Option(1, "--slots", min=1, help="How many jobs run at once."),
-    run: Optional[str] = typer.Option(None, "--run", help="Only take jobs of this run (default: any run, oldest job first)."),
-    job: Optional[int] = typer.Option(None, "--job", help="Only take this one job (Slurm/NGC per-job mode)."),
+    run: Optional[str] = typer.Option(None, "--run", help="Only take jobs of this run (default: any run, oldest job first).",
+                                     autocompletion=completion.run_names),
+    job: Optional[int] = typer.Option(None, "--job", help="Only take this one job (Slurm/NGC per-job mode).",
+                                     autocompletion=completion.job_ids),
     experiments_per_gpu: int = typer.Option(-1, "--experiments-per-gpu", help="With --gpu 0,1,...: pin each job to ONE of them, the least busy, at most K jobs per GPU."),
     wait: bool = typer.Option(False, "--wait", help="Keep polling for new jobs until SIGTERM instead of exiting when the queue is drained."),
     pause_between: float = typer.Option(0.0, "--pause-between", min=0, help="Seconds between two job starts (Sample Factory's throttle; 0 here)."),
@@ -309,7 +311,8 @@ def launch(
 
 @command()
 def resume(
-    run: Optional[str] = typer.Argument(None, help="Only this run (default: every run with queued jobs)."),
+    run: Optional[str] = typer.Argument(None, help="Only this run (default: every run with queued jobs).",
+                                     autocompletion=completion.run_names),
     failed: bool = typer.Option(False, "--failed", help="Also queue failed and timed-out jobs again."),
     requeue_only: bool = typer.Option(False, "--requeue-only", help="Requeue and clean up, but start no workers."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Override the backend recorded by jq launch."),
@@ -341,7 +344,7 @@ def resume(
 
 @command()
 def cancel(
-    targets: Optional[List[str]] = typer.Argument(None, help="A run name, or job ids."),
+    targets: Optional[List[str]] = typer.Argument(None, help="A run name, or job ids.", autocompletion=completion.runs_or_job_ids),
     db: Optional[str] = DbOption,
 ) -> None:
     """Cancel a run's (or some jobs') queued and running jobs; running ones are terminated and recorded as cancelled."""
@@ -352,7 +355,8 @@ def cancel(
 
 @command()
 def retry(
-    targets: Optional[List[str]] = typer.Argument(None, help="A run name, or job ids (default: every run)."),
+    targets: Optional[List[str]] = typer.Argument(None, help="A run name, or job ids (default: every run).",
+                                              autocompletion=completion.runs_or_job_ids),
     failed: bool = typer.Option(False, "--failed", help="Only failed jobs (not timed-out or cancelled ones)."),
     db: Optional[str] = DbOption,
 ) -> None:
