@@ -143,9 +143,7 @@ def set_job_limits(db: Database, run_id: int, *, timeout: float | None, max_atte
 def find_run(tx: Transaction, name: str) -> dict:
     rows = tx.dicts("SELECT * FROM runs WHERE name = :name", {"name": name})
     if not rows:
-        from jobqueue.report import unknown_run
-
-        raise unknown_run(name, [n for (n,) in tx.all("SELECT name FROM runs ORDER BY id")])
+        raise sql.unknown_run(name, [n for (n,) in tx.all("SELECT name FROM runs ORDER BY id")])
     return rows[0]
 
 
@@ -165,13 +163,12 @@ def only_run(db: Database) -> dict | None:
 
 def status_counts(db: Database, run: str | None = None) -> list[tuple[str, str, int]]:
     """(run name, state, jobs) for every run, or one: the same SQL as `jq status`."""
-    from jobqueue.report import COUNTS_FOR_RUN_SQL, COUNTS_SQL
 
     def _counts(tx: Transaction):
         if run is None:
-            return [tuple(r) for r in tx.all(COUNTS_SQL)]
+            return [tuple(r) for r in tx.all(sql.COUNTS_SQL)]
         find_run(tx, run)
-        return [tuple(r) for r in tx.all(COUNTS_FOR_RUN_SQL, {"run": run})]
+        return [tuple(r) for r in tx.all(sql.COUNTS_FOR_RUN_SQL, {"run": run})]
 
     return db.transact(_counts, write=False)
 

@@ -11,21 +11,13 @@ import os
 from collections import deque
 
 from jobqueue import sql
+from jobqueue.sql import COUNTS_SQL, unknown_run
 from jobqueue.db import Transaction, open_db
-from jobqueue.errors import UserError
 from jobqueue.states import DISPLAY_ORDER
 from jobqueue.paths import current_sqlite_file, resolve_url, sqlite_readonly_connection
 
 STATES = tuple(state.value for state in DISPLAY_ORDER)
 
-# Counting per run_id first keeps it an index-only scan of ix_jobs_run_state_id.
-_COUNTS = (
-    "SELECT r.name, c.state, c.n FROM runs r JOIN "
-    "(SELECT run_id, state, count(*) AS n FROM jobs {where} GROUP BY run_id, state) c ON c.run_id = r.id ORDER BY r.id, c.state"
-)
-COUNTS_SQL = _COUNTS.format(where="")
-# One run's counts scan only its part of the index (the progress view asks twice a second).
-COUNTS_FOR_RUN_SQL = _COUNTS.format(where="WHERE run_id = (SELECT id FROM runs WHERE name = :run)")
 RUNS_SQL = "SELECT name, settings FROM runs ORDER BY id"
 # A run's newest failed jobs: a backward walk of ix_jobs_run_state_id that stops after :shown rows, however many failed.
 FAILED_SQL = (
@@ -37,11 +29,6 @@ SUBMISSIONS_SQL = (
     "SELECT r.name, s.backend, s.mode, s.external_id, s.tasks, s.state, s.job_id, s.exit_code "
     "FROM submissions s JOIN runs r ON r.id = s.run_id ORDER BY s.id"
 )
-
-
-def unknown_run(name: str, known: list[str]) -> UserError:
-    listed = ", ".join(known[-5:]) if known else "none yet; run `jq enqueue SWEEP`"
-    return UserError(f"no run named {name!r} in this DB (runs: {listed}); check the name or --db")
 
 
 class Reader:

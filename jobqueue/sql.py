@@ -4,6 +4,9 @@ Queries are written once with `:name` parameters (`?` in many-row inserts, whose
 for the database's clock and `{ago}` for it less `:lease_seconds`; `render()` turns them into each
 driver's dialect. Rows come back as SQLAlchemy would give them: JSON columns decoded,
 time columns (named `*_at`, a rule a test checks against models.py) as naive UTC datetimes.
+
+It also holds the few queries that both queue.py and `jq status` run: report.py reads the DB without
+importing queue, whose import `jq status` does not need.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import functools
 import json
 import re
 from datetime import datetime
+
+from jobqueue.errors import UserError
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -86,3 +91,20 @@ def from_json(value):
 
 def _decode_time(value):
     return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+# --- queries that queue.py and `jq status` (report.py, which does not import queue) both run -----------
+
+# Counting per run_id first keeps it an index-only scan of ix_jobs_run_state_id.
+_COUNTS = (
+    "SELECT r.name, c.state, c.n FROM runs r JOIN "
+    "(SELECT run_id, state, count(*) AS n FROM jobs {where} GROUP BY run_id, state) c ON c.run_id = r.id ORDER BY r.id, c.state"
+)
+COUNTS_SQL = _COUNTS.format(where="")
+# One run's counts scan only its part of the index (the progress view asks twice a second).
+COUNTS_FOR_RUN_SQL = _COUNTS.format(where="WHERE run_id = (SELECT id FROM runs WHERE name = :run)")
+
+
+def unknown_run(name: str, known: list[str]) -> UserError:
+    listed = ", ".join(known[-5:]) if known else "none yet; run `jq enqueue SWEEP`"
+    return UserError(f"no run named {name!r} in this DB (runs: {listed}); check the name or --db")
