@@ -139,12 +139,12 @@ class Worker:
                     thread = threading.Thread(target=self._slot_loop, args=(slot,), name=f"slot-{index}", daemon=True)
                     thread.start()
                     threads.append(thread)
-                # The guard's interpreter takes a core for its first ~20 ms: started after the slot threads, which
+                # The guard's interpreter takes a core while it starts: started after the slot threads, which
                 # it would otherwise slow down, and before any job, which it must be there to kill.
                 guard = Guard(self.marks)
             finally:
                 # All slots set off together: their first claims share a transaction, and their first jobs start
-                # within a few milliseconds of each other.
+                # together.
                 self.all_slots_started.set()
             self._supervise(threads)
             for thread in threads:
