@@ -1,7 +1,9 @@
 """Queue operations: each move of a job is one function and one transaction, named after what it does.
 
 enqueue -> claim_next_job -> record_pid -> finish_attempt; requeue_jobs_of_dead_worker, cancel_jobs and
-retry_jobs move jobs back or out. The allowed moves are listed in states.py.
+retry_jobs move jobs back or out. The allowed moves are listed once, in states.py: every UPDATE of a job's or an
+attempt's state says which states it moves from (states.job_state_is), so it cannot overwrite a state it did
+not expect -- on PostgreSQL, say, a job that succeeded while `jq cancel` was looking at it.
 
 Each is plain SQL on the driver's connection, the same text for SQLite and PostgreSQL (see sql.py): a
 launch or a worker never imports SQLAlchemy, which on SQLite costs more than all the statements of a
@@ -23,7 +25,9 @@ from jobqueue import sql
 from jobqueue.db import Database, Transaction
 from jobqueue.errors import UserError
 from jobqueue.processes import crash_point
-from jobqueue.states import AttemptState, JobState
+from jobqueue.states import (
+    JOB_MOVES, UNFINISHED, AttemptState, JobState, Operation, attempt_state_is, from_states, job_state_is, literal, state_in,
+)
 from jobqueue.sweep import JobSpec
 
 DEFAULT_LEASE_SECONDS = 60.0
@@ -121,7 +125,7 @@ def update_run_settings(db: Database, run_id: int, settings: dict) -> None:
     db.transact(lambda tx: _merge_run_settings(tx, run_id, settings, recorded_wins=False))
 
 
-_UNFINISHED_OF_RUN = "run_id = :run_id AND state IN ('queued', 'running')"
+_UNFINISHED_OF_RUN = f"run_id = :run_id AND {state_in('state', UNFINISHED)}"
 
 
 def set_job_limits(db: Database, run_id: int, *, timeout: float | None, max_attempts: int | None) -> None:
@@ -273,6 +277,9 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
+_NOT_RUNNING = f"state != {literal(AttemptState.RUNNING)}"
+
+
 def heartbeat(db: Database, worker_id: int, attempt_ids: list[int]) -> list[int] | None:
     """Mark the worker alive; return its attempts that are no longer its to run (cancelled, taken away).
 
@@ -287,7 +294,7 @@ def heartbeat(db: Database, worker_id: int, attempt_ids: list[int]) -> list[int]
         if not attempt_ids:
             return []
         listed, params = sql.expand("attempt", attempt_ids)
-        return [r[0] for r in tx.all(f"SELECT id FROM attempts WHERE id IN ({listed}) AND state != 'running'", params)]
+        return [r[0] for r in tx.all(f"SELECT id FROM attempts WHERE id IN ({listed}) AND {_NOT_RUNNING}", params)]
 
     return db.transact(_beat)
 
@@ -315,7 +322,7 @@ class ClaimedJob:
 
 def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
     """Take the oldest queued job: one statement, guarded by its state so that two claimers never share one."""
-    oldest = "SELECT id FROM jobs WHERE state = 'queued'"
+    oldest = f"SELECT id FROM jobs WHERE {job_state_is(Operation.CLAIM, JobState.RUNNING)}"
     if by_run:
         oldest += " AND run_id = :run_id"
     if by_job:
@@ -324,9 +331,9 @@ def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
     if dialect == sql.POSTGRESQL:
         oldest += " FOR UPDATE SKIP LOCKED"  # SQLite's BEGIN IMMEDIATE already serializes
     return (
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = :worker_id, started_at = {now}, "
-        "updated_at = {now}, ended_at = NULL, exit_code = NULL, signal = NULL "
-        f"WHERE state = 'queued' AND id = ({oldest}) "
+        f"UPDATE jobs SET state = {literal(JobState.RUNNING)}, attempts = attempts + 1, worker_id = :worker_id, "
+        "started_at = {now}, updated_at = {now}, ended_at = NULL, exit_code = NULL, signal = NULL "
+        f"WHERE {job_state_is(Operation.CLAIM, JobState.RUNNING)} AND id = ({oldest}) "
         "RETURNING id, run_id, name, argv, env, cwd, log_dir, attempts, timeout"
     )
 
@@ -334,7 +341,8 @@ def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
 _CLAIM_QUERIES = {(d, r, j): _claim_query(d, r, j) for d in (sql.SQLITE, sql.POSTGRESQL) for r in (0, 1) for j in (0, 1)}
 _OPEN_ATTEMPT = (
     "INSERT INTO attempts (job_id, number, worker_id, host, gpus, slot, state, started_at, log_path) "
-    "VALUES (:job_id, :number, :worker_id, :host, :gpus, :slot, 'running', {now}, :log_path) RETURNING id"
+    f"VALUES (:job_id, :number, :worker_id, :host, :gpus, :slot, {literal(AttemptState.RUNNING)}, {{now}}, :log_path) "
+    "RETURNING id"
 )
 
 
@@ -388,16 +396,34 @@ _AFTER = {
     AttemptState.INTERRUPTED: (JobState.QUEUED, False),
     AttemptState.CANCELLED: (JobState.CANCELLED, False),
 }
-_MOVE_JOB = (
-    "UPDATE jobs SET state = CASE WHEN :retry AND failures + 1 < max_attempts THEN 'queued' ELSE :final END, "
-    "failures = failures + :failed, exit_code = :exit_code, signal = :signal, worker_id = NULL, updated_at = {now}, "
-    "ended_at = {now} "
-    "WHERE id = :job_id AND state = 'running' AND attempts = :number AND worker_id = :worker_id RETURNING state"
-)
-_CLOSE_ATTEMPT = (
-    "UPDATE attempts SET state = :outcome, ended_at = {now}, exit_code = :exit_code, signal = :signal, reason = :reason, "
-    "pid = COALESCE(pid, :pid) WHERE id = :attempt_id AND state = 'running'"
-)
+
+
+def _move_job_query(outcome: AttemptState) -> str:
+    """The job's move when its attempt ends with `outcome`: guarded by the job's state and by whose attempt it is."""
+    final, retry = _AFTER[outcome]
+    if retry:
+        state = (f"state = CASE WHEN failures + 1 < max_attempts THEN {literal(JobState.QUEUED)} ELSE {literal(final)} END, "
+                 "failures = failures + 1")
+        targets = (final, JobState.QUEUED)
+    else:
+        state, targets = f"state = {literal(final)}", (final,)
+    return (
+        f"UPDATE jobs SET {state}, exit_code = :exit_code, signal = :signal, worker_id = NULL, updated_at = {{now}}, "
+        "ended_at = {now} "
+        f"WHERE id = :job_id AND {job_state_is(Operation.FINISH, *targets)} AND attempts = :number "
+        "AND worker_id = :worker_id RETURNING state"
+    )
+
+
+def _close_attempt_query(outcome: AttemptState) -> str:
+    return (
+        f"UPDATE attempts SET state = {literal(outcome)}, ended_at = {{now}}, exit_code = :exit_code, signal = :signal, "
+        f"reason = :reason, pid = COALESCE(pid, :pid) WHERE id = :attempt_id AND {attempt_state_is(Operation.FINISH, outcome)}"
+    )
+
+
+_MOVE_JOB = {outcome: _move_job_query(outcome) for outcome in _AFTER}
+_CLOSE_ATTEMPT = {outcome: _close_attempt_query(outcome) for outcome in _AFTER}
 
 
 @dataclass
@@ -427,14 +453,12 @@ def record_finished(db: Database, finished: Finished, worker_id: int) -> JobStat
 
 
 def _finish(tx: Transaction, f: Finished, worker_id: int) -> JobState | None:
-    final, retry = _AFTER[f.outcome]
     params = {"job_id": f.job.job_id, "number": f.job.number, "worker_id": worker_id, "attempt_id": f.job.attempt_id,
-              "outcome": f.outcome.value, "final": final.value, "retry": retry, "failed": int(retry),
               "exit_code": f.exit_code, "signal": f.signal, "reason": f.reason, "pid": f.pid}
-    moved = tx.first(_MOVE_JOB, params)
+    moved = tx.first(_MOVE_JOB[f.outcome], params)
     if moved is None:
         return None
-    tx.execute(_CLOSE_ATTEMPT, params)
+    tx.execute(_CLOSE_ATTEMPT[f.outcome], params)
     return JobState(moved[0])
 
 
@@ -494,8 +518,20 @@ def attempt_states(db: Database, attempt_ids: list[int]) -> dict[int, str]:
 
 def running_attempts_of(db: Database, worker_ids: list[int]) -> list[dict]:
     listed, params = sql.expand("worker", worker_ids)
-    query = f"SELECT * FROM attempts WHERE worker_id IN ({listed}) AND state = 'running'"
+    query = f"SELECT * FROM attempts WHERE worker_id IN ({listed}) AND {state_in('state', [AttemptState.RUNNING])}"
     return db.transact(lambda tx: tx.dicts(query, params), write=False)
+
+
+# Jobs before attempts, in the order finish_attempt and cancel_jobs lock them, so that on PostgreSQL these
+# transactions wait for each other instead of deadlocking.
+_REQUEUE_JOBS_OF_WORKER = (
+    f"UPDATE jobs SET state = {literal(JobState.QUEUED)}, worker_id = NULL, updated_at = {{now}} "
+    f"WHERE worker_id = :worker_id AND {job_state_is(Operation.REQUEUE_LOST, JobState.QUEUED)} RETURNING id"
+)
+_LOSE_ATTEMPTS_OF_WORKER = (
+    f"UPDATE attempts SET state = {literal(AttemptState.LOST)}, ended_at = {{now}}, reason = :reason "
+    f"WHERE worker_id = :worker_id AND {attempt_state_is(Operation.REQUEUE_LOST, AttemptState.LOST)}"
+)
 
 
 def requeue_jobs_of_dead_worker(db: Database, worker: LostWorker) -> list[int]:
@@ -508,12 +544,9 @@ def requeue_jobs_of_dead_worker(db: Database, worker: LostWorker) -> list[int]:
         params = {"worker_id": worker.id, "reason": f"worker {worker.id} lost: {worker.why}"}
         if not tx.execute(_STOP_WORKER, params):
             return []  # another reaper got there first
-        tx.execute("UPDATE attempts SET state = 'lost', ended_at = {now}, reason = :reason "
-                   "WHERE worker_id = :worker_id AND state = 'running'", params)
-        return [r[0] for r in tx.all(
-            "UPDATE jobs SET state = 'queued', worker_id = NULL, updated_at = {now} "
-            "WHERE worker_id = :worker_id AND state = 'running' RETURNING id", params,
-        )]
+        requeued = [r[0] for r in tx.all(_REQUEUE_JOBS_OF_WORKER, params)]
+        tx.execute(_LOSE_ATTEMPTS_OF_WORKER, params)
+        return requeued
 
     return db.transact(_requeue)
 
@@ -541,32 +574,47 @@ def select_job_ids(tx: Transaction, run: str | None, job_ids: list[int] | None, 
     return sorted(i for i, (state, in_run) in found.items() if state in states and run_id in (None, in_run))
 
 
+# The jobs selected may have moved on by the time they are updated (PostgreSQL reads committed rows): each
+# UPDATE moves only those still in a state it may move from, and says which it moved.
+_CANCELLABLE_STATES = from_states(JOB_MOVES, Operation.CANCEL, JobState.CANCELLED)
+_CANCELLABLE = state_in("state", _CANCELLABLE_STATES)
+_CANCELLABLE_ATTEMPT = attempt_state_is(Operation.CANCEL, AttemptState.CANCELLED)
+_RETRYABLE = from_states(JOB_MOVES, Operation.RETRY, JobState.QUEUED)
+
+
 def cancel_jobs(db: Database, run: str | None = None, job_ids: list[int] | None = None) -> tuple[int, list[dict]]:
-    """Cancel queued and running jobs. Returns (how many, the running attempts whose processes must stop)."""
+    """Cancel queued and running jobs. Returns (how many, the attempts it cancelled, whose processes must stop)."""
 
     def _cancel(tx: Transaction):
-        ids = select_job_ids(tx, run, job_ids, [JobState.QUEUED.value, JobState.RUNNING.value])
-        running = []
+        ids = select_job_ids(tx, run, job_ids, [s.value for s in _CANCELLABLE_STATES])
+        cancelled, attempts = 0, []
         for listed, params in sql.in_lists("job", ids):
-            running += tx.dicts(f"SELECT * FROM attempts WHERE job_id IN ({listed}) AND state = 'running'", params)
-            tx.execute("UPDATE attempts SET state = 'cancelled', ended_at = {now}, reason = 'cancelled by jq cancel' "
-                       f"WHERE job_id IN ({listed}) AND state = 'running'", params)
-            tx.execute("UPDATE jobs SET state = 'cancelled', worker_id = NULL, updated_at = {now}, ended_at = {now} "
-                       f"WHERE id IN ({listed})", params)
-        return len(ids), running
+            moved = [r[0] for r in tx.all(
+                f"UPDATE jobs SET state = {literal(JobState.CANCELLED)}, worker_id = NULL, updated_at = {{now}}, "
+                f"ended_at = {{now}} WHERE id IN ({listed}) AND {_CANCELLABLE} RETURNING id", params)]
+            cancelled += len(moved)
+            if moved:  # only the attempts of jobs this cancel moved: a job that has just ended keeps its attempt
+                listed_moved, params_moved = sql.expand("job", moved)
+                attempts += tx.dicts(
+                    f"UPDATE attempts SET state = {literal(AttemptState.CANCELLED)}, ended_at = {{now}}, "
+                    f"reason = 'cancelled by jq cancel' WHERE job_id IN ({listed_moved}) AND {_CANCELLABLE_ATTEMPT} "
+                    "RETURNING *", params_moved)
+        return cancelled, attempts
 
     return db.transact(_cancel)
 
 
 def retry_jobs(db: Database, run: str | None = None, job_ids: list[int] | None = None, failed_only: bool = False) -> int:
     """Put failed (and, unless failed_only, timed-out and cancelled) jobs back in the queue."""
-    states = [JobState.FAILED.value] if failed_only else [JobState.FAILED.value, JobState.TIMEOUT.value, JobState.CANCELLED.value]
+    states = [s for s in _RETRYABLE if s == JobState.FAILED or not failed_only]
+    retryable = state_in("state", states)
 
     def _retry(tx: Transaction):
-        ids = select_job_ids(tx, run, job_ids, states)
-        for listed, params in sql.in_lists("job", ids):
-            tx.execute(f"UPDATE jobs SET state = 'queued', failures = 0, updated_at = {{now}} WHERE id IN ({listed})", params)
-        return len(ids)
+        retried = 0
+        for listed, params in sql.in_lists("job", select_job_ids(tx, run, job_ids, [s.value for s in states])):
+            retried += tx.execute(f"UPDATE jobs SET state = {literal(JobState.QUEUED)}, failures = 0, "
+                                  f"updated_at = {{now}} WHERE id IN ({listed}) AND {retryable}", params)
+        return retried
 
     return db.transact(_retry)
 
