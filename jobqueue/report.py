@@ -26,7 +26,7 @@ FAILED_SQL = (
     "WHERE j.run_id = (SELECT id FROM runs WHERE name = :run) AND j.state = 'failed' ORDER BY j.id DESC LIMIT :shown"
 )
 SUBMISSIONS_SQL = (
-    "SELECT r.name, s.backend, s.mode, s.external_id, s.tasks, s.state, s.job_id, s.exit_code "
+    "SELECT r.name, s.id, s.backend, s.mode, s.external_id, s.tasks, s.state, s.job_id, s.exit_code "
     "FROM submissions s JOIN runs r ON r.id = s.run_id ORDER BY s.id"
 )
 
@@ -74,11 +74,11 @@ def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, f
     failed = {name: _newest_failed(reader, name, failed_shown, tail_lines) if counts[name]["failed"] else []
               for name in names}
     submissions: dict[str, list] = {name: [] for name in names}
-    for name, backend, mode, external_id, tasks, state, job_id, exit_code in reader.rows(SUBMISSIONS_SQL):
+    for name, sub_id, backend, mode, external_id, tasks, state, job_id, exit_code in reader.rows(SUBMISSIONS_SQL):
         if name in submissions:
-            submissions[name].append({"backend": backend, "mode": mode, "external_id": external_id, "tasks": tasks,
-                                      "state": state, "job_id": job_id, "exit_code": exit_code})
-    _add_live_slurm_states([s for subs in submissions.values() for s in subs])
+            submissions[name].append({"id": sub_id, "backend": backend, "mode": mode, "external_id": external_id,
+                                      "tasks": tasks, "state": state, "job_id": job_id, "exit_code": exit_code})
+    _add_live_states([s for subs in submissions.values() for s in subs])
     return {"runs": [
         {"run": name, "counts": counts[name], "total": sum(counts[name].values()), "failed": failed[name],
          "submissions": submissions[name], "executes": (settings[name] or {}).get("executes", "workers")}
@@ -97,15 +97,17 @@ def _json(value):
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _add_live_slurm_states(submissions: list[dict]) -> None:
-    """A Slurm submission still marked submitted shows its live state from squeue."""
-    live = [s for s in submissions if s["backend"] == "slurm" and s["state"] == "submitted" and s["external_id"]]
-    if live:
-        from jobqueue.backends.slurm import describe_states
+def _add_live_states(submissions: list[dict]) -> None:
+    """Each submission shows its live state, where its backend can tell one (Slurm's from squeue)."""
+    from jobqueue.backends.base import get_backend
 
-        states = describe_states([s["external_id"] for s in live])
-        for s in live:
-            s["state"] = states.get(s["external_id"], s["state"])
+    by_backend: dict[str, list[dict]] = {}
+    for s in submissions:
+        by_backend.setdefault(s["backend"], []).append(s)
+    for name, subs in by_backend.items():
+        states = get_backend(name).live_states(subs)
+        for s in subs:
+            s["state"] = states.get(s["id"], s["state"])
 
 
 def print_status(report: dict, console) -> None:
