@@ -46,7 +46,7 @@ def job_processes(db: str) -> list:
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
-            if env.get("JQ_DB", "").endswith(db.split("/")[-1]) and "JQ_ATTEMPT_ID" in env and proc.status() != psutil.STATUS_ZOMBIE:
+            if env.get("JQ_DB", "").endswith(db) and "JQ_ATTEMPT_ID" in env and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except psutil.Error:
             continue
