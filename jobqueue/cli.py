@@ -58,7 +58,10 @@ def command(name: Optional[str] = None, **options):
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A line for the user on stderr, with any DB password this process knows shown as ***."""
+    from jobqueue.paths import scrub
+
+    print(scrub(message), file=sys.stderr, flush=True)
 
 
 def _open(db: Optional[str], create: bool = True):
@@ -124,8 +127,11 @@ def status(
     refresh: bool = typer.Option(False, "--refresh", help="Ask the backend (NGC) for the state of submitted jobs first."),
     watch: bool = typer.Option(False, "--watch", "-w", help="Show the run's live progress (as jq launch does) until no job is queued or running; exits 1 if a job failed. For runs whose workers run elsewhere (Slurm, NGC, other hosts)."),
     interval: float = typer.Option(2.0, "--interval", min=0.1, help="With --watch: seconds between readings."),
+    sort: Optional[str] = typer.Option(None, "--sort", help="Show the best job so far on this metric (default: the run's first-logged)."),
+    minimize: bool = typer.Option(False, "--min", help="With --sort: the best is the lowest."),
 ) -> None:
-    """Jobs per state for each run, the last lines of failed jobs' logs, and the run's Slurm/NGC submissions."""
+    """Jobs per state for each run, the last lines of failed jobs' logs, the run's Slurm/NGC submissions, and its
+    best job so far on a metric."""
     from jobqueue import report as reports
 
     if watch:
@@ -141,15 +147,23 @@ def status(
         from jobqueue import service
 
         service.refresh_submissions(_open(db, create=False), run)
+    from jobqueue import results
+
     reader = reports.open_reader(db)
     try:
         report = reports.status_report(reader, run)
+        for r in report["runs"]:
+            r["best"] = results.run_best(reader, r["run"], sort, minimize, strict=run is not None)
     finally:
         reader.close()
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
     reports.print_status(report, _console())
+    for r in report["runs"]:
+        line = results.best_line(r["run"], r["best"])
+        if line:
+            print(line)
 
 
 @command("list")
@@ -191,11 +205,93 @@ def sql(
     as_json: bool = typer.Option(False, "--json", help="Rows as a JSON array of objects."),
     as_csv: bool = typer.Option(False, "--csv", help="Rows as CSV with a header."),
 ) -> None:
-    """Run a read-only SQL query on the queue (tables: runs, jobs, attempts, workers, submissions)."""
+    """Run a read-only SQL query on the queue (tables: runs, jobs, attempts, workers, submissions, metric_points,
+    metric_summaries, metric_sources; docs/database.md has recipes)."""
     from jobqueue import service
 
     columns, rows = service.read_only_query(_open(db, create=False), query)
     service.print_rows(columns, rows, as_json=as_json, as_csv=as_csv, console=_console())
+
+
+TABLE_METRICS = 4  # metric columns the results table shows unless --metric says which
+
+
+@command("results")
+def show_results(
+    run: str = typer.Argument(..., help="The run.", autocompletion=completion.run_names),
+    sort: Optional[str] = typer.Option(None, "--sort", help="Best first by this metric's last value (highest first; NaN last)."),
+    minimize: bool = typer.Option(False, "--min", help="With --sort: lowest first, for losses."),
+    group_by: Optional[List[str]] = typer.Option(None, "--group-by", help="One row per value of this parameter (repeat it, or lr,seed, for combinations): the mean ± std over its jobs (seeds, say) of each metric's last value."),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="Only this metric (repeat it for several). Default: all with --json and --csv; the table shows the first few, since a Sample Factory run logs 51."),
+    db: Optional[str] = DbOption,
+    as_json: bool = typer.Option(False, "--json", help='A JSON list: {"id", "name", "state", "params", "duration_s", "metrics": {KEY: {"last", "last_step", "min", "max", "count"}}} per job, or {"group", "jobs", "metrics": {KEY: {"mean", "std", "min", "max"}}} per group.'),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV: each metric's last value per job; grouped, KEY.mean, KEY.std, KEY.min, KEY.max."),
+) -> None:
+    """What each job of a run achieved: one row per job (its parameters, duration over its attempts and each
+    metric's last value), or per --group-by combination.
+
+    Jobs log metrics with jobqueue.log_metrics(step=..., reward=...) or TensorBoard event files under their
+    {--train_dir}/{--experiment}/ (Sample Factory's); the worker stores them as the jobs run.
+    """
+    from jobqueue import report as reports
+    from jobqueue import results
+
+    group_by = [name for given in group_by or [] for name in given.split(",") if name]
+    reader = reports.open_reader(db)
+    try:
+        columns = results.result_columns(reader, run, metric or ())
+        hidden = 0
+        if not (metric or as_json or as_csv) and len(columns.metrics) > TABLE_METRICS:
+            shown = ([sort] if sort in columns.metrics else []) + [k for k in columns.metrics if k != sort]
+            hidden = len(shown) - TABLE_METRICS
+            columns.metrics = shown[:TABLE_METRICS]
+        rows = results.results(reader, run, sort, minimize, group_by, metric or columns.metrics)
+        if as_json:
+            results.write_json(rows, sys.stdout)
+        elif as_csv:
+            results.write_results_csv(rows, sys.stdout, columns, group_by)
+        else:
+            print(results.results_table(rows, columns, group_by))
+    finally:
+        reader.close()
+    if not columns.metrics and not (as_json or as_csv):
+        _stderr(f"{run}: no job has logged metrics yet (jobqueue.log_metrics, or TensorBoard event files under "
+                "{--train_dir}/{--experiment}/)")
+    elif hidden:
+        _stderr(f"{hidden} more metrics not shown: choose with --metric KEY, or see them all with --json or --csv")
+
+
+@command("metrics")
+def show_metrics(
+    job: int = typer.Argument(..., help="Job id (see `jq list` or `jq results`).", autocompletion=completion.job_ids),
+    keys: Optional[List[str]] = typer.Argument(None, help="Only these metrics (default: all the job logged)."),
+    db: Optional[str] = DbOption,
+    as_json: bool = typer.Option(False, "--json", help='A JSON list of {"attempt", "key", "step", "value", "wall_time"}.'),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV: attempt, key, step, value, wall_time."),
+) -> None:
+    """A job's metric points, attempt by attempt, each key in step order; then the files they came from, with
+    the bad lines or records skipped in each."""
+    from jobqueue import report as reports
+    from jobqueue import results
+
+    reader = reports.open_reader(db)
+    try:
+        keys = keys or results.job_metric_keys(reader, job)
+        points = results.metrics(reader, job, keys)
+        if as_json:
+            results.write_json(points, sys.stdout)
+        elif as_csv:
+            results.write_points_csv(points, sys.stdout)
+        else:
+            if keys:
+                for line in results.points_table(points, keys):
+                    print(line)
+            else:
+                print(f"job {job}: no metrics yet")
+            for line in results.source_lines(results.metric_sources(reader, job)):
+                print(line)
+    finally:
+        reader.close()
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -216,6 +312,7 @@ def worker(
     heartbeat: float = typer.Option(5.0, "--heartbeat", min=0.05, help="Seconds between heartbeats."),
     lease: float = typer.Option(60.0, "--lease", min=0.1, help="A worker on another host silent this long is lost; its jobs are requeued."),
     reap_every: float = typer.Option(30.0, "--reap-every", min=0.1, help="Seconds between checks for lost workers."),
+    metrics_every: float = typer.Option(30.0, "--metrics-every", min=0, help="Seconds between reads of a running job's metrics (jobqueue.log_metrics, TensorBoard event files) into the DB; 0: only when it ends."),
     backend: str = typer.Option("processes", "--backend", hidden=True),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     db: Optional[str] = DbOption,
@@ -235,7 +332,7 @@ def worker(
     settings = WorkerSettings(
         slots=slots, gpus=parse_gpus(gpu), experiments_per_gpu=experiments_per_gpu, run_id=run_id, job_id=job,
         wait=wait, pause_between=pause_between, grace=grace, heartbeat_interval=heartbeat, lease=lease,
-        reap_interval=reap_every, backend=backend, quiet=quiet,
+        reap_interval=reap_every, metrics_every=metrics_every, backend=backend, quiet=quiet,
     )
     result = Worker(database, settings).run()
     if not quiet:
@@ -278,6 +375,7 @@ def launch(
     slurm_signal_lead: Optional[int] = typer.Option(None, "--slurm-signal-lead", help="[slurm] Seconds of warning (USR1) before a time limit or preemption. Default 60."),
     slots: Optional[int] = typer.Option(None, "--slots", min=1, help="[slurm/ngc] Jobs at once per worker. Default 1."),
     grace: Optional[float] = typer.Option(None, "--grace", min=0, help="Seconds jobs get after TERM before KILL when a worker stops. Default 30."),
+    metrics_every: Optional[float] = typer.Option(None, "--metrics-every", min=0, help="Seconds between reads of a running job's metrics into the DB. Default 30; 0: only when it ends."),
     ngc_job_template: Optional[str] = typer.Option(None, "--ngc-job-template", help="[ngc] File with an `ngc batch run ...` command line using {{ name }} and {{ experiment_cmd }}."),
     ngc_print_only: bool = typer.Option(False, "--ngc-print-only", help="[ngc] Print the ngc commands; submit nothing."),
     ngc_workers: Optional[int] = typer.Option(None, "--ngc-workers", min=1, help="[ngc] Run W NGC jobs that each run a worker (needs a PostgreSQL --db)."),
@@ -302,7 +400,7 @@ def launch(
                    slurm_partition=slurm_partition, slurm_timeout=slurm_timeout, slurm_time_limit=slurm_time_limit,
                    slurm_workdir=slurm_workdir, slurm_sbatch_template=slurm_sbatch_template, slurm_workers=slurm_workers,
                    slurm_max_running=slurm_max_running, slurm_mode=slurm_mode, slurm_signal_lead=slurm_signal_lead,
-                   slots=slots, grace=grace, ngc_job_template=ngc_job_template, ngc_workers=ngc_workers,
+                   slots=slots, grace=grace, metrics_every=metrics_every, ngc_job_template=ngc_job_template, ngc_workers=ngc_workers,
                    slurm_print_only=slurm_print_only, ngc_print_only=ngc_print_only)
     parse(flags, FLAGS)  # bad flags fail before the sweep file runs
     plan = service.plan_sweep(target, train_dir=train_dir, suffix=experiment_suffix)
@@ -372,7 +470,7 @@ def db_copy(
     src: str = typer.Argument(..., help="The queue to copy: a file path or URL."),
     dst: str = typer.Argument(..., help="A new, empty DB: a file path or postgresql+psycopg://... URL."),
 ) -> None:
-    """Copy a queue with its history (runs, jobs, attempts, workers, submissions), e.g. from SQLite to PostgreSQL."""
+    """Copy a queue with its history (runs, jobs, attempts, workers, submissions, metrics), e.g. from SQLite to PostgreSQL."""
     from jobqueue.copy import copy_queue
 
     copied = copy_queue(_open(src, create=False), _open(dst))
@@ -402,6 +500,7 @@ def normalize_sf_argv(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    sys.excepthook = _scrubbed_traceback
     try:
         _main()
     finally:
@@ -413,6 +512,15 @@ def main() -> None:
         if "jobqueue.db" in sys.modules:
             sys.modules["jobqueue.db"].close_all()
         gc.freeze()
+
+
+def _scrubbed_traceback(kind, value, tb) -> None:
+    """A bug's traceback, with any DB password this process knows shown as ***."""
+    import traceback
+
+    from jobqueue.paths import scrub
+
+    sys.stderr.write(scrub("".join(traceback.format_exception(kind, value, tb))))
 
 
 def _app_for(argv: list[str]) -> typer.Typer:

@@ -6,6 +6,7 @@ import sqlalchemy as sa
 
 from jobqueue.db import Database
 from jobqueue.errors import UserError
+from jobqueue.paths import redacted
 from jobqueue.models import metadata
 
 CHUNK = 5000
@@ -16,7 +17,7 @@ def copy_queue(src: Database, dst: Database) -> dict[str, int]:
     tables = list(metadata.sorted_tables)  # parents before children, for the foreign keys
     with dst.begin(write=False) as conn:
         if conn.execute(sa.select(sa.func.count()).select_from(metadata.tables["runs"])).scalar():
-            raise UserError(f"{dst.path or dst.url}: already holds runs; copy into a new, empty DB")
+            raise UserError(f"{dst.path or redacted(dst.url)}: already holds runs; copy into a new, empty DB")
     copied = {}
     with src.begin(write=False) as reader, dst.begin() as writer:
         for table in tables:
