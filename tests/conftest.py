@@ -29,6 +29,16 @@ def service_unavailable(what: str, why: str):
     pytest.skip(message)
 
 
+def refused(proc: subprocess.CompletedProcess, says: str) -> str:
+    """A command's refusal of bad input: exit 2, one line on stderr, `jq: error: ...` with `says` in it."""
+    detail = f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    assert proc.returncode == 2, detail
+    assert proc.stderr.count("\n") == 1 and proc.stderr.endswith("\n"), f"not one line: {detail}"
+    assert proc.stderr.startswith("jq: error: ") and "Traceback" not in proc.stderr, detail
+    assert says in proc.stderr, detail
+    return proc.stderr.rstrip("\n")
+
+
 @dataclass
 class Project:
     """A directory a researcher works in: sweep files, a DB, and the `jq` command run as a subprocess."""
@@ -66,6 +76,12 @@ class Project:
         if check:
             assert proc.returncode == 0, f"jq {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         return proc
+
+    def fails(self, *args: str, says: str, env: dict | None = None) -> str:
+        """Run `jq ARGS`, which must refuse: exit 2 and one line on stderr, `jq: error: ...` with `says` in it and
+        no traceback. Returns the line."""
+        proc = self.jq(*args, env=env)
+        return refused(proc, says)
 
     def start(self, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "jobqueue", *args], cwd=self.path, env=env or self.env(),

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from jobqueue.paths import SCHEMA_HEAD
-from tests.conftest import REPO
+from tests.conftest import REPO, refused
 
 SF_SWEEP = """
 from sample_factory.launcher.run_description import Experiment, ParamGrid, RunDescription
@@ -84,9 +84,7 @@ def test_sample_factory_sweep_files_load_unmodified_and_seeds_are_reproducible(s
 def test_other_sample_factory_imports_name_the_missing_module(sqlite_project):
     p = sqlite_project
     p.write("needs_sf.py", "from sample_factory.utils.utils import log\n" + SF_SWEEP)
-    proc = p.jq("enqueue", "needs_sf")
-    assert proc.returncode == 2
-    assert "needs_sf.py: imports 'sample_factory.utils'" in proc.stderr
+    p.fails("enqueue", "needs_sf", says="needs_sf.py: imports 'sample_factory.utils'")
 
 
 def db_digest(path) -> str:
@@ -221,7 +219,7 @@ def test_status_and_list(project):
     lines = project.jq("list", "--run", "b", check=True).stdout.splitlines()
     assert len(lines) == 4 and "00_j_i_0" in lines[1]
     unknown = project.jq("status", "nope")
-    assert unknown.returncode == 2 and "no run named 'nope'" in unknown.stderr
+    refused(unknown, "no run named 'nope'")
 
 
 def test_a_db_on_a_network_file_system_uses_a_rollback_journal_and_says_so(sqlite_project):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import refused as assert_refused
+
 FAKE_NGC = Path(__file__).parent / "fake_ngc"
 NASTY = """it's "quoted" $HOME; rm -rf / & `id`"""
 TEMPLATE = """\
@@ -104,7 +106,7 @@ def test_print_only_submits_nothing(ngc_project):
 def test_workers_mode_runs_workers_against_postgresql_and_refuses_sqlite(ngc_project, postgres_server):
     p = ngc_project
     refused = p.jq("launch", "nasty", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--ngc-workers", "2")
-    assert refused.returncode == 2 and "--ngc-workers needs a DB that NGC jobs can reach" in refused.stderr
+    assert_refused(refused, "--ngc-workers needs a DB that NGC jobs can reach")
     assert not (p.path / "jobqueue.db").exists() and p.calls() == []
     url = postgres_server.create_database("jq_ngc_workers")
     p.jq("launch", "nasty", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--ngc-workers", "2",
@@ -140,7 +142,7 @@ def test_ngc_missing_from_path_is_a_clear_error(ngc_project):
     env = p.env()
     env["PATH"] = os.pathsep.join(d for d in env["PATH"].split(os.pathsep) if d != str(FAKE_NGC))
     proc = p.jq("launch", "nasty", "--backend", "ngc", "--ngc-job-template", "ngc.template", env=env)
-    assert proc.returncode == 2 and "ngc is not on PATH" in proc.stderr
+    assert_refused(proc, "ngc is not on PATH")
     assert not (p.path / "jobqueue.db").exists()
 
 

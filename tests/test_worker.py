@@ -361,8 +361,7 @@ def test_a_worker_for_a_run_that_does_not_exist_is_a_clear_error(sqlite_project)
     p = sqlite_project
     p.sweep("real", "true", 1)
     p.jq("enqueue", "real", check=True)
-    proc = p.jq("worker", "--run", "imaginary")
-    assert proc.returncode == 2 and "no run named 'imaginary'" in proc.stderr
+    p.fails("worker", "--run", "imaginary", says="no run named 'imaginary'")
 
 
 def test_logs_follow_a_running_job_to_its_end(sqlite_project):
