@@ -33,8 +33,13 @@ class TemplateDBHook(BuildHookInterface):
         if self.target_name != "wheel" or version == "editable":
             return
         self._made = tempfile.mkdtemp(prefix="jobqueue-template-")
-        name = subprocess.run([sys.executable, "-c", MAKE_TEMPLATE, self._made, self.root], cwd=self.root, check=True,
-                              stdout=subprocess.PIPE, text=True).stdout.strip()
+        name = subprocess.run(
+            [sys.executable, "-c", MAKE_TEMPLATE, self._made, self.root],
+            cwd=self.root,
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        ).stdout.strip()
         build_data["force_include"][str(Path(self._made) / name)] = f"jobqueue/_data/{name}"
 
     def finalize(self, version: str, build_data: dict, artifact_path: str) -> None:

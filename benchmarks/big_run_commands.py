@@ -52,8 +52,9 @@ def main() -> None:
             "list --json": timed(jq() + ["list", "--json"] + db, cwd, args.repeat),
             f'sql "{ROWS}"': timed(jq() + ["sql", ROWS] + db, cwd, args.repeat),
             "cancel big": timed(jq() + ["cancel", "big"] + db, cwd, args.repeat, before=requeue),
-            "retry big": timed(jq() + ["retry", "big"] + db, cwd, args.repeat,
-                               before=functools.partial(untimed, "cancel", "big")),
+            "retry big": timed(
+                jq() + ["retry", "big"] + db, cwd, args.repeat, before=functools.partial(untimed, "cancel", "big")
+            ),
             f"cancel {args.jobs:,} job ids": timed(jq() + ["cancel", *ids] + db, cwd, args.repeat, before=requeue),
         }
         print(f"one run of {args.jobs:,} jobs, median of {args.repeat}:")

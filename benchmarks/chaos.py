@@ -27,8 +27,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-JOB = ("""sh -c 'exec 9>>locks/$JQ_JOB_ID; flock -n 9 || echo "$JQ_JOB_ID $JQ_ATTEMPT $$ OVERLAP" >> ledger; """
-       """s=$(date +%s.%N); sleep ${1#--sleep=}; echo "$JQ_JOB_ID $JQ_ATTEMPT $$ $s $(date +%s.%N)" >> ledger' job""")
+JOB = (
+    """sh -c 'exec 9>>locks/$JQ_JOB_ID; flock -n 9 || echo "$JQ_JOB_ID $JQ_ATTEMPT $$ OVERLAP" >> ledger; """
+    """s=$(date +%s.%N); sleep ${1#--sleep=}; echo "$JQ_JOB_ID $JQ_ATTEMPT $$ $s $(date +%s.%N)" >> ledger' job"""
+)
 
 SWEEP = """
 import random
@@ -58,8 +60,17 @@ def job_processes(db_url: str) -> list[int]:
     return found
 
 
-def run_chaos(work: Path, *, jobs: int = 200, workers: int = 4, slots: int = 2, kill_every=(1.0, 2.0),
-              min_kills: int = 100, seed: int = 0, say=print) -> dict:
+def run_chaos(
+    work: Path,
+    *,
+    jobs: int = 200,
+    workers: int = 4,
+    slots: int = 2,
+    kill_every=(1.0, 2.0),
+    min_kills: int = 100,
+    seed: int = 0,
+    say=print,
+) -> dict:
     rng = random.Random(seed)
     (work / "locks").mkdir(parents=True, exist_ok=True)
     db = str(work / "chaos.db")
@@ -78,8 +89,11 @@ def run_chaos(work: Path, *, jobs: int = 200, workers: int = 4, slots: int = 2, 
 
     def start(run: str) -> subprocess.Popen:
         # A quarter of them are launchers (enqueue + in-process worker), the rest plain workers.
-        args = (jq("launch", run, "--max-parallel", str(slots), "--grace", "2", "--no-progress") if rng.random() < 0.25
-                else jq("worker", *worker_args))
+        args = (
+            jq("launch", run, "--max-parallel", str(slots), "--grace", "2", "--no-progress")
+            if rng.random() < 0.25
+            else jq("worker", *worker_args)
+        )
         return subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def unfinished() -> int:
@@ -118,7 +132,9 @@ def run_chaos(work: Path, *, jobs: int = 200, workers: int = 4, slots: int = 2, 
         # Workers exit when the queue is drained; keep the pool full.
         procs = [p if p.poll() is None else start(run) for p in procs]
         if sum(kills.values()) % 10 == 0:
-            say(f"  {sum(kills.values())} kills ({dict(kills)}), {remaining} jobs unfinished, {time.monotonic() - started:.0f} s")
+            say(
+                f"  {sum(kills.values())} kills ({dict(kills)}), {remaining} jobs unfinished, {time.monotonic() - started:.0f} s"
+            )
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)
@@ -141,12 +157,15 @@ def summarize(work: Path, db: str, db_url: str, kills: Counter, rounds: int, res
     with sqlite3.connect(db, timeout=30) as conn:
         states = dict(conn.execute("select state, count(*) from jobs group by state").fetchall())
         total = conn.execute("select count(*) from jobs").fetchone()[0]
-        recorded = conn.execute("select job_id, count(*) from attempts where state = 'succeeded' group by job_id").fetchall()
+        recorded = conn.execute(
+            "select job_id, count(*) from attempts where state = 'succeeded' group by job_id"
+        ).fetchall()
         per_job = Counter(n for (n,) in conn.execute("select count(*) from attempts group by job_id"))
         integrity = conn.execute("pragma integrity_check").fetchone()[0]
         lost_detail = conn.execute(
             "select j.id, j.state, a.number, a.state, a.exit_code, a.signal, a.reason from jobs j "
-            "left join attempts a on a.job_id = j.id where j.state != 'succeeded' order by j.id, a.number").fetchall()
+            "left join attempts a on a.job_id = j.id where j.state != 'succeeded' order by j.id, a.number"
+        ).fetchall()
     executions = Counter()
     overlaps = 0
     for line in (work / "ledger").read_text().splitlines():
@@ -156,7 +175,11 @@ def summarize(work: Path, db: str, db_url: str, kills: Counter, rounds: int, res
         else:
             executions[int(parts[0])] += 1
     return {
-        "jobs": total, "rounds": rounds, "kills": dict(kills), "kill_count": sum(kills.values()), "seconds": round(seconds, 1),
+        "jobs": total,
+        "rounds": rounds,
+        "kills": dict(kills),
+        "kill_count": sum(kills.values()),
+        "seconds": round(seconds, 1),
         "lost": total - states.get("succeeded", 0),
         "recorded_twice": sum(1 for _, n in recorded if n > 1),
         "overlapping": overlaps,
@@ -180,10 +203,19 @@ def main() -> None:
     args = parser.parse_args()
     low, high = (float(x) for x in args.kill_every.split("-"))
     with tempfile.TemporaryDirectory() as tmp:
-        r = run_chaos(Path(tmp), jobs=args.jobs, workers=args.workers, slots=args.slots, kill_every=(low, high),
-                      min_kills=args.min_kills, seed=args.seed)
-    print(f"{r['jobs']} jobs in {r['rounds']} rounds of {args.jobs}, {args.workers} workers x {args.slots} slots, "
-          f"{r['kill_count']} kills {r['kills']} in {r['seconds']} s, {r['resumes']} resume(s) at the end")
+        r = run_chaos(
+            Path(tmp),
+            jobs=args.jobs,
+            workers=args.workers,
+            slots=args.slots,
+            kill_every=(low, high),
+            min_kills=args.min_kills,
+            seed=args.seed,
+        )
+    print(
+        f"{r['jobs']} jobs in {r['rounds']} rounds of {args.jobs}, {args.workers} workers x {args.slots} slots, "
+        f"{r['kill_count']} kills {r['kills']} in {r['seconds']} s, {r['resumes']} resume(s) at the end"
+    )
     print(f"jobs lost (never succeeded):            {r['lost']}")
     for row in r["lost_detail"]:
         print(f"    job {row[0]} {row[1]}: attempt {row[2]} {row[3]} exit {row[4]} signal {row[5]} ({row[6]})")

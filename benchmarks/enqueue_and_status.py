@@ -41,17 +41,23 @@ def main() -> None:
         timed(jq() + ["enqueue", "tiny", "--db", "warm-up.db"], cwd)
         fresh = timed(jq() + ["enqueue", "grid", "--db", "fresh.db"], cwd)
         again = timed(jq() + ["enqueue", "grid", "--db", "fresh.db"], cwd)
-        print(f"enqueue {args.jobs:,} jobs into a new DB: {fresh:.2f} s (target < 3 s); again, adding nothing: {again:.2f} s")
+        print(
+            f"enqueue {args.jobs:,} jobs into a new DB: {fresh:.2f} s (target < 3 s); again, adding nothing: {again:.2f} s"
+        )
 
         db = os.path.join(cwd, "big.db")
         for i in range(args.big // args.jobs):
             write_sweep(cwd, f"part{i}", SWEEP.format(name=f"part{i}", seeds=args.jobs // 100))
-            subprocess.run(jq() + ["enqueue", f"part{i}", "--db", db], cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=JQ_ENV)
+            subprocess.run(
+                jq() + ["enqueue", f"part{i}", "--db", db], cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=JQ_ENV
+            )
         status = timed(jq() + ["status", "--db", db], cwd, repeat=5)
         status_json = timed(jq() + ["status", "--json", "--db", db], cwd, repeat=5)
         bare = timed([sys.executable, "-c", "pass"], cwd, repeat=5)
-        print(f"jq status on {args.big:,} jobs: {status:.3f} s, --json {status_json:.3f} s (target < 0.2 s); "
-              f"python -c pass alone: {bare:.3f} s")
+        print(
+            f"jq status on {args.big:,} jobs: {status:.3f} s, --json {status_json:.3f} s (target < 0.2 s); "
+            f"python -c pass alone: {bare:.3f} s"
+        )
 
 
 if __name__ == "__main__":

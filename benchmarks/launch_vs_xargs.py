@@ -44,17 +44,25 @@ def timed(argv, cwd, stdin=None, cache: str | None = None) -> float:
     # without a sync before it, 0.76 s with one.
     os.sync()
     start = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, input=stdin, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env={**JQ_ENV, "XDG_CACHE_HOME": cache} if cache else JQ_ENV)
+    subprocess.run(
+        argv,
+        cwd=cwd,
+        input=stdin,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**JQ_ENV, "XDG_CACHE_HOME": cache} if cache else JQ_ENV,
+    )
     return time.perf_counter() - start
 
 
 def sweep_commands(cwd: str, module: str) -> list[str]:
-    out = subprocess.run(jq_command() + ["enqueue", module, "--dry-run", "--json"], cwd=cwd, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        jq_command() + ["enqueue", module, "--dry-run", "--json"], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
     import json
 
-    return [" ".join(job["argv"][len(shlex.split(job["cmd"].split(" --")[0])):]) for job in json.loads(out)]
+    return [" ".join(job["argv"][len(shlex.split(job["cmd"].split(" --")[0])) :]) for job in json.loads(out)]
 
 
 def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float, float, float]:
@@ -65,13 +73,19 @@ def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float
     def jq_into(db: str, **kwargs) -> float:
         # Each launch writes its jobs' logs into a train dir of its own, as a new sweep does: no launch may find
         # another one's 1,000 log files already made.
-        return timed(launch + ["--db", os.path.join(cwd, f"{name}_{db}.db"), "--train-dir", os.path.join(cwd, db)],
-                     cwd, **kwargs)
+        return timed(
+            launch + ["--db", os.path.join(cwd, f"{name}_{db}.db"), "--train-dir", os.path.join(cwd, db)], cwd, **kwargs
+        )
 
     fresh = jq_into("new")
     existing_db = os.path.join(cwd, f"{name}_existing.db")
-    subprocess.run(jq_command() + ["enqueue", "bench_other", "--db", existing_db], cwd=cwd, check=True, capture_output=True,
-                   env=JQ_ENV)
+    subprocess.run(
+        jq_command() + ["enqueue", "bench_other", "--db", existing_db],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        env=JQ_ENV,
+    )
     existing = jq_into("existing")
     args = "\n".join(sweep_commands(cwd, name)) + "\n"
     program = shlex.split(cmd)
@@ -85,9 +99,12 @@ def rounds(cwd: str, name: str, cmd: str, n: int, slots: int, count: int) -> lis
     results = []
     for i in range(count):
         fresh, existing, xargs, first = one(cwd, f"{name}{i}", cmd, n, slots)
-        print(f"  round {i + 1}: jq launch {fresh:.2f} s into a new DB, {existing:.2f} s into an existing one, "
-              f"{first:.2f} s into the first DB (empty cache); xargs -P {slots} {xargs:.2f} s "
-              f"({fresh / xargs:.2f}x / {existing / xargs:.2f}x / {first / xargs:.2f}x)", flush=True)
+        print(
+            f"  round {i + 1}: jq launch {fresh:.2f} s into a new DB, {existing:.2f} s into an existing one, "
+            f"{first:.2f} s into the first DB (empty cache); xargs -P {slots} {xargs:.2f} s "
+            f"({fresh / xargs:.2f}x / {existing / xargs:.2f}x / {first / xargs:.2f}x)",
+            flush=True,
+        )
         results.append((fresh, existing, xargs, first))
     return results
 
@@ -113,17 +130,21 @@ def main() -> None:
         timings = rounds(cwd, "bench_true", "true", args.jobs, args.slots, args.rounds)
         # Each round's ratio pairs a jq run with the xargs run seconds after it, which this machine's drift spares.
         fresh, existing, xargs, first = (median(t[k] for t in timings) for k in range(4))
-        print(f"  median ratio to xargs -P {args.slots}: {median(f / x for f, _, x, _ in timings):.2f}x into a new DB, "
-              f"{median(e / x for _, e, x, _ in timings):.2f}x into an existing one, "
-              f"{median(c / x for _, _, x, c in timings):.2f}x into the first DB (target <= 2x); medians: jq "
-              f"{fresh:.2f} s / {existing:.2f} s / {first:.2f} s, xargs {xargs:.2f} s")
+        print(
+            f"  median ratio to xargs -P {args.slots}: {median(f / x for f, _, x, _ in timings):.2f}x into a new DB, "
+            f"{median(e / x for _, e, x, _ in timings):.2f}x into an existing one, "
+            f"{median(c / x for _, _, x, c in timings):.2f}x into the first DB (target <= 2x); medians: jq "
+            f"{fresh:.2f} s / {existing:.2f} s / {first:.2f} s, xargs {xargs:.2f} s"
+        )
         ideal = args.sleeps / args.slots
         print(f"{args.sleeps} x sleep 1, {args.slots} slots (ideal {ideal:.0f} s):")
         timings = rounds(cwd, "bench_sleep", "sh -c 'sleep 1' sleep", args.sleeps, args.slots, args.rounds)
         fresh, existing, xargs, first = (median(t[k] for t in timings) for k in range(4))
-        print(f"  median: jq launch {fresh:.2f} s (+{fresh - ideal:.2f} s) into a new DB, {existing:.2f} s "
-              f"(+{existing - ideal:.2f} s) into an existing one, {first:.2f} s (+{first - ideal:.2f} s) into the "
-              f"first DB (target +0.25 s); xargs -P {args.slots} {xargs:.2f} s")
+        print(
+            f"  median: jq launch {fresh:.2f} s (+{fresh - ideal:.2f} s) into a new DB, {existing:.2f} s "
+            f"(+{existing - ideal:.2f} s) into an existing one, {first:.2f} s (+{first - ideal:.2f} s) into the "
+            f"first DB (target +0.25 s); xargs -P {args.slots} {xargs:.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,20 @@ from sample_factory.launcher.run_description import Experiment, ParamGrid, RunDe
 _params = ParamGrid(
     [
         ("seed", [0, 1111, 2222, 3333, 4444, 5555, 6666, 7777, 8888, 9999]),
-        ("env", ["mujoco_ant", "mujoco_halfcheetah", "mujoco_hopper", "mujoco_humanoid", "mujoco_doublependulum", "mujoco_pendulum", "mujoco_reacher", "mujoco_swimmer", "mujoco_walker"]),
+        (
+            "env",
+            [
+                "mujoco_ant",
+                "mujoco_halfcheetah",
+                "mujoco_hopper",
+                "mujoco_humanoid",
+                "mujoco_doublependulum",
+                "mujoco_pendulum",
+                "mujoco_reacher",
+                "mujoco_swimmer",
+                "mujoco_walker",
+            ],
+        ),
     ]
 )
 

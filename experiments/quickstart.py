@@ -1,6 +1,6 @@
 """A sweep that really runs on a laptop in seconds: 3 seeds x 2 learning rates of a tiny training script.
 
-    jq launch experiments.quickstart --max-parallel 4
+jq launch experiments.quickstart --max-parallel 4
 """
 
 from jobqueue import Experiment, ParamGrid, RunDescription

@@ -19,7 +19,9 @@ LIMIT = 50
 BUSY_TIMEOUT_MS = 200  # a DB locked for longer completes nothing rather than hold up the shell
 
 # Walks the unique index on runs.name from the prefix on.
-RUNS_SQL = "SELECT name FROM runs WHERE name >= :prefix AND substr(name, 1, :length) = :prefix ORDER BY name LIMIT :limit"
+RUNS_SQL = (
+    "SELECT name FROM runs WHERE name >= :prefix AND substr(name, 1, :length) = :prefix ORDER BY name LIMIT :limit"
+)
 # One id range of the primary key, newest first; job_ids() asks for one range per number of digits.
 JOBS_SQL = (
     "SELECT j.id, j.name, j.state, r.name FROM jobs j JOIN runs r ON r.id = j.run_id "

@@ -30,8 +30,10 @@ def copy_queue(src: Database, dst: Database) -> dict[str, int]:
         if not dst.is_sqlite:
             # Explicit ids do not move PostgreSQL's sequences: set each past the largest copied id.
             for table in (t for t in tables if "id" in t.columns):
-                writer.execute(sa.text(
-                    f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
-                    f"COALESCE((SELECT max(id) FROM {table.name}), 0) + 1, false)"
-                ))
+                writer.execute(
+                    sa.text(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                        f"COALESCE((SELECT max(id) FROM {table.name}), 0) + 1, false)"
+                    )
+                )
     return copied

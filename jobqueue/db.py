@@ -26,14 +26,33 @@ from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from jobqueue import sql
 from jobqueue.errors import UserError
-from jobqueue.paths import (BUSY_TIMEOUT_MS, SCHEMA_HEAD, SQLITE_HEADER, data_path, redacted, resolve_url, scrub,
-                            sqlite_path)
+from jobqueue.paths import (
+    BUSY_TIMEOUT_MS,
+    SCHEMA_HEAD,
+    SQLITE_HEADER,
+    data_path,
+    redacted,
+    resolve_url,
+    scrub,
+    sqlite_path,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
 PG_MIGRATION_LOCK = 0x6A6F6271  # "jobq", the advisory lock key that serializes migrations
-NETWORK_FILESYSTEMS = set(os.environ.get("JQ_NETWORK_FILESYSTEMS", "").split()) | {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "fuse.glusterfs", "ceph"}
+NETWORK_FILESYSTEMS = set(os.environ.get("JQ_NETWORK_FILESYSTEMS", "").split()) | {
+    "nfs",
+    "nfs4",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "fuse.glusterfs",
+    "ceph",
+}
 
 T = TypeVar("T")
 
@@ -291,8 +310,11 @@ def _open_sqlite(url: str, create: bool) -> Database:
     if fstype in NETWORK_FILESYSTEMS:
         # WAL keeps its index in shared memory, which a network file system does not share between hosts.
         journal = "DELETE"
-        print(f"jq: warning: {shown} is on {fstype}, where WAL is unsafe: using a rollback journal; "
-              "for workers on many hosts use --db postgresql+psycopg://...", file=sys.stderr)
+        print(
+            f"jq: warning: {shown} is on {fstype}, where WAL is unsafe: using a rollback journal; "
+            "for workers on many hosts use --db postgresql+psycopg://...",
+            file=sys.stderr,
+        )
     return Database(url=url, path=path, journal=journal)
 
 
@@ -350,8 +372,10 @@ def _open_postgres(url: str) -> Database:
     try:
         database.engine  # noqa: B018 - made now, so that a bad URL is reported as one
     except (sa.exc.ArgumentError, ValueError) as exc:  # an unknown driver, a port that is not a number
-        raise UserError(f"--db {redacted(url)}: not a PostgreSQL URL SQLAlchemy can read ({scrub(str(exc))}); "
-                        "write postgresql+psycopg://USER@HOST:PORT/DBNAME") from None
+        raise UserError(
+            f"--db {redacted(url)}: not a PostgreSQL URL SQLAlchemy can read ({scrub(str(exc))}); "
+            "write postgresql+psycopg://USER@HOST:PORT/DBNAME"
+        ) from None
     return database
 
 
@@ -369,6 +393,7 @@ _VERSION_TABLE = {
 
 def schema_revision(database: Database) -> str | None:
     """The Alembic revision the DB is at; None for a new, empty one."""
+
     def read(tx: Transaction) -> str | None:
         if not tx.first(_VERSION_TABLE[database.dialect])[0]:
             return None

@@ -65,7 +65,7 @@ def scrub(text: str) -> str:
 
 
 def sqlite_path(url: str) -> Path | None:
-    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+    return Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else None
 
 
 def data_path(name: str) -> Path:

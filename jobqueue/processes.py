@@ -73,7 +73,9 @@ class Guard:
             # close_fds (the default) keeps the write end out of the guard and out of every job: only the worker holds it.
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _GUARD, str(read_end)],
-                pass_fds=(read_end,), stdin=subprocess.DEVNULL, start_new_session=True,
+                pass_fds=(read_end,),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             os.close(read_end)
@@ -98,8 +100,16 @@ def spawn_job(argv: list[str], executable: str | None, cwd: str, env: dict[bytes
     Popen, not os.posix_spawn: posix_spawn takes less of the worker's CPU per job, but it holds the GIL until the
     child has exec'd, where Popen (CPython 3.11.4 and later) lets go of it, so the other slot threads keep
     claiming and recording while a job starts (docs/performance.md has the figures)."""
-    return subprocess.Popen(argv, executable=executable, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT, process_group=0)
+    return subprocess.Popen(
+        argv,
+        executable=executable,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        process_group=0,
+    )
 
 
 def signal_group(pgid: int, sig: int) -> None:

@@ -36,9 +36,7 @@ _RECENT_DURATIONS = (
 _RUNNING_SINCE = "SELECT started_at, {now} AS now_at FROM jobs WHERE run_id = :run_id AND state = 'running'"
 _LIVE_SLOTS = "SELECT coalesce(sum(slots), 0) FROM workers WHERE run_id = :run_id AND stopped_at IS NULL"
 # The attempt whose failure was just reported: the job's newest failed one (a retry may already be running).
-_FAILED_ATTEMPT_LOG = (
-    "SELECT log_path FROM attempts WHERE job_id = :job_id AND state IN ('failed', 'timeout') ORDER BY number DESC LIMIT 1"
-)
+_FAILED_ATTEMPT_LOG = "SELECT log_path FROM attempts WHERE job_id = :job_id AND state IN ('failed', 'timeout') ORDER BY number DESC LIMIT 1"
 # How worker.py reports an attempt that ended badly: "job 12 lr_0.1_seed_1: failed in 3.2s; exit code 1".
 _FAILURE_EVENT = re.compile(r"^job (\d+) .*?: (failed|timeout)\b")
 
@@ -76,14 +74,18 @@ class Estimate:
         return self.counts.get(JobState.FAILED, 0) + self.counts.get(JobState.TIMEOUT, 0)
 
     def states_text(self) -> str:
-        return (f"{self.counts.get(JobState.SUCCEEDED, 0)} succeeded, {self.failed} failed, "
-                f"{self.counts.get(JobState.RUNNING, 0)} running, {self.counts.get(JobState.QUEUED, 0)} queued")
+        return (
+            f"{self.counts.get(JobState.SUCCEEDED, 0)} succeeded, {self.failed} failed, "
+            f"{self.counts.get(JobState.RUNNING, 0)} running, {self.counts.get(JobState.QUEUED, 0)} queued"
+        )
 
     def summary(self) -> str:
         """`3/8 done | 2 succeeded, 1 failed, 2 running, 3 queued | elapsed 00:07, ETA 00:06`."""
         eta = self.eta_seconds if self.done < self.total else 0
-        return (f"{self.done}/{self.total} done | {self.states_text()} | "
-                f"elapsed {format_seconds(self.elapsed)}, ETA {format_seconds(eta, round_up=True)}")
+        return (
+            f"{self.done}/{self.total} done | {self.states_text()} | "
+            f"elapsed {format_seconds(self.elapsed)}, ETA {format_seconds(eta, round_up=True)}"
+        )
 
 
 def time_left(mean: float, running_for: list[float], queued: int, parallel: int) -> float | None:
@@ -145,8 +147,9 @@ class ProgressView:
         ended = []
         for state in FINISHED_STATES:
             if counts.get(state):
-                ended += tx.dicts(_RECENT_DURATIONS, {"run_id": self._run_id, "state": state.value,
-                                                      "sample": DURATION_SAMPLE})
+                ended += tx.dicts(
+                    _RECENT_DURATIONS, {"run_id": self._run_id, "state": state.value, "sample": DURATION_SAMPLE}
+                )
         ended.sort(key=lambda job: job["ended_at"], reverse=True)
         seconds = [(job["ended_at"] - job["started_at"]).total_seconds() for job in ended[:DURATION_SAMPLE]]
         return sum(seconds) / len(seconds) if seconds else None
@@ -213,8 +216,11 @@ class ProgressView:
         from rich.progress import BarColumn, Progress, TextColumn
 
         self._progress = Progress(
-            TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.fields[summary]}", markup=False),
-            console=Console(stderr=True), refresh_per_second=4,
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            TextColumn("{task.fields[summary]}", markup=False),
+            console=Console(stderr=True),
+            refresh_per_second=4,
         )
         self._task = self._progress.add_task(self.run, total=None, summary="")
         self._progress.start()

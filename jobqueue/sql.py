@@ -59,7 +59,7 @@ def expand(name: str, values) -> tuple[str, dict]:
 def chunks(values: list, size: int = IN_LIST_CHUNK):
     """`values` in slices short enough for one IN list (or one executemany) each."""
     for start in range(0, len(values), size):
-        yield values[start:start + size]
+        yield values[start : start + size]
 
 
 def in_lists(name: str, values: list):

@@ -36,7 +36,14 @@ class AttemptState(str, Enum):
         return self.value
 
 
-DISPLAY_ORDER = (JobState.SUCCEEDED, JobState.FAILED, JobState.TIMEOUT, JobState.CANCELLED, JobState.RUNNING, JobState.QUEUED)
+DISPLAY_ORDER = (
+    JobState.SUCCEEDED,
+    JobState.FAILED,
+    JobState.TIMEOUT,
+    JobState.CANCELLED,
+    JobState.RUNNING,
+    JobState.QUEUED,
+)
 UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
 
 

@@ -25,8 +25,11 @@ def log_metrics(step: int | None = None, **values: float) -> None:
     if not path:
         if not _warned_unset:
             _warned_unset = True
-            print(f"jobqueue.log_metrics: ${METRICS_FILE_ENV} is not set (not run by a jq worker): "
-                  "metrics are not recorded", file=sys.stderr)
+            print(
+                f"jobqueue.log_metrics: ${METRICS_FILE_ENV} is not set (not run by a jq worker): "
+                "metrics are not recorded",
+                file=sys.stderr,
+            )
         return
     line: dict = {} if step is None else {"step": _integer_step(step)}
     for key, value in values.items():

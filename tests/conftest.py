@@ -54,12 +54,15 @@ class Project:
 
     def sweep(self, module: str, cmd: str, n: int, run: str | None = None, extra: str = "", **run_kwargs) -> str:
         kwargs = "".join(f", {k}={v!r}" for k, v in run_kwargs.items())
-        self.write(f"{module}.py", f"""
+        self.write(
+            f"{module}.py",
+            f"""
             from jobqueue import Experiment, ParamGrid, RunDescription
             RUN_DESCRIPTION = RunDescription({run or module!r}, experiments=[
                 Experiment("j", {cmd!r}, ParamGrid([("i", list(range({n})))]).generate_params(){extra}),
             ]{kwargs})
-        """)
+        """,
+        )
         return module
 
     def env(self, **extra) -> dict:
@@ -69,10 +72,23 @@ class Project:
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
-    def jq(self, *args: str, check: bool | None = None, timeout: float = 120, env: dict | None = None,
-           input: str | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "jobqueue", *args], cwd=self.path, env=env or self.env(),
-                              capture_output=True, text=True, timeout=timeout, input=input)
+    def jq(
+        self,
+        *args: str,
+        check: bool | None = None,
+        timeout: float = 120,
+        env: dict | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "jobqueue", *args],
+            cwd=self.path,
+            env=env or self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
         if check:
             assert proc.returncode == 0, f"jq {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         return proc
@@ -84,8 +100,15 @@ class Project:
         return refused(proc, says)
 
     def start(self, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "jobqueue", *args], cwd=self.path, env=env or self.env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+        return subprocess.Popen(
+            [sys.executable, "-m", "jobqueue", *args],
+            cwd=self.path,
+            env=env or self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **popen,
+        )
 
     def jobs(self, run: str | None = None) -> list[dict]:
         args = ["list", "--json"] + (["--run", run] if run else [])

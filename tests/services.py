@@ -53,12 +53,17 @@ class Postgres:
     def _admin(self, statement: str) -> None:
         import psycopg
 
-        with psycopg.connect(host=str(self.root), port=self.port, user="postgres", dbname="postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            host=str(self.root), port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(statement)
 
     def stop(self) -> None:
-        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "stop"]),
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "stop"]),
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -78,8 +83,19 @@ def start_postgres(_tmp: Path) -> Postgres:
     # The tests' URLs come through the Unix socket, which trusts every role. TCP, on 127.0.0.1 only, asks every
     # role for its password: the way to test one (create_password_role); `postgres` has none, so it cannot.
     (root / "data" / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
-    server.run([str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "pg.log"), "-w", "-o",
-                f"-k {root} -p {server.port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300", "start"])
+    server.run(
+        [
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(root / "data"),
+            "-l",
+            str(root / "pg.log"),
+            "-w",
+            "-o",
+            f"-k {root} -p {server.port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            "start",
+        ]
+    )
     return server
 
 
@@ -93,7 +109,9 @@ class Slurm:
     env: dict = field(default_factory=dict)
 
     def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(list(argv), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60, check=check)
+        return subprocess.run(
+            list(argv), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60, check=check
+        )
 
     def squeue(self) -> list[str]:
         return [line for line in self.run("squeue", "-h", "-o", "%i %t").stdout.splitlines() if line.strip()]
@@ -158,13 +176,27 @@ def start_slurm(root: Path) -> Slurm:
     key = root / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
-    subprocess.run(["munged", f"--key-file={key}", f"--socket={root}/munge/sock", f"--pid-file={root}/munge/munged.pid",
-                    f"--log-file={root}/munge/munged.log", f"--seed-file={root}/munge/seed", "--force"],
-                   check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [
+            "munged",
+            f"--key-file={key}",
+            f"--socket={root}/munge/sock",
+            f"--pid-file={root}/munge/munged.pid",
+            f"--log-file={root}/munge/munged.log",
+            f"--seed-file={root}/munge/seed",
+            "--force",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     for i in range(4):
         os.mknod(root / "dev" / f"nvidia{i}", 0o600 | 0o020000, os.makedev(195, i))
     host = socket.gethostname().split(".")[0]
-    cpus = min(os.cpu_count() or 2, int(subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout.split("CPUs=")[1].split()[0]))
+    cpus = min(
+        os.cpu_count() or 2,
+        int(subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout.split("CPUs=")[1].split()[0]),
+    )
     conf = root / "slurm.conf"
     conf.write_text(SLURM_CONF.format(host=host, root=root, ctld_port=free_port(), d_port=free_port(), cpus=cpus))
     (root / "gres.conf").write_text(f"AutoDetect=off\nNodeName={host} Name=gpu File={root}/dev/nvidia[0-3]\n")

@@ -42,12 +42,20 @@ def test_dry_run_json_has_exactly_the_documented_keys_and_writes_nothing(sqlite_
 
 def test_the_quickstart_and_seed_examples_expand(sqlite_project):
     env = sqlite_project.env()
-    out = subprocess.run([sys.executable, "-m", "jobqueue", "enqueue", "experiments.mujoco_all_envs", "--dry-run", "--json"],
-                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "jobqueue", "enqueue", "experiments.mujoco_all_envs", "--dry-run", "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     jobs = json.loads(out)
     assert len(jobs) == 90
     assert jobs[0]["name"] == "00_mujoco_all_envs_see_0_env_mujoco_ant"
-    assert jobs[89]["cmd"].startswith("python -m sf_examples.mujoco.train_mujoco --algo=APPO --with_wandb=True --wandb_tags mujoco --seed=9999 --env=mujoco_walker")
+    assert jobs[89]["cmd"].startswith(
+        "python -m sf_examples.mujoco.train_mujoco --algo=APPO --with_wandb=True --wandb_tags mujoco --seed=9999 --env=mujoco_walker"
+    )
 
 
 def test_enqueue_is_idempotent_and_a_grown_sweep_adds_only_new_jobs(project):
@@ -95,13 +103,24 @@ ERROR_CASES = {
     "module not found": ("no.such.module", None, "no.such.module: module not found"),
     "syntax error": ("broken.py", "RUN_DESCRIPTION = (\n", "broken.py:1: syntax error"),
     "no RUN_DESCRIPTION": ("empty.py", "x = 1\n", "empty.py: defines no RUN_DESCRIPTION"),
-    "wrong type": ("wrong.py", "RUN_DESCRIPTION = [1, 2]\n", "wrong.py: RUN_DESCRIPTION is a list, not a RunDescription"),
+    "wrong type": (
+        "wrong.py",
+        "RUN_DESCRIPTION = [1, 2]\n",
+        "wrong.py: RUN_DESCRIPTION is a list, not a RunDescription",
+    ),
     "raises": ("raises.py", "x = 1\nraise ValueError('bad grid')\n", "raises.py:2: raised ValueError: bad grid"),
-    "duplicate names": ("dupes.py", "from jobqueue import *\nRUN_DESCRIPTION = RunDescription('d', experiments=["
-                        "Experiment('e', 'app', [{'a': 1}]), Experiment('e', 'app', [{'a': 1}])])\n",
-                        "dupes.py: two jobs are named '00_e_a_1'"),
-    "unstorable value": ("objs.py", "from jobqueue import *\nRUN_DESCRIPTION = RunDescription('o', experiments=["
-                         "Experiment('e', 'app', [{'a': object()}])])\n", "parameter 'a' has a value of type object"),
+    "duplicate names": (
+        "dupes.py",
+        "from jobqueue import *\nRUN_DESCRIPTION = RunDescription('d', experiments=["
+        "Experiment('e', 'app', [{'a': 1}]), Experiment('e', 'app', [{'a': 1}])])\n",
+        "dupes.py: two jobs are named '00_e_a_1'",
+    ),
+    "unstorable value": (
+        "objs.py",
+        "from jobqueue import *\nRUN_DESCRIPTION = RunDescription('o', experiments=["
+        "Experiment('e', 'app', [{'a': object()}])])\n",
+        "parameter 'a' has a value of type object",
+    ),
 }
 
 
@@ -133,7 +152,10 @@ def test_db_errors_are_one_clear_line(sqlite_project, tmp_path):
     ro.mkdir()
     ro.chmod(0o555)
     # Root writes through permissions; a read-only mount stops even root.
-    read_only = os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)]).returncode == 0
+    read_only = (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)]).returncode == 0
+    )
     if read_only:
         cases.append((["--db", str(ro / "q.db")], "not writable"))
     for args, message in cases:
@@ -170,17 +192,25 @@ def test_a_truncated_db_and_a_db_from_a_newer_version_are_refused(sqlite_project
 def test_jq_sql_is_read_only(project):
     project.sweep("q", "app", 3)
     project.jq("enqueue", "q", check=True)
-    for statement in ("delete from jobs", "update jobs set state = 'failed'", "drop table jobs",
-                      "insert into runs (name) values ('x')"):
+    for statement in (
+        "delete from jobs",
+        "update jobs set state = 'failed'",
+        "drop table jobs",
+        "insert into runs (name) values ('x')",
+    ):
         proc = project.jq("sql", statement)
         assert proc.returncode == 2 and "jq sql is read-only" in proc.stderr, (statement, proc.stderr)
     assert project.states() == {"queued": 3}
     csv_out = project.jq("sql", "select name, state from jobs order by id", "--csv", check=True).stdout
     assert csv_out.splitlines()[:2] == ["name,state", "00_j_i_0,queued"]
-    plain = project.jq("sql", "select id, name, exit_code, 'two\nlines' as note from jobs order by id",
-                       check=True).stdout
-    assert plain.splitlines() == ["id  name      exit_code  note"] + [  # numbers right-aligned, NULL empty, one line a row
-        f"{job['id']:>2}  {job['name']}  {'':9}  two\\nlines" for job in project.jobs()]
+    plain = project.jq(
+        "sql", "select id, name, exit_code, 'two\nlines' as note from jobs order by id", check=True
+    ).stdout
+    assert plain.splitlines() == [
+        "id  name      exit_code  note"
+    ] + [  # numbers right-aligned, NULL empty, one line a row
+        f"{job['id']:>2}  {job['name']}  {'':9}  two\\nlines" for job in project.jobs()
+    ]
     assert project.jq("sql", "select id, name from jobs where 0 = 1", check=True).stdout == "id  name\n"
 
 
@@ -194,7 +224,9 @@ def test_long_outputs_keep_each_command_whole_on_one_line(sqlite_project):
     p.jq("enqueue", "wide", check=True)
     listing = p.jq("list", check=True).stdout.splitlines()
     assert listing[0] == "id  run   name      state   tries  exit  command"
-    assert listing[1:] == [f"{job['id']:>2}  wide  {job['name']}  queued      0        {job['cmd']}" for job in p.jobs()]
+    assert listing[1:] == [
+        f"{job['id']:>2}  wide  {job['name']}  queued      0        {job['cmd']}" for job in p.jobs()
+    ]
 
 
 def test_twenty_processes_opening_a_fresh_db_at_once_all_succeed(sqlite_project):

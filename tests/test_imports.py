@@ -27,7 +27,8 @@ def module_names(package: Path) -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _import_nodes(tree: ast.AST):
@@ -64,8 +65,10 @@ def imports_of(module: str, path: Path, modules) -> dict[str, int]:
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(anchor + ([node.module] if node.module else []))
             # `from jobqueue import queue` imports the module jobqueue.queue; `from jobqueue.queue import x`, queue.
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else _known(base, modules)
-                       for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else _known(base, modules)
+                for alias in node.names
+            ]
         for target in targets:
             if target is not None and target != module:
                 found[target] = min(found.get(target, node.lineno), node.lineno)
@@ -142,7 +145,9 @@ def test_the_graph_sees_imports_inside_functions_relative_ones_and_from_package_
     for name in ("__init__", "a", "b", "c", "d", "sub/__init__", "sub/e"):
         (pkg / f"{name}.py").write_text("")
     (pkg / "a.py").write_text("def f():\n    from jobqueue import b\n")
-    (pkg / "b.py").write_text("import jobqueue.sub.e\nTYPE_CHECKING = False\nif TYPE_CHECKING:\n    from jobqueue import d\n")
+    (pkg / "b.py").write_text(
+        "import jobqueue.sub.e\nTYPE_CHECKING = False\nif TYPE_CHECKING:\n    from jobqueue import d\n"
+    )
     (pkg / "sub" / "e.py").write_text("from .. import c\nfrom ..a import f\nfrom . import missing\n")
     (pkg / "c.py").write_text("from jobqueue import Thing\n")
     modules = module_names(pkg)
@@ -168,4 +173,5 @@ def test_the_data_layer_never_imports_what_shows_launches_or_runs_jobs(module):
     assert module in graph
     reached = [m for m in graph if _above_data(m) and _shortest_path(graph, module, m)]
     assert not reached, f"{module} imports:\n" + "\n".join(
-        describe(graph, _shortest_path(graph, module, m)) for m in sorted(reached))
+        describe(graph, _shortest_path(graph, module, m)) for m in sorted(reached)
+    )

@@ -52,7 +52,7 @@ def test_json_lines_keep_nan_and_infinities_and_skip_and_count_every_bad_line(tm
     ]
     bad = [
         "not json",
-        '[1, 2]',
+        "[1, 2]",
         '{"step": 4, "reward": "high"}',
         '{"step": 5, "done": true}',
         '{"step": 1.5, "reward": 1}',
@@ -67,11 +67,16 @@ def test_json_lines_keep_nan_and_infinities_and_skip_and_count_every_bad_line(tm
         f.write(b'{"step": 9, "reward": 3')  # a line still being written
     (chunk,) = read_jsonl(str(path))
     assert chunk.skipped == len(bad) and (chunk.start, chunk.end) == (0, whole)
-    assert same(chunk.points, [
-        Point("reward", 1, 1.5, 100.0), Point("loss", 1, NAN, 100.0),
-        Point("reward", 2, INF, 101.0), Point("loss", 2, -INF, 101.0),
-        Point("reward", None, 7.0, 102.5),
-    ])
+    assert same(
+        chunk.points,
+        [
+            Point("reward", 1, 1.5, 100.0),
+            Point("loss", 1, NAN, 100.0),
+            Point("reward", 2, INF, 101.0),
+            Point("loss", 2, -INF, 101.0),
+            Point("reward", None, 7.0, 102.5),
+        ],
+    )
     with open(path, "ab") as f:
         f.write(b'.5, "k' + b"k" * 199 + b'": 2}\n')  # finished: a key of 200 characters is taken
     (rest,) = read_jsonl(str(path), chunk.end)
@@ -119,17 +124,23 @@ def write_events(directory, scalars: dict[str, list[tuple[int, float]]]) -> str:
 
 def test_event_files_from_summary_writer_give_their_scalars_and_a_truncated_one_waits_for_its_last_record(tmp_path):
     experiment = tmp_path / "train_dir" / "exp"
-    path = write_events(experiment / ".summary" / "0", {
-        "reward/reward": [(0, 0.3), (100, 12.5), (200, NAN)], "perf/_fps": [(100, INF)]})
+    path = write_events(
+        experiment / ".summary" / "0", {"reward/reward": [(0, 0.3), (100, 12.5), (200, NAN)], "perf/_fps": [(100, INF)]}
+    )
     (experiment / "checkpoint_p0").mkdir()
     assert find_event_files(str(experiment)) == [path]
     (chunk,) = read_event_file(path)
     assert chunk.skipped == 0 and chunk.end == os.path.getsize(path)
-    assert same(chunk.points, [
-        Point("reward/reward", 0, 0.3, 1000.0), Point("reward/reward", 100, 12.5, 1100.0),
-        Point("reward/reward", 200, NAN, 1200.0), Point("perf/_fps", 100, INF, 1100.0),
-        Point("tf2/double", 5, 0.125, 1005.0),
-    ])
+    assert same(
+        chunk.points,
+        [
+            Point("reward/reward", 0, 0.3, 1000.0),
+            Point("reward/reward", 100, 12.5, 1100.0),
+            Point("reward/reward", 200, NAN, 1200.0),
+            Point("perf/_fps", 100, INF, 1100.0),
+            Point("tf2/double", 5, 0.125, 1005.0),
+        ],
+    )
     # A job killed mid-write: the file ends inside its last record, which the next read takes whole.
     data = Path(path).read_bytes()
     cut = tmp_path / "cut" / os.path.basename(path)
@@ -149,7 +160,7 @@ def test_a_damaged_event_record_is_skipped_and_counted(tmp_path):
     # Records follow one another as 12-byte head, data, 4-byte checksum: flip a byte in the data of the third scalar.
     offset, records = 0, []
     while offset < len(data):
-        length = int.from_bytes(data[offset:offset + 8], "little")
+        length = int.from_bytes(data[offset : offset + 8], "little")
         records.append(offset)
         offset += 12 + length + 4
     data[records[3] + 12 + 2] ^= 0xFF  # record 0 is the file version, then one record per scalar
@@ -165,11 +176,17 @@ def test_event_files_without_tensorboardx_are_reported_in_one_line(tmp_path):
     blocker = tmp_path / "blocker"
     (blocker / "tensorboardX").mkdir(parents=True)
     (blocker / "tensorboardX" / "__init__.py").write_text("raise ImportError('No module named tensorboardX')\n")
-    code = ("import sys; from jobqueue.metrics import job_sources\n"
-            "sources, message = job_sources({}, 1, sys.argv[1], sys.argv[2])\n"
-            "print([s.kind for s in sources]); print(message)")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "exp"), str(tmp_path / "m.jsonl")],
-                          env={**os.environ, "PYTHONPATH": f"{blocker}:{REPO}"}, capture_output=True, text=True)
+    code = (
+        "import sys; from jobqueue.metrics import job_sources\n"
+        "sources, message = job_sources({}, 1, sys.argv[1], sys.argv[2])\n"
+        "print([s.kind for s in sources]); print(message)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "exp"), str(tmp_path / "m.jsonl")],
+        env={**os.environ, "PYTHONPATH": f"{blocker}:{REPO}"},
+        capture_output=True,
+        text=True,
+    )
     kinds, message = proc.stdout.splitlines()
     assert proc.returncode == 0 and kinds == "['jsonl']", proc.stderr
     assert message.startswith(f"jq: TensorBoard event files below {tmp_path / 'exp'} are not read")
@@ -183,13 +200,15 @@ def test_event_files_without_tensorboardx_are_reported_in_one_line(tmp_path):
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != "JQ_METRICS_FILE"}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**environ, **env}, capture_output=True,
-                          text=True, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env={**environ, **env}, capture_output=True, text=True, cwd=REPO
+    )
 
 
 def test_log_metrics_appends_lines_the_reader_takes_and_its_import_costs_nothing(tmp_path):
     path = tmp_path / "job.metrics.jsonl"
-    proc = run_python("""
+    proc = run_python(
+        """
         import sys
         before = set(sys.modules)
         from jobqueue import log_metrics
@@ -201,14 +220,18 @@ def test_log_metrics_appends_lines_the_reader_takes_and_its_import_costs_nothing
                 log_metrics(**bad)
             except (TypeError, ValueError) as exc:
                 print(type(exc).__name__)
-    """, JQ_METRICS_FILE=str(path))
+    """,
+        JQ_METRICS_FILE=str(path),
+    )
     assert proc.returncode == 0, proc.stderr
     imported, *errors = proc.stdout.splitlines()
     assert imported == "['jobqueue', 'jobqueue.training']" and errors == ["TypeError", "TypeError", "ValueError"]
     (chunk,) = read_jsonl(str(path))
     assert chunk.skipped == 0
-    assert same([(p.key, p.step, p.value) for p in chunk.points],
-                [("reward", 1, 1.5), ("loss", 1, NAN), ("reward", None, INF), ("episodes", None, 3.0)])
+    assert same(
+        [(p.key, p.step, p.value) for p in chunk.points],
+        [("reward", 1, 1.5), ("loss", 1, NAN), ("reward", None, INF), ("episodes", None, 3.0)],
+    )
     assert all(abs(p.wall_time - chunk.points[0].wall_time) < 60 for p in chunk.points)
     unset = run_python("from jobqueue import log_metrics\nlog_metrics(a=1)\nlog_metrics(a=2)")
     assert unset.returncode == 0 and unset.stderr.count("JQ_METRICS_FILE is not set") == 1
@@ -222,13 +245,17 @@ class Sweep:
 
     def __init__(self, db, tmp_path, params: list[dict], name: str = "sweep"):
         self.db, self.dir = db, tmp_path
-        specs = [JobSpec(f"{i:02d}_j", "j", p, ["true"], "true", f"{name}/j_", str(tmp_path / name), index=i)
-                 for i, p in enumerate(params)]
+        specs = [
+            JobSpec(f"{i:02d}_j", "j", p, ["true"], "true", f"{name}/j_", str(tmp_path / name), index=i)
+            for i, p in enumerate(params)
+        ]
         self.run_id = queue.enqueue(db, name, specs, sweep=name, train_dir=str(tmp_path), cwd=str(tmp_path)).run_id
         self.worker = queue.register_worker(db, slots=1, gpus=None, backend="processes", run_id=None)
         self.ids = [j["id"] for j in queue.list_jobs(db, name, columns="jobs.id")]
 
-    def attempt(self, index: int, lines: list[dict] | str, outcome=AttemptState.SUCCEEDED, halfway=None) -> queue.ClaimedJob:
+    def attempt(
+        self, index: int, lines: list[dict] | str, outcome=AttemptState.SUCCEEDED, halfway=None
+    ) -> queue.ClaimedJob:
         """Run one attempt of a job that logs `lines` to its metrics file, collected while it runs (then halfway()
         is called) and at its end."""
         job = queue.claim_next_job(self.db, self.worker, slot=0, gpus=None, job_id=self.ids[index])
@@ -248,8 +275,13 @@ class Sweep:
         return job
 
     def collect(self, job) -> results.Collected:
-        return results.collect(self.db, job.job_id, job.attempt_id, experiment_dir=str(self.dir / "sweep" / job.name),
-                               metrics_file=metrics_file_for(job.log_path))
+        return results.collect(
+            self.db,
+            job.job_id,
+            job.attempt_id,
+            experiment_dir=str(self.dir / "sweep" / job.name),
+            metrics_file=metrics_file_for(job.log_path),
+        )
 
 
 def test_a_resumed_job_keeps_both_attempts_points_and_its_summary_spans_them(project, tmp_path):
@@ -269,19 +301,31 @@ def test_a_resumed_job_keeps_both_attempts_points_and_its_summary_spans_them(pro
     assert sweep.collect(job).points == 0  # nothing new: read once only
     (row,) = results.results(db, "sweep")
     assert row["params"] == {"lr": 0.1} and row["state"] == "succeeded" and row["duration_s"] >= 0
-    assert same(row["metrics"], {
-        "reward": {"last": 100.5, "last_step": 100, "min": 0.0, "max": 100.5, "count": 15},
-        "loss": {"last": 0.01, "last_step": 100, "min": -INF, "max": 1.0, "count": 15},
-        "x": {"last": 1.0, "last_step": None, "min": 1.0, "max": 1.0, "count": 1},
-    })
+    assert same(
+        row["metrics"],
+        {
+            "reward": {"last": 100.5, "last_step": 100, "min": 0.0, "max": 100.5, "count": 15},
+            "loss": {"last": 0.01, "last_step": 100, "min": -INF, "max": 1.0, "count": 15},
+            "x": {"last": 1.0, "last_step": None, "min": 1.0, "max": 1.0, "count": 1},
+        },
+    )
     points = list(results.metrics(db, job.job_id, ["reward"]))
-    assert [(p["attempt"], p["step"]) for p in points] == [(1, s) for s in range(0, 90, 10)] + [(2, s) for s in range(50, 110, 10)]
+    assert [(p["attempt"], p["step"]) for p in points] == [(1, s) for s in range(0, 90, 10)] + [
+        (2, s) for s in range(50, 110, 10)
+    ]
     assert math.isnan(points[3]["value"]) and points[-1]["value"] == 100.5
     sources = results.metric_sources(db, job.job_id)
-    assert [(s["attempt"], s["kind"], s["points"], s["skipped"]) for s in sources] == [(1, JSONL, 18, 1), (2, JSONL, 13, 0)]
-    assert results.source_lines(sources) == [f"attempt 1: 18 points from {sources[0]['path']}, 1 bad line skipped",
-                                             f"attempt 2: 13 points from {sources[1]['path']}"]
-    assert results.best_line("sweep", results.run_best(db, "sweep")).endswith("100.5 at step 100; 1 bad metric line or record skipped")
+    assert [(s["attempt"], s["kind"], s["points"], s["skipped"]) for s in sources] == [
+        (1, JSONL, 18, 1),
+        (2, JSONL, 13, 0),
+    ]
+    assert results.source_lines(sources) == [
+        f"attempt 1: 18 points from {sources[0]['path']}, 1 bad line skipped",
+        f"attempt 2: 13 points from {sources[1]['path']}",
+    ]
+    assert results.best_line("sweep", results.run_best(db, "sweep")).endswith(
+        "100.5 at step 100; 1 bad metric line or record skipped"
+    )
     assert results.job_metric_keys(db, job.job_id) == ["reward", "loss", "x"]
 
 
@@ -309,8 +353,10 @@ def test_the_last_value_is_the_highest_steps_whatever_the_order_and_the_chunks_t
     for chunk in read_jsonl(str(path), chunk_points=1):
         db.transact(functools.partial(results.ingest, job_id=job.job_id, attempt_id=job.attempt_id, chunk=chunk))
     for row in results.results(db, "sweep"):
-        assert row["metrics"] == {"a": {"last": 5.0, "last_step": 5, "min": 3.0, "max": 9.0, "count": 4},
-                                  "b": {"last": 2.0, "last_step": None, "min": 1.0, "max": 2.0, "count": 2}}
+        assert row["metrics"] == {
+            "a": {"last": 5.0, "last_step": 5, "min": 3.0, "max": 9.0, "count": 4},
+            "b": {"last": 2.0, "last_step": None, "min": 1.0, "max": 2.0, "count": 2},
+        }
 
 
 def test_results_sort_best_first_with_nan_last_and_group_over_seeds(project, tmp_path):
@@ -331,16 +377,30 @@ def test_results_sort_best_first_with_nan_last_and_group_over_seeds(project, tmp
     assert same(groups[0]["metrics"]["reward"], {"mean": 22.0, "std": 2.0, "min": 20.0, "max": 24.0})
     assert same(groups[1]["metrics"]["reward"], {"mean": 11.0, "std": math.sqrt(2), "min": 10.0, "max": 12.0})
     per_run = list(results.results(db, "sweep", group_by=["lr", "seed"]))
-    assert len(per_run) == 6 and all(g["jobs"] == 1 for g in per_run) and math.isnan(per_run[0]["metrics"]["reward"]["std"])
+    assert (
+        len(per_run) == 6
+        and all(g["jobs"] == 1 for g in per_run)
+        and math.isnan(per_run[0]["metrics"]["reward"]["std"])
+    )
     best = results.run_best(db, "sweep")
-    assert best == {"key": "reward", "minimize": False, "job": {"id": sweep.ids[4], "name": "04_j", "last": 24.0, "last_step": 2},
-                    "skipped": 0}
+    assert best == {
+        "key": "reward",
+        "minimize": False,
+        "job": {"id": sweep.ids[4], "name": "04_j", "last": 24.0, "last_step": 2},
+        "skipped": 0,
+    }
     assert results.best_line("sweep", best) == f"sweep: best on reward so far: job {sweep.ids[4]} 04_j, 24 at step 2"
     lowest = results.run_best(db, "sweep", "loss", minimize=True)
-    assert results.best_line("sweep", lowest) == f"sweep: best on loss (lowest) so far: job {sweep.ids[5]} 05_j, 0.166667 at step 2"
+    assert (
+        results.best_line("sweep", lowest)
+        == f"sweep: best on loss (lowest) so far: job {sweep.ids[5]} 05_j, 0.166667 at step 2"
+    )
     for call, message in [
         (lambda: results.results(db, "sweep", sort="acc"), "--sort acc: no job of run 'sweep' has logged this metric"),
-        (lambda: results.results(db, "sweep", group_by=["batch"]), "--group-by batch: no job of run 'sweep' has this parameter"),
+        (
+            lambda: results.results(db, "sweep", group_by=["batch"]),
+            "--group-by batch: no job of run 'sweep' has this parameter",
+        ),
         (lambda: results.results(db, "nope"), "no run named 'nope'"),
         (lambda: results.metrics(db, 999), "no job with id 999"),
     ]:
@@ -358,7 +418,13 @@ def test_results_as_json_csv_and_table(project, tmp_path):
     rows = json.loads(out.getvalue())
     assert [r["id"] for r in rows] == [sweep.ids[1], sweep.ids[0]]
     assert set(rows[0]) == {"id", "name", "state", "params", "duration_s", "metrics"}
-    assert rows[0]["metrics"]["reward"] == {"last": "Infinity", "last_step": 5, "min": "Infinity", "max": "Infinity", "count": 1}
+    assert rows[0]["metrics"]["reward"] == {
+        "last": "Infinity",
+        "last_step": 5,
+        "min": "Infinity",
+        "max": "Infinity",
+        "count": 1,
+    }
     assert rows[1]["metrics"]["loss"] == {"last": "NaN", "last_step": 5, "min": "NaN", "max": "NaN", "count": 1}
     columns = results.result_columns(db, "sweep")
     assert (columns.params, columns.metrics) == (["lr", "arch"], ["reward", "loss"])
@@ -373,15 +439,24 @@ def test_results_as_json_csv_and_table(project, tmp_path):
     assert table[1].split()[-2:] == ["Infinity", "0.5"] and table[2].split()[-2:] == ["1.25", "NaN"]
     out = io.StringIO()
     results.write_json(results.results(db, "sweep", group_by=["lr"]), out)
-    assert json.loads(out.getvalue())[0] == {"group": {"lr": 0.1}, "jobs": 1, "metrics": {
-        "reward": {"mean": 1.25, "std": "NaN", "min": 1.25, "max": 1.25}}}
+    assert json.loads(out.getvalue())[0] == {
+        "group": {"lr": 0.1},
+        "jobs": 1,
+        "metrics": {"reward": {"mean": 1.25, "std": "NaN", "min": 1.25, "max": 1.25}},
+    }
     out = io.StringIO()
     results.write_points_csv(results.metrics(db, sweep.ids[0]), out)
     assert out.getvalue().splitlines()[0] == "attempt,key,step,value,wall_time"
-    assert [line.split(",")[:4] for line in out.getvalue().splitlines()[1:]] == [["1", "loss", "5", "NaN"], ["1", "reward", "5", "1.25"]]
+    assert [line.split(",")[:4] for line in out.getvalue().splitlines()[1:]] == [
+        ["1", "loss", "5", "NaN"],
+        ["1", "reward", "5", "1.25"],
+    ]
     lines = list(results.points_table(results.metrics(db, sweep.ids[0]), ["reward", "loss"]))
-    assert [line.split() for line in lines] == [["attempt", "key", "step", "value"], ["1", "loss", "5", "NaN"],
-                                                ["1", "reward", "5", "1.25"]]
+    assert [line.split() for line in lines] == [
+        ["attempt", "key", "step", "value"],
+        ["1", "loss", "5", "NaN"],
+        ["1", "reward", "5", "1.25"],
+    ]
 
 
 def test_event_files_below_the_experiment_dir_are_ingested_per_attempt(project, tmp_path):
@@ -399,7 +474,11 @@ def test_event_files_below_the_experiment_dir_are_ingested_per_attempt(project, 
     (row,) = results.results(db, "sweep", metrics=["reward/reward"])
     assert row["metrics"]["reward/reward"] == {"last": 3.0, "last_step": 300, "min": 1.0, "max": 3.0, "count": 4}
     assert [(p["attempt"], p["step"], p["value"]) for p in results.metrics(db, job.job_id, ["reward/reward"])] == [
-        (1, 100, 1.0), (1, 200, 2.0), (2, 200, 2.5), (2, 300, 3.0)]
+        (1, 100, 1.0),
+        (1, 200, 2.0),
+        (2, 200, 2.5),
+        (2, 300, 3.0),
+    ]
 
 
 def test_jq_db_copy_carries_the_metrics_both_ways(sqlite_project, postgres_server, tmp_path):
@@ -453,16 +532,25 @@ print(json.dumps({"points": points, "grew_kb": resource.getrusage(resource.RUSAG
 def test_reading_and_storing_a_large_metrics_file_keeps_memory_flat(tmp_path):
     path = tmp_path / "big.metrics.jsonl"
     warm = tmp_path / "big.metrics.jsonl.warm-up"  # a small file first: the first chunk's allocations are not growth
-    warm.write_text("".join(json.dumps({"step": i, "reward": i * 0.5, "loss": 1.0 / (i + 1)}) + "\n" for i in range(20_000)))
+    warm.write_text(
+        "".join(json.dumps({"step": i, "reward": i * 0.5, "loss": 1.0 / (i + 1)}) + "\n" for i in range(20_000))
+    )
     with open(path, "w") as f:
         f.writelines(json.dumps({"step": i, "reward": i * 0.5, "loss": 1.0 / (i + 1)}) + "\n" for i in range(100_000))
     db = tmp_path / "jobqueue.db"
     enqueue = open_db(str(db))
-    queue.enqueue(enqueue, "big", [JobSpec("00_j", "j", {}, ["true"], "true", "big/j_", str(tmp_path))],
-                  sweep="big", train_dir=str(tmp_path), cwd=str(tmp_path))
+    queue.enqueue(
+        enqueue,
+        "big",
+        [JobSpec("00_j", "j", {}, ["true"], "true", "big/j_", str(tmp_path))],
+        sweep="big",
+        train_dir=str(tmp_path),
+        cwd=str(tmp_path),
+    )
     for what in ("read", "store"):
-        proc = subprocess.run([sys.executable, "-c", MEASURE_RSS, str(path), str(db), what], capture_output=True,
-                              text=True, cwd=REPO)
+        proc = subprocess.run(
+            [sys.executable, "-c", MEASURE_RSS, str(path), str(db), what], capture_output=True, text=True, cwd=REPO
+        )
         assert proc.returncode == 0, proc.stderr
         measured = json.loads(proc.stdout)
         # The reader holds one chunk of points at a time, whose like the warm-up already held: the peak stays put.
@@ -479,12 +567,22 @@ def test_a_db_made_before_metrics_is_upgraded_on_open_and_keeps_its_jobs(db_url,
     config = _alembic_config()
     config.attributes["engine"] = old.engine
     command.upgrade(config, "0001")
-    queue.enqueue(old, "old", [JobSpec("00_j", "j", {"lr": 1}, ["true"], "true", "old/j_", str(tmp_path))],
-                  sweep="old", train_dir=str(tmp_path), cwd=str(tmp_path))
+    queue.enqueue(
+        old,
+        "old",
+        [JobSpec("00_j", "j", {"lr": 1}, ["true"], "true", "old/j_", str(tmp_path))],
+        sweep="old",
+        train_dir=str(tmp_path),
+        cwd=str(tmp_path),
+    )
     old.dispose()
     sweep_db = open_db(url)
-    job = queue.claim_next_job(sweep_db, queue.register_worker(sweep_db, slots=1, gpus=None, backend="processes",
-                                                               run_id=None), slot=0, gpus=None)
+    job = queue.claim_next_job(
+        sweep_db,
+        queue.register_worker(sweep_db, slots=1, gpus=None, backend="processes", run_id=None),
+        slot=0,
+        gpus=None,
+    )
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1, "a": 2.5}\n')
     results.collect(sweep_db, job.job_id, job.attempt_id, experiment_dir=None, metrics_file=str(path))

@@ -34,13 +34,16 @@ def ngc_project(sqlite_project):
     p.env = env
     p.calls = lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     p.write("ngc.template", TEMPLATE)
-    p.write("nasty.py", f"""
+    p.write(
+        "nasty.py",
+        f"""
         from jobqueue import Experiment, ParamList, RunDescription
         RUN_DESCRIPTION = RunDescription("nasty", experiments=[
             Experiment("exp", "python train.py --algo=APPO",
                        ParamList([{{"msg": {NASTY!r}}}, {{"msg": "plain"}}, {{"msg": "semi;colon"}}]).generate_params(randomize=False)),
         ])
-    """)
+    """,
+    )
     return p
 
 
@@ -53,9 +56,24 @@ def test_each_experiment_is_one_ngc_job_with_its_command_intact_and_ids_recorded
     assert len(calls) == 3
     for argv, job in zip(calls, jobs):
         assert argv == [
-            "batch", "run", "--name", job["name"], "--image", "nvidia/pytorch:23.10-py3", "--instance", "dgx1v.16g.1.norm",
-            "--result", "/result", "--total-runtime", "72h", "--ace", "nv-us-west-2",
-            "--commandline", f"cd /workspace/project && {job['cmd']}", "--format_type", "json",
+            "batch",
+            "run",
+            "--name",
+            job["name"],
+            "--image",
+            "nvidia/pytorch:23.10-py3",
+            "--instance",
+            "dgx1v.16g.1.norm",
+            "--result",
+            "/result",
+            "--total-runtime",
+            "72h",
+            "--ace",
+            "nv-us-west-2",
+            "--commandline",
+            f"cd /workspace/project && {job['cmd']}",
+            "--format_type",
+            "json",
         ]
         # The shell NGC runs the command in gets exactly the job's argv back.
         assert shlex.split(argv[argv.index("--commandline") + 1])[3:] == job["argv"]
@@ -97,7 +115,9 @@ def test_cancel_kills_the_runs_ngc_jobs_and_refresh_reads_their_state(ngc_projec
 
 def test_print_only_submits_nothing(ngc_project):
     p = ngc_project
-    out = p.jq("launch", "nasty", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--ngc-print-only", check=True).stdout
+    out = p.jq(
+        "launch", "nasty", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--ngc-print-only", check=True
+    ).stdout
     lines = [line for line in out.splitlines() if line.startswith("ngc batch run")]
     assert len(lines) == 3 and p.calls() == []
     assert shlex.split(lines[0])[-3] == "cd /workspace/project && " + p.jobs()[0]["cmd"]
@@ -109,23 +129,58 @@ def test_workers_mode_runs_workers_against_postgresql_and_refuses_sqlite(ngc_pro
     assert_refused(refused, "--ngc-workers needs a DB that NGC jobs can reach")
     assert not (p.path / "jobqueue.db").exists() and p.calls() == []
     url = postgres_server.create_database("jq_ngc_workers")
-    p.jq("launch", "nasty", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--ngc-workers", "2",
-         "--slots", "3", "--db", url, check=True)
+    p.jq(
+        "launch",
+        "nasty",
+        "--backend",
+        "ngc",
+        "--ngc-job-template",
+        "ngc.template",
+        "--ngc-workers",
+        "2",
+        "--slots",
+        "3",
+        "--db",
+        url,
+        check=True,
+    )
     calls = p.calls()
     assert len(calls) == 2
     cmd = shlex.split(calls[0][calls[0].index("--commandline") + 1])
-    assert cmd[3:] == ["python", "-m", "jobqueue", "worker", "--db", url, "--backend", "ngc", "--run", "nasty", "--slots", "3"]
+    assert cmd[3:] == [
+        "python",
+        "-m",
+        "jobqueue",
+        "worker",
+        "--db",
+        url,
+        "--backend",
+        "ngc",
+        "--run",
+        "nasty",
+        "--slots",
+        "3",
+    ]
     # Per-job mode with a DB NGC can reach: each NGC job is a worker bound to its one job.
     p.jq("launch", "nasty", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--db", url, check=True)
     per_job = [c for c in p.calls()[2:]]
     bound = sorted(shlex.split(c[c.index("--commandline") + 1])[3:] for c in per_job)
-    assert bound == [["python", "-m", "jobqueue", "worker", "--db", url, "--backend", "ngc", "--job", str(i)] for i in (1, 2, 3)]
+    assert bound == [
+        ["python", "-m", "jobqueue", "worker", "--db", url, "--backend", "ngc", "--job", str(i)] for i in (1, 2, 3)
+    ]
 
 
-@pytest.mark.parametrize("problem, template, message", [
-    ("no template", None, "--backend ngc needs --ngc-job-template FILE"),
-    ("no experiment_cmd", "ngc batch run --name {{ name }} --commandline 'echo hi'\n", "the template has no {{ experiment_cmd }}"),
-])
+@pytest.mark.parametrize(
+    "problem, template, message",
+    [
+        ("no template", None, "--backend ngc needs --ngc-job-template FILE"),
+        (
+            "no experiment_cmd",
+            "ngc batch run --name {{ name }} --commandline 'echo hi'\n",
+            "the template has no {{ experiment_cmd }}",
+        ),
+    ],
+)
 def test_template_errors_are_one_line_and_write_nothing(ngc_project, problem, template, message):
     p = ngc_project
     args = ["launch", "nasty", "--backend", "ngc"]
@@ -158,12 +213,16 @@ def test_generated_command_lines_parse_with_nvidias_own_ngc_parser(ngc_project, 
     except ImportError:
         service_unavailable("NVIDIA's ngc parser", 'pip install "ngcsdk==4.19.1" argcomplete')
     p = ngc_project
-    out = p.jq("launch", "nasty", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--ngc-print-only", check=True).stdout
+    out = p.jq(
+        "launch", "nasty", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--ngc-print-only", check=True
+    ).stdout
     lines = [shlex.split(line) for line in out.splitlines() if line.startswith("ngc batch run")]
     check = Path(__file__).parent / "ngc_parser" / "check_argv.py"
     env = dict(os.environ, HOME=str(tmp_path), NGC_CLI_API_KEY="dummy-key-for-parsing", NGC_CLI_TRACE_DISABLE="1")
     for argv in lines + [["ngc", "batch", "run", "--name", "x", "--bogus-flag"]]:
-        proc = subprocess.run([sys.executable, str(check), *argv[1:]], env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, str(check), *argv[1:]], env=env, capture_output=True, text=True, timeout=60
+        )
         if "--bogus-flag" in argv:
             assert proc.returncode == 2 and "unrecognized arguments: --bogus-flag" in proc.stderr  # the check can fail
         else:

@@ -44,9 +44,11 @@ def test_queue_sql_decodes_exactly_the_models_time_and_json_columns():
 
 def imports_of(cwd, env: dict, *args: str) -> list[str]:
     """The SQLAlchemy and Alembic modules that `jq ARGS` imported, run in cwd (it must succeed)."""
-    code = ("import json, sys; from jobqueue.cli import main\n"
-            "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic'))))")
+    code = (
+        "import json, sys; from jobqueue.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic'))))"
+    )
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -57,7 +59,9 @@ def schema_of(path) -> dict:
     conn = sqlite3.connect(path)
     try:
         return {
-            "objects": conn.execute("select type, name, tbl_name, sql from sqlite_master order by type, name").fetchall(),
+            "objects": conn.execute(
+                "select type, name, tbl_name, sql from sqlite_master order by type, name"
+            ).fetchall(),
             "revision": conn.execute("select version_num from alembic_version").fetchall(),
             "user_version": conn.execute("pragma user_version").fetchone(),
             "integrity": conn.execute("pragma integrity_check").fetchall(),
@@ -74,8 +78,12 @@ def test_a_launch_into_an_existing_or_a_new_sqlite_db_never_imports_sqlalchemy(s
     p.sweep("quick", "true", 3)
     p.jq("enqueue", "quick", check=True)
     assert cached_template().exists()
-    for args in (["launch", "quick", "--no-progress"], ["worker"], ["status"],
-                 ["launch", "quick", "--no-progress", "--db", "new.db"]):
+    for args in (
+        ["launch", "quick", "--no-progress"],
+        ["worker"],
+        ["status"],
+        ["launch", "quick", "--no-progress", "--db", "new.db"],
+    ):
         assert imports_of(p.path, p.env(), *args) == [], args
     assert p.states() == {"succeeded": 3}
     assert json.loads(p.jq("list", "--json", "--db", "new.db", check=True).stdout)[2]["state"] == "succeeded"
@@ -94,7 +102,11 @@ def test_a_new_sqlite_db_is_a_copy_of_the_template_that_the_migrations_made(tmp_
     close_all()
     _migrate_new_file(tmp_path / "by_alembic.db")  # the migrations run on the file itself
     expected = schema_of(tmp_path / "by_alembic.db")
-    assert len(expected["objects"]) > 10 and expected["revision"] == [(SCHEMA_HEAD,)] and expected["integrity"] == [("ok",)]
+    assert (
+        len(expected["objects"]) > 10
+        and expected["revision"] == [(SCHEMA_HEAD,)]
+        and expected["integrity"] == [("ok",)]
+    )
     for made in (template, tmp_path / "first.db", tmp_path / "second.db"):
         assert schema_of(made) == expected, made
     for copy in ("first.db", "second.db"):
@@ -155,9 +167,15 @@ def test_processes_making_new_dbs_at_once_with_an_empty_cache_make_one_template(
 
 
 def test_a_changed_migration_gets_a_template_of_its_own(tmp_path):
-    migrations = shutil.copytree(data_path("migrations"), tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    migrations = shutil.copytree(
+        data_path("migrations"), tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__")
+    )
     digest = migrations_digest()
-    assert migrations_digest(migrations) == digest and digest in cached_template().name and digest in shipped_template().name
+    assert (
+        migrations_digest(migrations) == digest
+        and digest in cached_template().name
+        and digest in shipped_template().name
+    )
     first = migrations / "versions" / "0001_initial.py"
     text = first.read_text()
     first.write_text(text.replace('server_default="0"', 'server_default="1"', 1))
@@ -172,26 +190,51 @@ def test_a_changed_migration_gets_a_template_of_its_own(tmp_path):
 
 def test_a_wheel_installed_elsewhere_migrates_and_runs_from_its_own_files(tmp_path):
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = wheels.glob("jobqueue-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     template = f"jobqueue/_data/{shipped_template().name}"  # made by the build (hatch_build.py)
-    for shipped in ("jobqueue/_data/alembic.ini", "jobqueue/_data/migrations/env.py",
-                    "jobqueue/_data/migrations/versions/0001_initial.py", "jobqueue/_data/workers/sbatch_worker.sh",
-                    "jobqueue/_data/workers/ngc_job.template", template):
+    for shipped in (
+        "jobqueue/_data/alembic.ini",
+        "jobqueue/_data/migrations/env.py",
+        "jobqueue/_data/migrations/versions/0001_initial.py",
+        "jobqueue/_data/workers/sbatch_worker.sh",
+        "jobqueue/_data/workers/ngc_job.template",
+        template,
+    ):
         assert shipped in names
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     work = tmp_path / "work"
     shutil.copytree(REPO / "experiments", work / "experiments")
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    where = subprocess.run([sys.executable, "-c", "import jobqueue; print(jobqueue.__file__)"], cwd=work, env=env,
-                           capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import jobqueue; print(jobqueue.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(str(target))
-    dry = subprocess.run([sys.executable, "-m", "jobqueue", "enqueue", "experiments.quickstart", "--dry-run", "--json"],
-                         cwd=work, env=env, capture_output=True, text=True, check=True).stdout
+    dry = subprocess.run(
+        [sys.executable, "-m", "jobqueue", "enqueue", "experiments.quickstart", "--dry-run", "--json"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert len(json.loads(dry)) == 6
     # The first DB after install is a copy of the shipped template: no SQLAlchemy, and no template made in a cache.
     assert imports_of(work, env, "enqueue", "experiments.quickstart") == []
@@ -204,6 +247,8 @@ def test_a_wheel_installed_elsewhere_migrates_and_runs_from_its_own_files(tmp_pa
     expected = schema_of(tmp_path / "by_alembic.db")
     assert schema_of(target / template) == schema_of(work / "jobqueue.db") == expected
     own = schema_of(work / "own.db")
-    assert [o for o in own["objects"] if o[1] != "notes"] == expected["objects"] and own["revision"] == expected["revision"]
+    assert [o for o in own["objects"] if o[1] != "notes"] == expected["objects"] and own["revision"] == expected[
+        "revision"
+    ]
     for db in ("jobqueue.db", "own.db"):
         assert sqlite3.connect(work / db).execute("select count(*) from jobs").fetchone() == (6,)

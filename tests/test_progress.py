@@ -27,19 +27,26 @@ def db_now() -> datetime:
 
 def first_started(db, run: str) -> datetime | None:
     """When the run's first job started, once one has."""
-    rows = db.transact(lambda tx: tx.dicts(
-        "SELECT min(j.started_at) AS started_at FROM jobs j JOIN runs r ON r.id = j.run_id WHERE r.name = :run",
-        {"run": run}), write=False)
+    rows = db.transact(
+        lambda tx: tx.dicts(
+            "SELECT min(j.started_at) AS started_at FROM jobs j JOIN runs r ON r.id = j.run_id WHERE r.name = :run",
+            {"run": run},
+        ),
+        write=False,
+    )
     return rows[0]["started_at"] if rows else None
 
 
-@pytest.mark.parametrize("mean, running_for, queued, parallel, expected", [
-    (2.0, [1.0, 1.0], 2, 2, 3.0),  # both slots free in 1 s, then one more round
-    (2.0, [1.5, 0.5], 3, 2, 4.5),  # the odd job goes to the slot that frees first: 0.5 + 2 + 2
-    (2.0, [], 4, 4, 2.0),  # idle slots start the queue now
-    (2.0, [3.0, 0.5], 0, 2, 1.5),  # the tail: the youngest running job ends last; an overdue one ends any moment
-    (2.0, [], 3, 0, None),  # nothing to run the queue
-])
+@pytest.mark.parametrize(
+    "mean, running_for, queued, parallel, expected",
+    [
+        (2.0, [1.0, 1.0], 2, 2, 3.0),  # both slots free in 1 s, then one more round
+        (2.0, [1.5, 0.5], 3, 2, 4.5),  # the odd job goes to the slot that frees first: 0.5 + 2 + 2
+        (2.0, [], 4, 4, 2.0),  # idle slots start the queue now
+        (2.0, [3.0, 0.5], 0, 2, 1.5),  # the tail: the youngest running job ends last; an overdue one ends any moment
+        (2.0, [], 3, 0, None),  # nothing to run the queue
+    ],
+)
 def test_time_left_spreads_the_queue_over_the_slots_as_they_free(mean, running_for, queued, parallel, expected):
     assert time_left(mean, running_for, queued, parallel) == expected
 
@@ -68,7 +75,8 @@ def test_six_two_second_jobs_on_two_slots_at_half_way_the_eta_is_within_a_fifth_
     parsed = [PLAIN_LINE.match(line) for line in lines]
     assert all(parsed), lines
     assert lines[-1].startswith("grid: 6/6 done | 6 succeeded, 0 failed, 0 running, 0 queued |") and lines[-1].endswith(
-        "ETA 00:00")
+        "ETA 00:00"
+    )
     counts_shown = [m.groups()[:4] for m in parsed[:-1]]  # the last line comes at the end, whatever changed
     assert len(counts_shown) == len(set(counts_shown)), lines  # a line when the counts change, not every tick
     second_round = [m.group(5) for m in parsed if m.group(1) == "2"]
@@ -82,7 +90,9 @@ def test_each_failed_attempt_is_shown_once_with_its_job_name_and_its_log_s_last_
     for job in project.jobs("bad"):
         shown = [line for line in launch.stderr.splitlines() if f" {job['name']}: failed" in line]
         assert [line.split(" | log: ")[1] for line in shown] == [
-            "ValueError: bad lr in attempt 1", "ValueError: bad lr in attempt 2"], launch.stderr
+            "ValueError: bad lr in attempt 1",
+            "ValueError: bad lr in attempt 2",
+        ], launch.stderr
         assert shown[0].startswith(f"job {job['id']} {job['name']}: failed, queued again for another attempt")
         assert "exit code 3" in shown[1]
 
@@ -92,8 +102,14 @@ def test_on_a_terminal_the_run_has_a_bar_with_its_counts_and_eta_and_failures_pr
     project.sweep("mixed", """sh -c '[ "$JQ_JOB_ID" != 2 ] || { echo "disk full"; exit 1; }; sleep 0.5' job""", 4)
     main, other = pty.openpty()
     env = project.env(COLUMNS="160", TERM="xterm")
-    launch = subprocess.Popen([sys.executable, "-m", "jobqueue", "launch", "mixed", "--max-parallel", "2"],
-                              cwd=project.path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=other)
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "jobqueue", "launch", "mixed", "--max-parallel", "2"],
+        cwd=project.path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=other,
+    )
     os.close(other)
     shown, deadline = b"", time.monotonic() + 60
     while select.select([main], [], [], max(0.0, deadline - time.monotonic()))[0]:
@@ -111,5 +127,6 @@ def test_on_a_terminal_the_run_has_a_bar_with_its_counts_and_eta_and_failures_pr
     assert re.search(r"job 2 \S+: failed in \d+\.\ds; exit code 1 \| log: disk full", failure), text
     assert "━" in text  # the bar
     last = text.replace("\r", "\n").strip().splitlines()[-1]
-    assert re.search(r"^mixed ━+ 4/4 done \| 3 succeeded, 1 failed, 0 running, 0 queued \| elapsed \d\d:\d\d, ETA 00:00$",
-                     last), last
+    assert re.search(
+        r"^mixed ━+ 4/4 done \| 3 succeeded, 1 failed, 0 running, 0 queued \| elapsed \d\d:\d\d, ETA 00:00$", last
+    ), last

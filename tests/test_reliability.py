@@ -43,12 +43,15 @@ def test_a_worker_killed_at_each_step_of_a_job_leaves_exactly_one_recorded_succe
 
 def test_an_enqueue_killed_in_the_middle_leaves_all_rows_or_none(sqlite_project):
     p = sqlite_project
-    p.write("huge.py", """
+    p.write(
+        "huge.py",
+        """
         from jobqueue import Experiment, ParamGrid, RunDescription
         RUN_DESCRIPTION = RunDescription("huge", experiments=[
             Experiment("e", "python train.py", ParamGrid([("seed", list(range(1000))), ("lr", list(range(100)))]).generate_params()),
         ])
-    """)
+    """,
+    )
     p.sweep("small", "true", 3)
     p.jq("enqueue", "small", check=True)
     killed = p.jq("enqueue", "huge", env=p.env(JQ_CRASH_AT="mid_enqueue"), timeout=300)
@@ -61,7 +64,9 @@ def test_an_enqueue_killed_in_the_middle_leaves_all_rows_or_none(sqlite_project)
 
 
 def test_chaos_short_run_loses_doubles_and_orphans_nothing(tmp_path):
-    r = run_chaos(tmp_path, jobs=40, workers=4, slots=2, kill_every=(0.3, 0.7), min_kills=12, seed=1, say=lambda m: None)
+    r = run_chaos(
+        tmp_path, jobs=40, workers=4, slots=2, kill_every=(0.3, 0.7), min_kills=12, seed=1, say=lambda m: None
+    )
     assert r["kill_count"] >= 12
     assert (r["lost"], r["recorded_twice"], r["overlapping"], r["orphans"], r["integrity"]) == (0, 0, 0, 0, "ok"), r
 
@@ -78,8 +83,14 @@ def test_readers_in_a_loop_never_see_a_locked_database_while_eight_workers_claim
             if proc.returncode != 0 or "locked" in proc.stderr:
                 errors.append((args, proc.returncode, proc.stderr[-300:]))
 
-    readers = [threading.Thread(target=read_loop, args=(a,)) for a in
-               (["status"], ["list", "--state", "running"], ["sql", "select state, count(*) from jobs group by state"])]
+    readers = [
+        threading.Thread(target=read_loop, args=(a,))
+        for a in (
+            ["status"],
+            ["list", "--state", "running"],
+            ["sql", "select state, count(*) from jobs group by state"],
+        )
+    ]
     for t in readers:
         t.start()
     workers = [p.start("worker", "--slots", "2", "--quiet") for _ in range(8)]
@@ -132,6 +143,7 @@ def _limit_file_size(limit: int):
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG, as on a full disk, instead of a core dump
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -140,7 +152,10 @@ def small_disk(tmp_path):
     """A real 2 MB file system (tmpfs) when we are root, as in CI; else None (a file size limit stands in)."""
     mount = tmp_path / "small_disk"
     mount.mkdir()
-    if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)]).returncode == 0:
+    if (
+        os.geteuid() == 0
+        and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)]).returncode == 0
+    ):
         yield mount
         subprocess.run(["umount", "-l", str(mount)])
     else:
@@ -155,8 +170,15 @@ def test_a_full_disk_while_enqueueing_is_one_clear_line_and_leaves_the_queue_int
     p.jq("enqueue", "first", check=True)
     p.sweep("big", "python train.py --with-a-long-argument-to-fill-pages", 20000)
     limit = None if small_disk is not None else _limit_file_size(os.path.getsize(p.db) + 256 * 1024)
-    proc = subprocess.run([sys.executable, "-m", "jobqueue", "enqueue", "big"], cwd=p.path, env=p.env(), capture_output=True,
-                          text=True, preexec_fn=limit, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobqueue", "enqueue", "big"],
+        cwd=p.path,
+        env=p.env(),
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "disk is full" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert p.sql("select count(*) as n from jobs") == [{"n": 5}]

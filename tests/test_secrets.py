@@ -121,7 +121,9 @@ def test_a_local_launch_and_every_command_after_it_show_the_password_nowhere(sec
     nobody = f"@127.0.0.1:{free_port()}/"  # where nothing listens
     elsewhere = p.jq_db("status", url=p.url.replace(f"@127.0.0.1:{port}/", nobody))
     assert elsewhere.returncode == 2
-    assert elsewhere.stderr.startswith(f"jq: error: --db {p.shown.replace(f'@127.0.0.1:{port}/', nobody)}: cannot connect")
+    assert elsewhere.stderr.startswith(
+        f"jq: error: --db {p.shown.replace(f'@127.0.0.1:{port}/', nobody)}: cannot connect"
+    )
     wrong = "Wr0ng" + secrets.token_hex(8)
     refused = p.jq_db("list", url=p.url.replace(p.password, wrong))
     assert refused.returncode == 2 and "password authentication failed" in refused.stderr
@@ -132,10 +134,20 @@ def test_a_local_launch_and_every_command_after_it_show_the_password_nowhere(sec
 def test_print_only_shows_neither_a_slurm_script_nor_an_ngc_command_with_the_password(secret_project):
     p = secret_project
     p.sweep("hush", "python train.py", 2)
-    p.write("template.sh", "#!/bin/bash\necho \"worker for $JQ_RUN on $JQ_DB\"\nexec $CMD\n")
+    p.write("template.sh", '#!/bin/bash\necho "worker for $JQ_RUN on $JQ_DB"\nexec $CMD\n')
     for mode in ("workers", "per-job"):
-        out = p.jq_db("launch", "hush", "--backend", "slurm", "--slurm-print-only", "--slurm-mode", mode,
-                      "--slurm-sbatch-template", "template.sh", check=True).stdout
+        out = p.jq_db(
+            "launch",
+            "hush",
+            "--backend",
+            "slurm",
+            "--slurm-print-only",
+            "--slurm-mode",
+            mode,
+            "--slurm-sbatch-template",
+            "template.sh",
+            check=True,
+        ).stdout
         workers = [line for line in out.splitlines() if " -m jobqueue worker " in line]
         assert len(workers) == (1 if mode == "workers" else 2), out
         assert all("--db" not in line for line in workers), "the worker reads $JQ_DB"
@@ -145,15 +157,39 @@ def test_print_only_shows_neither_a_slurm_script_nor_an_ngc_command_with_the_pas
     env = p.env(FAKE_NGC_LOG=str(p.path / "ngc_calls.jsonl"))
     env["PATH"] = f"{FAKE_NGC}{os.pathsep}{env['PATH']}"
     p.write("ngc.template", NGC_TEMPLATE)
-    printed = p.jq_db("launch", "hush", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--ngc-print-only",
-                      env=env, check=True)
+    printed = p.jq_db(
+        "launch",
+        "hush",
+        "--backend",
+        "ngc",
+        "--ngc-job-template",
+        "ngc.template",
+        "--ngc-print-only",
+        env=env,
+        check=True,
+    )
     assert "their container must supply it in a PGPASSFILE, ~/.pgpass or PGSERVICE" in printed.stderr
     commands = [shlex.split(line) for line in printed.stdout.splitlines() if line.startswith("ngc batch run")]
     assert len(commands) == 2 and all(f"db={p.bare}" in argv for argv in commands)
     assert shlex.split(commands[0][commands[0].index("--commandline") + 1])[3:8] == [
-        "python", "-m", "jobqueue", "worker", "--db"]
-    p.jq_db("launch", "hush", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--ngc-workers", "1",
-            env=env, check=True)
+        "python",
+        "-m",
+        "jobqueue",
+        "worker",
+        "--db",
+    ]
+    p.jq_db(
+        "launch",
+        "hush",
+        "--backend",
+        "ngc",
+        "--ngc-job-template",
+        "ngc.template",
+        "--ngc-workers",
+        "1",
+        env=env,
+        check=True,
+    )
     (call,) = [json.loads(line) for line in (p.path / "ngc_calls.jsonl").read_text().splitlines()]
     assert f"--db {p.bare} --backend ngc --run hush" in call[call.index("--commandline") + 1]
     (submission,) = json.loads(p.jq_db("sql", "select command from submissions", "--json", check=True).stdout)
@@ -166,8 +202,24 @@ def test_slurm_workers_get_the_password_from_the_environment_sbatch_passes_on(se
     p = secret_project
     p.sweep("hush", "sh -c 'touch started$1; sleep 3' job", 2)
     env = p.env(**slurm_cluster.env)
-    launched = p.jq_db("launch", "hush", "--backend", "slurm", "--slurm-workers", "1", "--slots", "2",
-                       "--slurm-gpus-per-job", "0", "--slurm-cpus-per-gpu", "1", "--grace", "2", env=env, check=True)
+    launched = p.jq_db(
+        "launch",
+        "hush",
+        "--backend",
+        "slurm",
+        "--slurm-workers",
+        "1",
+        "--slots",
+        "2",
+        "--slurm-gpus-per-job",
+        "0",
+        "--slurm-cpus-per-gpu",
+        "1",
+        "--grace",
+        "2",
+        env=env,
+        check=True,
+    )
     assert "submitted an array of 1 workers as Slurm job" in launched.stdout
     try:
         p.wait_for(lambda: len(list(p.path.glob("started*"))) == 2, timeout=120, what="both jobs to start")

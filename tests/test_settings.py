@@ -17,7 +17,13 @@ def merged(sweep=None, recorded=None, flags=None) -> LaunchSettings:
 
 def test_defaults_are_sample_factorys_but_for_the_pause():
     s = merged()
-    assert (s.backend, s.num_gpus, s.experiments_per_gpu, s.max_parallel, s.pause_between) == ("processes", 1, -1, 4, 0.0)
+    assert (s.backend, s.num_gpus, s.experiments_per_gpu, s.max_parallel, s.pause_between) == (
+        "processes",
+        1,
+        -1,
+        4,
+        0.0,
+    )
     assert (s.slurm.gpus_per_job, s.slurm.cpus_per_gpu, s.slurm.timeout, s.slurm.workdir) == (1, 14, "0", "./slurm")
     assert s.grace is None and s.slurm.time_limit is None and s.ngc.workers is None
 
@@ -43,8 +49,16 @@ def test_a_version_1_row_keeps_the_spelling_the_user_wrote_over_the_defaults_mer
 
 
 def test_stored_settings_round_trip_without_the_print_only_flags():
-    s = merged(sweep={"use_gpus": 2}, flags={"slurm_partition": "debug", "slurm_print_only": True, "ngc_print_only": True,
-                                              "slurm_time_limit": "1:00:00", "grace": 5})
+    s = merged(
+        sweep={"use_gpus": 2},
+        flags={
+            "slurm_partition": "debug",
+            "slurm_print_only": True,
+            "ngc_print_only": True,
+            "slurm_time_limit": "1:00:00",
+            "grace": 5,
+        },
+    )
     stored = json.loads(json.dumps(s.to_stored()))
     assert stored["version"] == STORED_VERSION
     assert not any(k.endswith("print_only") for k in stored)
@@ -55,20 +69,38 @@ def test_stored_settings_round_trip_without_the_print_only_flags():
 
 
 def test_a_row_written_by_a_newer_jobqueue_is_read_without_its_unknown_keys():
-    assert merged(recorded={"version": 9, "max_parallel": 3, "some_future_knob": 1, "executes": "direct"}).max_parallel == 3
+    assert (
+        merged(recorded={"version": 9, "max_parallel": 3, "some_future_knob": 1, "executes": "direct"}).max_parallel
+        == 3
+    )
 
 
-@pytest.mark.parametrize("source, raw, message", [
-    (SWEEP, {"max_paralel": 2}, "experiments/x.py: RunDescription(max_paralel=2): not a launch setting; did you mean max_parallel?"),
-    (SWEEP, {"colour": "red"}, "experiments/x.py: RunDescription(colour='red'): not a launch setting; use one of backend, "),
-    (SWEEP, {"max_parallel": 0}, "experiments/x.py: RunDescription(max_parallel=0): expected a whole number of at least 1"),
-    (SWEEP, {"use_gpus": "two"}, "experiments/x.py: RunDescription(use_gpus='two'): expected a whole number"),
-    (FLAGS, {"backend": "kubernetes"}, "--backend 'kubernetes': expected one of processes, slurm, ngc"),
-    (FLAGS, {"slurm_mode": "array"}, "--slurm-mode 'array': expected one of workers, per-job"),
-    (FLAGS, {"slurm_time_limit": "1h"}, "--slurm-time-limit '1h': expected a time in Slurm's format"),
-    (FLAGS, {"gpus": "0,x"}, "--gpus '0,x': expected GPU indices like 0,2"),
-    (FLAGS, {"pause_between": -1}, "--pause-between -1: expected a number of seconds, 0 or more"),
-])
+@pytest.mark.parametrize(
+    "source, raw, message",
+    [
+        (
+            SWEEP,
+            {"max_paralel": 2},
+            "experiments/x.py: RunDescription(max_paralel=2): not a launch setting; did you mean max_parallel?",
+        ),
+        (
+            SWEEP,
+            {"colour": "red"},
+            "experiments/x.py: RunDescription(colour='red'): not a launch setting; use one of backend, ",
+        ),
+        (
+            SWEEP,
+            {"max_parallel": 0},
+            "experiments/x.py: RunDescription(max_parallel=0): expected a whole number of at least 1",
+        ),
+        (SWEEP, {"use_gpus": "two"}, "experiments/x.py: RunDescription(use_gpus='two'): expected a whole number"),
+        (FLAGS, {"backend": "kubernetes"}, "--backend 'kubernetes': expected one of processes, slurm, ngc"),
+        (FLAGS, {"slurm_mode": "array"}, "--slurm-mode 'array': expected one of workers, per-job"),
+        (FLAGS, {"slurm_time_limit": "1h"}, "--slurm-time-limit '1h': expected a time in Slurm's format"),
+        (FLAGS, {"gpus": "0,x"}, "--gpus '0,x': expected GPU indices like 0,2"),
+        (FLAGS, {"pause_between": -1}, "--pause-between -1: expected a number of seconds, 0 or more"),
+    ],
+)
 def test_a_bad_setting_is_one_line_naming_where_it_came_from(source, raw, message):
     with pytest.raises(UserError) as caught:
         parse(raw, source)
@@ -87,7 +119,9 @@ def test_cpus_per_slurm_task_follow_the_gpus():
 
 
 # A job that notes its GPU and when it ran: "gpu start end" in the ledger.
-LEDGER_JOB = """sh -c 's=$(date +%s.%N); sleep 0.6; echo "${CUDA_VISIBLE_DEVICES:-none} $s $(date +%s.%N)" >> ledger' job"""
+LEDGER_JOB = (
+    """sh -c 's=$(date +%s.%N); sleep 0.6; echo "${CUDA_VISIBLE_DEVICES:-none} $s $(date +%s.%N)" >> ledger' job"""
+)
 
 
 def ledger(project) -> list[tuple[str, float, float]]:
@@ -115,7 +149,10 @@ def test_a_sample_factory_1x_sweep_runs_on_the_gpus_and_at_the_parallelism_its_r
     # A flag given now wins over the sweep file's keyword.
     p.sweep("ug_flags", LEDGER_JOB, 3, use_gpus=2, experiments_per_gpu=1, max_parallel=2)
     (p.path / "ledger").unlink()
-    assert p.jq("launch", "ug_flags", "--experiments-per-gpu", "-1", "--max-parallel", "3", "--no-progress").returncode == 0
+    assert (
+        p.jq("launch", "ug_flags", "--experiments-per-gpu", "-1", "--max-parallel", "3", "--no-progress").returncode
+        == 0
+    )
     spans = ledger(p)
     assert {gpu for gpu, _, _ in spans} == {"none"} and most_at_once(spans) == 3
 
@@ -126,5 +163,8 @@ def test_a_bad_run_description_keyword_is_one_line_and_writes_nothing(sqlite_pro
     proc = p.jq("launch", "typo", "--no-progress")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
-    assert proc.stderr == "jq: error: typo.py: RunDescription(max_paralel=2): not a launch setting; did you mean max_parallel?\n"
+    assert (
+        proc.stderr
+        == "jq: error: typo.py: RunDescription(max_paralel=2): not a launch setting; did you mean max_parallel?\n"
+    )
     assert not (p.path / "jobqueue.db").exists()

@@ -81,7 +81,7 @@ CASES = {
 
 # Runs every case with one implementation and prints, per case, what the methods returned. A value is written
 # as its type, repr and f-string text, so that np.int64(1) and 1 differ.
-PROBE = r'''
+PROBE = r"""
 import json, os, sys, textwrap
 import numpy as np
 
@@ -118,13 +118,19 @@ for case, source in cases.items():
                           for j in expand(run, train_dir="td", suffix=scope["SUFFIX"])]
     results[case] = result
 print(json.dumps(results))
-'''
+"""
 
 
 def probe(impl: str, work) -> dict:
     work.mkdir()
-    proc = subprocess.run([str(SF_PYTHON), "-c", PROBE, impl, json.dumps(CASES), str(work)], capture_output=True,
-                          text=True, timeout=300, cwd=work, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [str(SF_PYTHON), "-c", PROBE, impl, json.dumps(CASES), str(work)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, f"the {impl} probe failed:\n{proc.stderr}"
     return json.loads(proc.stdout)
 
@@ -185,7 +191,9 @@ def test_jq_jobs_have_sf_names_and_sf_commands_quoted_where_the_shell_needs_it(b
     assert [job["name"] for job in jobs] == [name for _, name, _, _ in sf[case]["run"]]
     # SF's processes backend runs cmd.split(" "); none of these values holds a space, so that is the argv.
     assert [job["argv"] for job in jobs] == [cmd.split(" ") for cmd, _, _, _ in sf[case]["run"]]
-    assert [job["cmd"] for job in jobs] == [" ".join(map(shlex.quote, cmd.split(" "))) for cmd, _, _, _ in sf[case]["run"]]
+    assert [job["cmd"] for job in jobs] == [
+        " ".join(map(shlex.quote, cmd.split(" "))) for cmd, _, _, _ in sf[case]["run"]
+    ]
 
 
 def test_numpy_values_are_stored_as_the_python_values_item_gives(both):
@@ -217,16 +225,24 @@ def test_enqueue_of_a_numpy_grid_stores_plain_values_and_a_second_enqueue_adds_n
     project.write("np_sweep.py", NUMPY_SWEEP)
 
     def sf_enqueue() -> str:
-        proc = subprocess.run([str(SF_PYTHON), "-m", "jobqueue", "enqueue", "np_sweep.py"], cwd=tmp_path,
-                              env=project.env(PYTHONPATH=REPO), capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [str(SF_PYTHON), "-m", "jobqueue", "enqueue", "np_sweep.py"],
+            cwd=tmp_path,
+            env=project.env(PYTHONPATH=REPO),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
     assert "Enqueued 2 new jobs" in sf_enqueue()
     assert "Nothing to add: all 2 jobs" in sf_enqueue()
     jobs = project.jobs()
-    assert [job["name"] for job in jobs] == ["00_e_see_0_lr_0.20000000298023224_rnn_True_cfg_{}",
-                                             "01_e_see_1_lr_0.20000000298023224_rnn_True_cfg_{}"]
+    assert [job["name"] for job in jobs] == [
+        "00_e_see_0_lr_0.20000000298023224_rnn_True_cfg_{}",
+        "01_e_see_1_lr_0.20000000298023224_rnn_True_cfg_{}",
+    ]
     assert [json.dumps(job["params"]) for job in jobs] == [
         '{"seed": 0, "lr": 0.20000000298023224, "rnn": true, "cfg": {}}',
         '{"seed": 1, "lr": 0.20000000298023224, "rnn": true, "cfg": {}}',

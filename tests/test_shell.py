@@ -35,26 +35,32 @@ def shell(tmp_path) -> dict:
     return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}/usr/bin{os.pathsep}/bin"}
 
 
-def run(program, *args: str, env: dict, cwd=None, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([str(program), *args], env=env, cwd=cwd, input=input, capture_output=True, text=True,
-                          timeout=timeout)
+def run(
+    program, *args: str, env: dict, cwd=None, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(program), *args], env=env, cwd=cwd, input=input, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # --- jq and the JSON jq ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, stdin", [
-    ([".a"], '{"a": [1, "x"]}'),
-    (["-r", ".a"], '{"a": "raw text"}'),
-    (["-n", "1+1"], None),
-    (["-n", "--arg", "x", "1", "$x"], None),
-    (["map(.x)"], '[{"x": 1}, {"x": 2}]'),
-    (["-c", ".", "data.json"], None),
-    (["-e", ".missing"], "{}"),
-    ([".a |||"], "{}"),
-    ([".a"], "not json"),
-    (["--version"], None),
-])
+@pytest.mark.parametrize(
+    "args, stdin",
+    [
+        ([".a"], '{"a": [1, "x"]}'),
+        (["-r", ".a"], '{"a": "raw text"}'),
+        (["-n", "1+1"], None),
+        (["-n", "--arg", "x", "1", "$x"], None),
+        (["map(.x)"], '[{"x": 1}, {"x": 2}]'),
+        (["-c", ".", "data.json"], None),
+        (["-e", ".missing"], "{}"),
+        ([".a |||"], "{}"),
+        ([".a"], "not json"),
+        (["--version"], None),
+    ],
+)
 def test_what_is_not_a_jobqueue_command_is_the_json_jqs_exactly(shell, tmp_path, args, stdin):
     (tmp_path / "data.json").write_text('{"from": "a file"}\n[1, 2]\n')
     ours = run(JQ, *args, env=shell, cwd=tmp_path, input=stdin)
@@ -71,8 +77,9 @@ def test_the_json_jqs_exit_codes_come_through(shell):
 def test_a_reader_that_stops_early_ends_the_json_jq_as_it_would_alone(shell):
     # `jq ... | head -1`: the JSON jq dies of SIGPIPE quietly, not with "Broken pipe" errors.
     for program in (JSON_JQ, JQ):
-        proc = subprocess.Popen([str(program), "-n", "range(1000000)"], env=shell, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [str(program), "-n", "range(1000000)"], env=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         assert proc.stdout.readline() == b"0\n"
         proc.stdout.close()
         assert (proc.wait(30), proc.stderr.read()) == (-signal.SIGPIPE, b""), program
@@ -159,9 +166,16 @@ def test_a_launch_whose_terminal_goes_away_hands_its_jobs_back(sqlite_project):
     def on_the_terminal():
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    launch = subprocess.Popen([sys.executable, "-m", "jobqueue", "launch", "lid", "--max-parallel", "4"], cwd=p.path,
-                              env=p.env(), stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
-                              preexec_fn=on_the_terminal)
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "jobqueue", "launch", "lid", "--max-parallel", "4"],
+        cwd=p.path,
+        env=p.env(),
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+        preexec_fn=on_the_terminal,
+    )
     os.close(terminal)
     shown, hang_up = [], threading.Event()
     reader = threading.Thread(target=_read_until_hung_up, args=(master, shown, hang_up), daemon=True)
@@ -179,7 +193,10 @@ def test_a_launch_whose_terminal_goes_away_hands_its_jobs_back(sqlite_project):
 def assert_handed_back_then_resumed(p, run: str) -> None:
     """The four jobs were stopped and handed back with the reason, none of their processes is left, and a resume
     finishes them."""
-    assert p.sql("select state, reason from attempts") == [{"state": "interrupted", "reason": "worker stopped by SIGHUP"}] * 4
+    assert (
+        p.sql("select state, reason from attempts")
+        == [{"state": "interrupted", "reason": "worker stopped by SIGHUP"}] * 4
+    )
     assert all_job_processes(resolve_url(p.db)) == {}
     assert p.states() == {"queued": 4}
     p.jq("resume", run, "--no-progress", check=True)

@@ -10,8 +10,10 @@ import pytest
 pytestmark = pytest.mark.slurm
 
 EXPECTED = Path(__file__).parent / "expected"
-TASK_JOB = ("""sh -c 'echo "$JQ_JOB_ID start $(date +%s.%N) $SLURM_ARRAY_TASK_ID $CUDA_VISIBLE_DEVICES" >> ledger; """
-            """sleep {secs}; echo "$JQ_JOB_ID end $(date +%s.%N) $SLURM_ARRAY_TASK_ID $CUDA_VISIBLE_DEVICES" >> ledger' job""")
+TASK_JOB = (
+    """sh -c 'echo "$JQ_JOB_ID start $(date +%s.%N) $SLURM_ARRAY_TASK_ID $CUDA_VISIBLE_DEVICES" >> ledger; """
+    """sleep {secs}; echo "$JQ_JOB_ID end $(date +%s.%N) $SLURM_ARRAY_TASK_ID $CUDA_VISIBLE_DEVICES" >> ledger' job"""
+)
 SMALL = ["--slurm-gpus-per-job", "1", "--slurm-cpus-per-gpu", "1", "--slurm-signal-lead", "5", "--grace", "2"]
 
 
@@ -78,15 +80,31 @@ def normalized_print_only(p, *args):
 
 def test_print_only_prints_the_scripts_and_commands_and_submits_nothing(slurm_project):
     p = slurm_project
-    p.write("printed.py", """
+    p.write(
+        "printed.py",
+        """
         from jobqueue import Experiment, ParamGrid, RunDescription
         RUN_DESCRIPTION = RunDescription("printed", experiments=[
             Experiment("e", "python train.py", ParamGrid([("seed", [1, 2, 3])]).generate_params()),
         ])
-    """)
-    workers = normalized_print_only(p, "--slurm-workers", "2", "--slurm-max-running", "1", "--slurm-partition", "gpu",
-                                    "--slurm-time-limit", "1:00:00", "--slurm-cpus-per-gpu", "8")
-    per_job = normalized_print_only(p, "--slurm-mode", "per-job", "--slurm-gpus-per-job", "0", "--slurm-cpus-per-gpu", "4")
+    """,
+    )
+    workers = normalized_print_only(
+        p,
+        "--slurm-workers",
+        "2",
+        "--slurm-max-running",
+        "1",
+        "--slurm-partition",
+        "gpu",
+        "--slurm-time-limit",
+        "1:00:00",
+        "--slurm-cpus-per-gpu",
+        "8",
+    )
+    per_job = normalized_print_only(
+        p, "--slurm-mode", "per-job", "--slurm-gpus-per-job", "0", "--slurm-cpus-per-gpu", "4"
+    )
     expected = (EXPECTED / "slurm_print_only.txt").read_text()
     assert workers + "----\n" + per_job == expected
     assert p.sql("select count(*) as n from submissions") == [{"n": 0}]
@@ -97,20 +115,35 @@ def test_print_only_prints_the_scripts_and_commands_and_submits_nothing(slurm_pr
 def test_home_and_other_shell_variables_in_a_template_survive(slurm_project):
     p = slurm_project
     p.sweep("templated", "true", 1)
-    template = p.write("my_template.sh", """\
+    template = p.write(
+        "my_template.sh",
+        """\
         #!/bin/bash
         # partition: [$PARTITION], gpus $GPU, cpus $CPU, time $TIMEOUT
         cd $HOME && echo "${SLURM_JOB_ID} ran $FILENAME for $JQ_RUN" >> $JQ_DB.log
         timeout $TIMEOUT $CMD
-    """)
-    out = p.jq("launch", "templated", "--backend", "slurm", "--slurm-print-only", "--slurm-sbatch-template", str(template),
-               "--slurm-timeout", "3:00", "--slurm-partition", "debug", check=True).stdout
-    assert "cd $HOME && echo \"${SLURM_JOB_ID} ran " in out
+    """,
+    )
+    out = p.jq(
+        "launch",
+        "templated",
+        "--backend",
+        "slurm",
+        "--slurm-print-only",
+        "--slurm-sbatch-template",
+        str(template),
+        "--slurm-timeout",
+        "3:00",
+        "--slurm-partition",
+        "debug",
+        check=True,
+    ).stdout
+    assert 'cd $HOME && echo "${SLURM_JOB_ID} ran ' in out
     # Sample Factory's texts: $PARTITION ends with a space (its templates write `$PARTITION--gres=...`), and
     # --slurm-timeout is timeout(1)'s duration in the script, not sbatch's time limit.
     assert "# partition: [-p debug ], gpus 1, cpus 14, time 3:00" in out
     assert "--time" not in out
-    assert "for templated\" >> sqlite:///" in out
+    assert 'for templated" >> sqlite:///' in out
     assert re.search(r"timeout 3:00 \S*python\S* -m jobqueue worker --db sqlite:///\S+ --backend slurm", out)
 
 
@@ -133,17 +166,22 @@ def test_a_preempted_worker_hands_its_jobs_back_and_the_requeued_task_finishes_t
     task = f"{slurm_id}_0"
     p.wait_for(lambda: p.states().get("running") == 1, timeout=60, what="a running job")
     p.cluster.run("scancel", "--signal=USR1", "--batch", task)
-    p.wait_for(lambda: p.sql("select count(*) as n from attempts where state = 'interrupted'")[0]["n"] == 1,
-               timeout=30, what="the job to be handed back")
+    p.wait_for(
+        lambda: p.sql("select count(*) as n from attempts where state = 'interrupted'")[0]["n"] == 1,
+        timeout=30,
+        what="the job to be handed back",
+    )
     assert p.states().get("running", 0) == 0
     # As on a real preemption, the task is requeued once its batch script (the worker) has ended.
     p.wait_for(lambda: not p.cluster.squeue(), timeout=30, what="the worker to exit")
 
     def diagnose() -> str:
         logs = "\n".join(f"{f.name}: {f.read_text()}" for f in sorted((p.path / "slurm").glob("*.out")))
-        return (f"squeue: {p.cluster.squeue()}\n{p.cluster.run('scontrol', 'show', 'job', task, check=False).stdout}\n"
-                f"jobs: {p.states()}\nattempts: {p.sql('select job_id, number, state, reason from attempts')}\n{logs}\n"
-                f"slurmd.log: {(p.cluster.root / 'log' / 'slurmd.log').read_text()[-3000:]}")
+        return (
+            f"squeue: {p.cluster.squeue()}\n{p.cluster.run('scontrol', 'show', 'job', task, check=False).stdout}\n"
+            f"jobs: {p.states()}\nattempts: {p.sql('select job_id, number, state, reason from attempts')}\n{logs}\n"
+            f"slurmd.log: {(p.cluster.root / 'log' / 'slurmd.log').read_text()[-3000:]}"
+        )
 
     def running_again() -> bool:
         """Requeue the task and release it from its ~120 s hold. slurmd remembers a job it was just told to
@@ -160,8 +198,12 @@ def test_a_preempted_worker_hands_its_jobs_back_and_the_requeued_task_finishes_t
         return False
 
     p.wait_for(running_again, timeout=120, what="the requeued task to run again", diagnose=diagnose)
-    p.wait_for(lambda: p.states() == {"succeeded": 3}, timeout=120, what="the requeued task to finish the run",
-               diagnose=diagnose)
+    p.wait_for(
+        lambda: p.states() == {"succeeded": 3},
+        timeout=120,
+        what="the requeued task to finish the run",
+        diagnose=diagnose,
+    )
     attempts = p.sql("select job_id, state from attempts order by id")
     assert sorted(a["job_id"] for a in attempts if a["state"] == "succeeded") == [1, 2, 3]
     assert [a["state"] for a in attempts].count("interrupted") == 1
@@ -194,7 +236,9 @@ def sample_factory_template() -> str:
 
     found = sorted(SF_VENV.glob("lib/python*/site-packages/sample_factory/launcher/slurm/sbatch_timeout.sh"))
     if not found:
-        service_unavailable("Sample Factory 2.1.1 (.venv-sf, made by tests/setup.sh)", "its sbatch_timeout.sh is missing")
+        service_unavailable(
+            "Sample Factory 2.1.1 (.venv-sf, made by tests/setup.sh)", "its sbatch_timeout.sh is missing"
+        )
     lines = found[0].read_text().splitlines(keepends=True)
     kept = [line for line in lines if not line.startswith(("conda activate", "cd "))]
     assert len(kept) == len(lines) - 2 and any("timeout $TIMEOUT $CMD" in line for line in kept)
@@ -207,11 +251,28 @@ def test_sample_factorys_timeout_template_resubmits_its_worker_until_every_job_s
     p = slurm_project
     template = p.write("sbatch_timeout.sh", sample_factory_template())
     p.sweep("chained", TASK_JOB.format(secs=2), 4)
-    proc = p.jq("launch", "chained", "--backend", "slurm", "--slurm-sbatch-template", str(template), "--slurm-partition", "debug",
-                "--slurm-timeout", "3", "--slurm-workers", "1", *SMALL)
+    proc = p.jq(
+        "launch",
+        "chained",
+        "--backend",
+        "slurm",
+        "--slurm-sbatch-template",
+        str(template),
+        "--slurm-partition",
+        "debug",
+        "--slurm-timeout",
+        "3",
+        "--slurm-workers",
+        "1",
+        *SMALL,
+    )
     assert proc.returncode == 0, proc.stderr
-    p.wait_for(lambda: p.states() == {"succeeded": 4}, timeout=150, what="all jobs to succeed",
-               diagnose=lambda: "\n".join(f.read_text() for f in (p.path / "slurm").glob("*.out")))
+    p.wait_for(
+        lambda: p.states() == {"succeeded": 4},
+        timeout=150,
+        what="all jobs to succeed",
+        diagnose=lambda: "\n".join(f.read_text() for f in (p.path / "slurm").glob("*.out")),
+    )
     outcomes = p.sql("select job_id, state from attempts order by id")
     assert sorted(a["job_id"] for a in outcomes if a["state"] == "succeeded") == [1, 2, 3, 4]
     assert {a["state"] for a in outcomes} <= {"succeeded", "interrupted"}

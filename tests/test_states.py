@@ -36,16 +36,21 @@ def db(request, tmp_path_factory):
 
 # A job's attempt, as it is left when the job reaches each state.
 ATTEMPT_OF = {
-    JobState.QUEUED: AttemptState.INTERRUPTED, JobState.RUNNING: AttemptState.RUNNING,
-    JobState.SUCCEEDED: AttemptState.SUCCEEDED, JobState.FAILED: AttemptState.FAILED,
-    JobState.TIMEOUT: AttemptState.TIMEOUT, JobState.CANCELLED: AttemptState.CANCELLED,
+    JobState.QUEUED: AttemptState.INTERRUPTED,
+    JobState.RUNNING: AttemptState.RUNNING,
+    JobState.SUCCEEDED: AttemptState.SUCCEEDED,
+    JobState.FAILED: AttemptState.FAILED,
+    JobState.TIMEOUT: AttemptState.TIMEOUT,
+    JobState.CANCELLED: AttemptState.CANCELLED,
 }
 
 
 def running_job(db: Database, max_attempts: int = 1) -> tuple[queue.ClaimedJob, queue.WorkerInfo]:
     """A job of a run of its own, claimed by a worker of its own."""
     spec = JobSpec(name="j", experiment="e", params={}, argv=["true"], cmd="true", root_dir="r", experiment_dir="r/e")
-    run = queue.enqueue(db, f"run{next(_runs)}", [spec], sweep="s", train_dir="t", cwd="/tmp", max_attempts=max_attempts)
+    run = queue.enqueue(
+        db, f"run{next(_runs)}", [spec], sweep="s", train_dir="t", cwd="/tmp", max_attempts=max_attempts
+    )
     worker = queue.register_worker(db, slots=1, gpus=None, backend="processes", run_id=run.run_id)
     job = queue.claim_next_job(db, worker, slot=0, gpus=None, run_id=run.run_id)
     assert job is not None
@@ -54,18 +59,25 @@ def running_job(db: Database, max_attempts: int = 1) -> tuple[queue.ClaimedJob, 
 
 def put(db: Database, job: queue.ClaimedJob, state: JobState, attempt: AttemptState) -> None:
     """Set the states directly. The job keeps its worker and attempt number, so only its state can stop a move."""
-    db.transact(lambda tx: (
-        tx.execute("UPDATE jobs SET state = :state WHERE id = :id", {"state": state.value, "id": job.job_id}),
-        tx.execute("UPDATE attempts SET state = :state WHERE id = :id", {"state": attempt.value, "id": job.attempt_id}),
-    ))
+    db.transact(
+        lambda tx: (
+            tx.execute("UPDATE jobs SET state = :state WHERE id = :id", {"state": state.value, "id": job.job_id}),
+            tx.execute(
+                "UPDATE attempts SET state = :state WHERE id = :id", {"state": attempt.value, "id": job.attempt_id}
+            ),
+        )
+    )
 
 
 def rows(db: Database, job: queue.ClaimedJob) -> tuple[dict, list[dict]]:
     """The job's row and its attempts' rows, every column."""
-    return db.transact(lambda tx: (
-        tx.dicts("SELECT * FROM jobs WHERE id = :id", {"id": job.job_id})[0],
-        tx.dicts("SELECT * FROM attempts WHERE job_id = :id ORDER BY id", {"id": job.job_id}),
-    ), write=False)
+    return db.transact(
+        lambda tx: (
+            tx.dicts("SELECT * FROM jobs WHERE id = :id", {"id": job.job_id})[0],
+            tx.dicts("SELECT * FROM attempts WHERE job_id = :id ORDER BY id", {"id": job.job_id}),
+        ),
+        write=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -127,19 +139,56 @@ def retry(failed_only: bool):
 F = Operation.FINISH
 OPS = [
     Op("claim", Operation.CLAIM, JobState.RUNNING, None, claim),
-    Op("finish-succeeded", F, JobState.SUCCEEDED, AttemptState.SUCCEEDED, finish(AttemptState.SUCCEEDED, JobState.SUCCEEDED)),
+    Op(
+        "finish-succeeded",
+        F,
+        JobState.SUCCEEDED,
+        AttemptState.SUCCEEDED,
+        finish(AttemptState.SUCCEEDED, JobState.SUCCEEDED),
+    ),
     Op("finish-failed", F, JobState.FAILED, AttemptState.FAILED, finish(AttemptState.FAILED, JobState.FAILED)),
-    Op("finish-failed-attempts-left", F, JobState.QUEUED, AttemptState.FAILED, finish(AttemptState.FAILED, JobState.QUEUED),
-       max_attempts=2),
+    Op(
+        "finish-failed-attempts-left",
+        F,
+        JobState.QUEUED,
+        AttemptState.FAILED,
+        finish(AttemptState.FAILED, JobState.QUEUED),
+        max_attempts=2,
+    ),
     Op("finish-timeout", F, JobState.TIMEOUT, AttemptState.TIMEOUT, finish(AttemptState.TIMEOUT, JobState.TIMEOUT)),
-    Op("finish-timeout-attempts-left", F, JobState.QUEUED, AttemptState.TIMEOUT, finish(AttemptState.TIMEOUT, JobState.QUEUED),
-       max_attempts=3),
-    Op("finish-interrupted", F, JobState.QUEUED, AttemptState.INTERRUPTED, finish(AttemptState.INTERRUPTED, JobState.QUEUED)),
-    Op("finish-cancelled", F, JobState.CANCELLED, AttemptState.CANCELLED, finish(AttemptState.CANCELLED, JobState.CANCELLED)),
+    Op(
+        "finish-timeout-attempts-left",
+        F,
+        JobState.QUEUED,
+        AttemptState.TIMEOUT,
+        finish(AttemptState.TIMEOUT, JobState.QUEUED),
+        max_attempts=3,
+    ),
+    Op(
+        "finish-interrupted",
+        F,
+        JobState.QUEUED,
+        AttemptState.INTERRUPTED,
+        finish(AttemptState.INTERRUPTED, JobState.QUEUED),
+    ),
+    Op(
+        "finish-cancelled",
+        F,
+        JobState.CANCELLED,
+        AttemptState.CANCELLED,
+        finish(AttemptState.CANCELLED, JobState.CANCELLED),
+    ),
     Op("requeue-lost", Operation.REQUEUE_LOST, JobState.QUEUED, AttemptState.LOST, requeue),
     Op("cancel", Operation.CANCEL, JobState.CANCELLED, AttemptState.CANCELLED, cancel),
     Op("retry", Operation.RETRY, JobState.QUEUED, None, retry(failed_only=False)),
-    Op("retry-failed-only", Operation.RETRY, JobState.QUEUED, None, retry(failed_only=True), only_from=(JobState.FAILED,)),
+    Op(
+        "retry-failed-only",
+        Operation.RETRY,
+        JobState.QUEUED,
+        None,
+        retry(failed_only=True),
+        only_from=(JobState.FAILED,),
+    ),
 ]
 
 
@@ -196,7 +245,9 @@ def test_the_walks_cover_every_move_in_the_tables_and_the_tables_keep_their_rule
     walked = {(old, op.target, op.operation) for op in OPS for old in JobState if op.moves_job(old)}
     assert walked == in_table
     in_table = {(old, new, o) for (old, new), ops in ATTEMPT_MOVES.items() for o in ops}
-    walked = {(old, op.attempt_target, op.operation) for op in ATTEMPT_OPS for old in AttemptState if op.moves_attempt(old)}
+    walked = {
+        (old, op.attempt_target, op.operation) for op in ATTEMPT_OPS for old in AttemptState if op.moves_attempt(old)
+    }
     assert walked == in_table
     # A succeeded job is done for good; an attempt only ever moves once, from running to how it ended.
     assert not [new for (old, new) in JOB_MOVES if old == JobState.SUCCEEDED]
@@ -205,12 +256,17 @@ def test_the_walks_cover_every_move_in_the_tables_and_the_tables_keep_their_rule
 
 
 def _waiting_on_a_lock(db: Database) -> int:
-    return db.transact(lambda tx: tx.first(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    ), write=False)[0]
+    return db.transact(
+        lambda tx: tx.first(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        ),
+        write=False,
+    )[0]
 
 
-def while_another_transaction_holds(db: Database, hold: Callable[[Transaction], object], operation: Callable[[], object]):
+def while_another_transaction_holds(
+    db: Database, hold: Callable[[Transaction], object], operation: Callable[[], object]
+):
     """hold(tx) on a connection of its own, uncommitted; operation() in a thread until it waits for that
     transaction's row locks; then the commit, and what operation() returns."""
     first = db.engine.raw_connection()
@@ -241,8 +297,10 @@ def test_cancel_cannot_overwrite_a_job_that_has_just_succeeded(db):
     job, worker = running_job(db)
     finished = queue.Finished(job, AttemptState.SUCCEEDED, exit_code=0)
     cancelled = while_another_transaction_holds(
-        db, lambda tx: queue._finish(tx, finished, worker.id),  # finish_attempt's own statements
-        lambda: queue.cancel_jobs(db, job_ids=[job.job_id]))
+        db,
+        lambda tx: queue._finish(tx, finished, worker.id),  # finish_attempt's own statements
+        lambda: queue.cancel_jobs(db, job_ids=[job.job_id]),
+    )
     assert cancelled == (0, [])
     job_after, (attempt_after,) = rows(db, job)
     assert (job_after["state"], attempt_after["state"]) == (JobState.SUCCEEDED, AttemptState.SUCCEEDED)
@@ -255,8 +313,11 @@ def test_two_retries_at_once_retry_a_failed_job_once(db):
     job, worker = running_job(db)
     assert queue.finish_attempt(db, job, worker.id, AttemptState.FAILED, exit_code=1) == JobState.FAILED
     retried = while_another_transaction_holds(
-        db, lambda tx: tx.execute("UPDATE jobs SET state = :queued WHERE id = :id",
-                                     {"queued": JobState.QUEUED.value, "id": job.job_id}),
-        lambda: queue.retry_jobs(db, job_ids=[job.job_id]))
+        db,
+        lambda tx: tx.execute(
+            "UPDATE jobs SET state = :queued WHERE id = :id", {"queued": JobState.QUEUED.value, "id": job.job_id}
+        ),
+        lambda: queue.retry_jobs(db, job_ids=[job.job_id]),
+    )
     assert retried == 0
     assert rows(db, job)[0]["state"] == JobState.QUEUED

@@ -15,14 +15,24 @@ def run_of(*experiments, **kwargs):
 
 def test_grid_is_a_cartesian_product_with_the_last_parameter_fastest():
     grid = ParamGrid([("a", [1, 2]), ("b", ["x", "y", "z"])]).generate_params(randomize=False)
-    assert grid == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 1, "b": "z"},
-                    {"a": 2, "b": "x"}, {"a": 2, "b": "y"}, {"a": 2, "b": "z"}]
+    assert grid == [
+        {"a": 1, "b": "x"},
+        {"a": 1, "b": "y"},
+        {"a": 1, "b": "z"},
+        {"a": 2, "b": "x"},
+        {"a": 2, "b": "y"},
+        {"a": 2, "b": "z"},
+    ]
 
 
 def test_tied_parameters_expand_to_pairs():
     grid = ParamGrid([("seed", [1, 2]), (("use_rnn", "recurrence"), ([False, 1], [True, 16]))]).generate_params()
-    assert grid == [{"seed": 1, "use_rnn": False, "recurrence": 1}, {"seed": 1, "use_rnn": True, "recurrence": 16},
-                    {"seed": 2, "use_rnn": False, "recurrence": 1}, {"seed": 2, "use_rnn": True, "recurrence": 16}]
+    assert grid == [
+        {"seed": 1, "use_rnn": False, "recurrence": 1},
+        {"seed": 1, "use_rnn": True, "recurrence": 16},
+        {"seed": 2, "use_rnn": False, "recurrence": 1},
+        {"seed": 2, "use_rnn": True, "recurrence": 16},
+    ]
 
 
 def test_tied_parameters_with_randomize_do_not_crash_and_keep_every_combination():
@@ -59,13 +69,21 @@ def test_seeds_are_in_sample_factory_range_reproducible_and_a_grown_call_keeps_t
 
 
 def test_command_and_names_follow_sample_factory_exactly():
-    experiment = Experiment("mujoco_all_envs", "python -m train --algo=APPO",
-                            ParamGrid([("seed", [0, 1111]), ("env", ["mujoco_ant"])]).generate_params())
+    experiment = Experiment(
+        "mujoco_all_envs",
+        "python -m train --algo=APPO",
+        ParamGrid([("seed", [0, 1111]), ("env", ["mujoco_ant"])]).generate_params(),
+    )
     jobs = expand(run_of(experiment), train_dir="./train_dir", suffix="")
-    assert [j.name for j in jobs] == ["00_mujoco_all_envs_see_0_env_mujoco_ant", "01_mujoco_all_envs_see_1111_env_mujoco_ant"]
-    assert jobs[1].cmd == ("python -m train --algo=APPO --seed=1111 --env=mujoco_ant "
-                           "--experiment=01_mujoco_all_envs_see_1111_env_mujoco_ant "
-                           "--train_dir=./train_dir/run/mujoco_all_envs_")
+    assert [j.name for j in jobs] == [
+        "00_mujoco_all_envs_see_0_env_mujoco_ant",
+        "01_mujoco_all_envs_see_1111_env_mujoco_ant",
+    ]
+    assert jobs[1].cmd == (
+        "python -m train --algo=APPO --seed=1111 --env=mujoco_ant "
+        "--experiment=01_mujoco_all_envs_see_1111_env_mujoco_ant "
+        "--train_dir=./train_dir/run/mujoco_all_envs_"
+    )
     assert jobs[1].argv == shlex.split(jobs[1].cmd)
     assert jobs[1].root_dir == "run/mujoco_all_envs_"
 
@@ -77,13 +95,16 @@ def test_suffix_prefix_and_argument_names_are_honoured():
     assert job.cmd == "app model.lr=3 name=00_e_m.lr_3 hydra.dir=/td/run/e_slurm"
 
 
-@pytest.mark.parametrize("params, expected", [
-    (["train_for_env_steps"], ["t.f.e.ste"]),
-    (["lr", "lr_schedule"], ["lr", "l.sch"]),
-    (["rollout", "rollout_len", "roll"], ["rol", "r.len", "roll"]),
-    (["batch_size", "batch-sizes"], ["b.siz", "b.size"]),  # the second lengthens while it collides
-    (["env", "env"], ["env", "env"]),  # cannot lengthen past the whole token: Sample Factory keeps it
-])
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        (["train_for_env_steps"], ["t.f.e.ste"]),
+        (["lr", "lr_schedule"], ["lr", "l.sch"]),
+        (["rollout", "rollout_len", "roll"], ["rol", "r.len", "roll"]),
+        (["batch_size", "batch-sizes"], ["b.siz", "b.size"]),  # the second lengthens while it collides
+        (["env", "env"], ["env", "env"]),  # cannot lengthen past the whole token: Sample Factory keeps it
+    ],
+)
 def test_shorthands_lengthen_one_letter_at_a_time_while_they_collide(params, expected):
     taken = []
     for p in params:

@@ -17,7 +17,11 @@ def test_watch_follows_a_run_run_by_another_worker_and_exits_with_its_outcome(pr
     assert watched.returncode == 0, watched.stderr
     assert p.states() == {"succeeded": 4}
     assert 1.5 < took < 20, "it waited for the jobs, and stopped once they were done"
-    assert watched.stderr.strip().splitlines()[-1].startswith("elsewhere: 4/4 done | 4 succeeded, 0 failed, 0 running, 0 queued")
+    assert (
+        watched.stderr.strip()
+        .splitlines()[-1]
+        .startswith("elsewhere: 4/4 done | 4 succeeded, 0 failed, 0 running, 0 queued")
+    )
 
 
 def test_watch_exits_1_when_a_job_failed_and_names_the_run_to_watch(sqlite_project):
@@ -31,8 +35,9 @@ def test_watch_exits_1_when_a_job_failed_and_names_the_run_to_watch(sqlite_proje
     assert p.jq("status", "other", "--watch").returncode == 0
     unnamed = p.jq("status", "--watch")
     assert unnamed.returncode == 2
-    assert unnamed.stderr == ("jq: error: name the run to watch, e.g. `jq status quickstart --watch`: "
-                              "this DB holds several runs, or none\n")
+    assert unnamed.stderr == (
+        "jq: error: name the run to watch, e.g. `jq status quickstart --watch`: this DB holds several runs, or none\n"
+    )
 
 
 @pytest.mark.slurm
@@ -40,11 +45,25 @@ def test_launch_on_slurm_with_watch_returns_when_the_run_is_done(sqlite_project,
     p = sqlite_project
     p.env = lambda **extra: dict(type(p).env(p, **slurm_cluster.env, **extra))
     p.sweep("watched", "sh -c 'sleep 1' job", 3)
-    proc = p.jq("launch", "watched", "--backend", "slurm", "--watch", "--slurm-workers", "2", "--slurm-gpus-per-job", "1",
-                "--slurm-cpus-per-gpu", "1", timeout=120)
+    proc = p.jq(
+        "launch",
+        "watched",
+        "--backend",
+        "slurm",
+        "--watch",
+        "--slurm-workers",
+        "2",
+        "--slurm-gpus-per-job",
+        "1",
+        "--slurm-cpus-per-gpu",
+        "1",
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert p.states() == {"succeeded": 3}
     assert "watched: slurm workers submission" not in proc.stdout  # the submission's states go to the view (stderr)
     assert "watched: slurm submission" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("watched: 3/3 done | 3 succeeded")
-    p.wait_for(lambda: not slurm_cluster.squeue(), timeout=30, what="the workers to leave")  # an empty cluster for the next test
+    p.wait_for(
+        lambda: not slurm_cluster.squeue(), timeout=30, what="the workers to leave"
+    )  # an empty cluster for the next test

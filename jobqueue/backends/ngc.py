@@ -36,8 +36,10 @@ SUBMIT_TIMEOUT = 120  # the real CLI waits 30 s per request on a silent host
 def load_template(path: str | None) -> list[str]:
     """The template's words. Comment lines and backslash-newline continuations are allowed."""
     if not path:
-        raise UserError("--backend ngc needs --ngc-job-template FILE: an `ngc batch run ...` line with {{ name }} and {{ experiment_cmd }} "
-                        "(example: workers/ngc_job.template)")
+        raise UserError(
+            "--backend ngc needs --ngc-job-template FILE: an `ngc batch run ...` line with {{ name }} and {{ experiment_cmd }} "
+            "(example: workers/ngc_job.template)"
+        )
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--ngc-job-template {path}: no such file")
@@ -49,10 +51,14 @@ def load_template(path: str | None) -> list[str]:
         raise UserError(f"{path}: cannot split the template into words ({exc}); check its quotes") from None
     found = {m.group(1) for w in words for m in PLACEHOLDER.finditer(w)}
     if "experiment_cmd" not in found:
-        raise UserError(f"{path}: the template has no {{{{ experiment_cmd }}}}; put it in --commandline \"{{{{ experiment_cmd }}}}\"")
+        raise UserError(
+            f'{path}: the template has no {{{{ experiment_cmd }}}}; put it in --commandline "{{{{ experiment_cmd }}}}"'
+        )
     unknown = found - KNOWN
     if unknown:
-        raise UserError(f"{path}: unknown placeholder {{{{ {sorted(unknown)[0]} }}}}; use one of {', '.join(sorted(KNOWN))}")
+        raise UserError(
+            f"{path}: unknown placeholder {{{{ {sorted(unknown)[0]} }}}}; use one of {', '.join(sorted(KNOWN))}"
+        )
     if words[:3] != ["ngc", "batch", "run"]:
         raise UserError(f"{path}: the template must start with `ngc batch run`")
     return words
@@ -85,7 +91,9 @@ def _worker_cmd(url: str, extra: list[str]) -> str:
     return shlex.join(["python", "-m", "jobqueue", "worker", "--db", without_password(url), "--backend", "ngc", *extra])
 
 
-def plan_commands(db_url: str, run: dict, settings: LaunchSettings, queued: list[dict]) -> list[tuple[int | None, list[str]]]:
+def plan_commands(
+    db_url: str, run: dict, settings: LaunchSettings, queued: list[dict]
+) -> list[tuple[int | None, list[str]]]:
     """(job id or None for a worker, argv) for every NGC job to submit."""
     words = load_template(settings.ngc.job_template)
     shared = is_shared_db(db_url)
@@ -93,14 +101,26 @@ def plan_commands(db_url: str, run: dict, settings: LaunchSettings, queued: list
     if settings.ngc.workers:
         slots = str(settings.slots)
         return [
-            (None, fill(words, {**base, "name": f"jq-{run['name']}-worker-{i}", "job_id": "",
-                                "experiment_cmd": _worker_cmd(db_url, ["--run", run["name"], "--slots", slots])}))
+            (
+                None,
+                fill(
+                    words,
+                    {
+                        **base,
+                        "name": f"jq-{run['name']}-worker-{i}",
+                        "job_id": "",
+                        "experiment_cmd": _worker_cmd(db_url, ["--run", run["name"], "--slots", slots]),
+                    },
+                ),
+            )
             for i in range(settings.ngc.workers)
         ]
     commands = []
     for job in queued:
         cmd = _worker_cmd(db_url, ["--job", str(job["id"])]) if shared else job["cmd"]
-        commands.append((job["id"], fill(words, {**base, "name": job["name"], "job_id": str(job["id"]), "experiment_cmd": cmd})))
+        commands.append(
+            (job["id"], fill(words, {**base, "name": job["name"], "job_id": str(job["id"]), "experiment_cmd": cmd}))
+        )
     return commands
 
 
@@ -132,35 +152,61 @@ def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
         return 0
     commands = plan_commands(db.url, run, settings, queued)
     if shared and has_password(db.url):
-        print("jq: warning: the NGC jobs get the DB URL without its password; their container must supply it in a "
-              "PGPASSFILE, ~/.pgpass or PGSERVICE (docs/ngc.md)", file=sys.stderr)
+        print(
+            "jq: warning: the NGC jobs get the DB URL without its password; their container must supply it in a "
+            "PGPASSFILE, ~/.pgpass or PGSERVICE (docs/ngc.md)",
+            file=sys.stderr,
+        )
     if settings.ngc.print_only:
         for _, argv in commands:
             print(shlex.join(argv))
         return 0
     if not shared and not settings.ngc.workers:
         queue.update_run_settings(db, run["id"], {"executes": "direct"})
-        print(f"{run['name']}: {redacted(db.url)} is not reachable from NGC, so each NGC job runs its command directly "
-              "and this DB records submissions, not execution")
+        print(
+            f"{run['name']}: {redacted(db.url)} is not reachable from NGC, so each NGC job runs its command directly "
+            "and this DB records submissions, not execution"
+        )
     mode = "workers" if settings.ngc.workers else "per-job"
     total, failures = len(commands), 0
     # --max-parallel bounds the `ngc batch run` calls under way at once, as it bounds jobs at once locally.
     with ThreadPoolExecutor(max_workers=settings.max_parallel) as pool:
         for done, ((job_id, argv), (code, out, err)) in enumerate(
-                zip(commands, pool.map(lambda c: submit(c[1]), commands)), start=1):
+            zip(commands, pool.map(lambda c: submit(c[1]), commands)), start=1
+        ):
             ngc_id = parse_job_id(out) if code == 0 else None
             state = "submitted" if code == 0 and ngc_id else ("unconfirmed" if code == 0 else "failed")
-            queue.record_submission(db, run_id=run["id"], backend="ngc", mode=mode, job_id=job_id, external_id=ngc_id,
-                                    tasks=1 if job_id is None else None, state=state, command=argv, stdout=out,
-                                    stderr=err, exit_code=code)
+            queue.record_submission(
+                db,
+                run_id=run["id"],
+                backend="ngc",
+                mode=mode,
+                job_id=job_id,
+                external_id=ngc_id,
+                tasks=1 if job_id is None else None,
+                state=state,
+                command=argv,
+                stdout=out,
+                stderr=err,
+                exit_code=code,
+            )
             what = f"job {job_id}" if job_id is not None else "a worker"
             if state == "failed":
                 failures += 1
                 message = _error_text(err or out)
-                print(f"[{done}/{total}] NGC submission of {what} failed (exit {code}): {message}", file=sys.stderr, flush=True)
+                print(
+                    f"[{done}/{total}] NGC submission of {what} failed (exit {code}): {message}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             else:
-                print(f"[{done}/{total}] submitted {what} as NGC job {ngc_id or '(id not found in the answer)'}", flush=True)
-    print(f"{run['name']}: {total - failures} of {total} NGC jobs submitted; `jq status {run['name']} --refresh` shows their state")
+                print(
+                    f"[{done}/{total}] submitted {what} as NGC job {ngc_id or '(id not found in the answer)'}",
+                    flush=True,
+                )
+    print(
+        f"{run['name']}: {total - failures} of {total} NGC jobs submitted; `jq status {run['name']} --refresh` shows their state"
+    )
     return 1 if failures else 0
 
 
@@ -189,7 +235,11 @@ def refresh_states(db: Database, run: str | None) -> None:
 
 
 def cancel_run(db: Database, run: dict) -> list[str]:
-    subs = [s for s in queue.run_submissions(db, run["id"], "ngc") if s["external_id"] and s["state"] not in ("failed", "cancelled")]
+    subs = [
+        s
+        for s in queue.run_submissions(db, run["id"], "ngc")
+        if s["external_id"] and s["state"] not in ("failed", "cancelled")
+    ]
     if not subs:
         return []
     if shutil.which("ngc") is None:

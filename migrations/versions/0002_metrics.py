@@ -19,7 +19,9 @@ def upgrade() -> None:
         "metric_points",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
         sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", name="fk_metric_points_job"), nullable=False),
-        sa.Column("attempt_id", sa.Integer, sa.ForeignKey("attempts.id", name="fk_metric_points_attempt"), nullable=False),
+        sa.Column(
+            "attempt_id", sa.Integer, sa.ForeignKey("attempts.id", name="fk_metric_points_attempt"), nullable=False
+        ),
         sa.Column("key", sa.String(200), nullable=False),
         sa.Column("step", sa.BigInteger, nullable=True),
         sa.Column("value", sa.Float, nullable=True),
@@ -41,7 +43,9 @@ def upgrade() -> None:
         "metric_sources",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id", name="fk_metric_sources_job"), nullable=False),
-        sa.Column("attempt_id", sa.Integer, sa.ForeignKey("attempts.id", name="fk_metric_sources_attempt"), nullable=False),
+        sa.Column(
+            "attempt_id", sa.Integer, sa.ForeignKey("attempts.id", name="fk_metric_sources_attempt"), nullable=False
+        ),
         sa.Column("path", sa.Text, nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("bytes_read", sa.BigInteger, nullable=False),

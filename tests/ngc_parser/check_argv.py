@@ -1,7 +1,8 @@
 """Parse an `ngc` argv with NVIDIA's own parser (ngcsdk 4.19.1), offline: exit 0 if it parses, 2 if not.
 
-    python check_argv.py batch run --name x ...   (needs NGC_CLI_API_KEY set to anything, HOME a tmp dir)
+python check_argv.py batch run --name x ...   (needs NGC_CLI_API_KEY set to anything, HOME a tmp dir)
 """
+
 import sys
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
