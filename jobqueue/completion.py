@@ -8,8 +8,8 @@ at most LIMIT rows. They never create a DB and never print: on any error they co
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import typer
 

@@ -6,8 +6,8 @@ import sqlalchemy as sa
 
 from jobqueue.db import Database
 from jobqueue.errors import UserError
-from jobqueue.paths import redacted
 from jobqueue.models import metadata
+from jobqueue.paths import redacted
 
 CHUNK = 5000
 

@@ -17,12 +17,13 @@ import os
 import random
 import sqlite3
 import sys
-import time
 import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from jobqueue import sql
 from jobqueue.errors import UserError
@@ -78,7 +79,7 @@ class Database:
     url: str
     path: Path | None  # the file, for SQLite
     journal: str = "WAL"  # SQLite's journal mode: WAL, or a rollback journal on a network file system
-    _engine: "sa.Engine | None" = None
+    _engine: sa.Engine | None = None
 
     # SQLite lets one transaction write at a time, and a connection that finds the file locked sleeps (1 ms, 2 ms,
     # 5 ms, ...) before it tries again. A worker's slot threads take turns on this lock instead, and each is
@@ -98,14 +99,14 @@ class Database:
         return sql.SQLITE if self.is_sqlite else sql.POSTGRESQL
 
     @property
-    def engine(self) -> "sa.Engine":
+    def engine(self) -> sa.Engine:
         """SQLAlchemy's engine, made at first use: only migrations, `jq db copy` and PostgreSQL need it."""
         if self._engine is None:
             self._engine = _sqlite_engine(self) if self.is_sqlite else _postgres_engine(self.url)
         return self._engine
 
     @contextmanager
-    def begin(self, write: bool = True) -> Iterator["sa.Connection"]:
+    def begin(self, write: bool = True) -> Iterator[sa.Connection]:
         """One SQLAlchemy transaction. On SQLite a write transaction takes the write lock at once (BEGIN IMMEDIATE)."""
         with self.engine.connect() as conn:
             if self.is_sqlite and not write:
@@ -113,7 +114,7 @@ class Database:
             with conn.begin():
                 yield conn
 
-    def transact(self, fn: Callable[["Transaction"], T], write: bool = True, attempts: int = 8) -> T:
+    def transact(self, fn: Callable[[Transaction], T], write: bool = True, attempts: int = 8) -> T:
         """Run fn(tx) in one transaction on the driver's connection, retried with backoff while the DB is busy.
 
         On SQLite the threads of one process commit their writes as a group: while one transaction runs, the
@@ -338,7 +339,7 @@ def configure_sqlite(conn: sqlite3.Connection, path: Path, journal: str) -> None
             conn.execute(f"PRAGMA journal_mode={journal}")
 
 
-def _sqlite_engine(database: Database) -> "sa.Engine":
+def _sqlite_engine(database: Database) -> sa.Engine:
     import sqlalchemy as sa
     from sqlalchemy import event
 
@@ -379,7 +380,7 @@ def _open_postgres(url: str) -> Database:
     return database
 
 
-def _postgres_engine(url: str) -> "sa.Engine":
+def _postgres_engine(url: str) -> sa.Engine:
     import sqlalchemy as sa
 
     return sa.create_engine(url, pool_pre_ping=True)

@@ -7,8 +7,8 @@ was looking at it -- is left as it is.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
-from typing import Iterable
 
 
 class JobState(str, Enum):

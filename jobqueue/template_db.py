@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from jobqueue.paths import SCHEMA_HEAD, data_path, sqlite_readonly_connection
 

@@ -6,7 +6,7 @@ import pytest
 
 from jobqueue import Experiment, ParamGrid, ParamList, RunDescription
 from jobqueue.errors import UserError
-from jobqueue.sweep import expand, param_shorthand, set_sweep_seed, seeds
+from jobqueue.sweep import expand, param_shorthand, seeds, set_sweep_seed
 
 
 def run_of(*experiments, **kwargs):

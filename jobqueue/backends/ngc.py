@@ -23,8 +23,8 @@ from pathlib import Path
 
 from jobqueue import queue
 from jobqueue.db import Database
-from jobqueue.paths import has_password, redacted, resolve_url, without_password
 from jobqueue.errors import UserError
+from jobqueue.paths import has_password, redacted, resolve_url, without_password
 from jobqueue.settings import LaunchSettings
 from jobqueue.states import JobState
 
