@@ -51,9 +51,9 @@ def resume(db: Database, run_name: str | None, *, failed: bool = False, requeue_
     """Requeue what was lost, kill this host's orphans, then start the run's workers again."""
     if run_name is not None:
         queue.get_run(db, run_name)  # a clear error for an unknown run, before anything changes
-    requeued = reap(db, lease, say=lambda m: print(m, flush=True))
-    orphans = kill_orphans(db)
-    print(f"resume: {len(requeued)} lost jobs requeued, {orphans} orphaned job processes killed on {socket.gethostname()}")
+    reaped = reap(db, lease, say=lambda m: print(m, flush=True))
+    orphans = reaped.killed + kill_orphans(db)
+    print(f"resume: {len(reaped.requeued)} lost jobs requeued, {orphans} orphaned job processes killed on {socket.gethostname()}")
     if failed:
         n = queue.retry_jobs(db, run_name, failed_only=False)
         print(f"resume: {n} failed jobs queued again")

@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -235,6 +236,8 @@ def process_start_time(pid: int) -> float | None:
             fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold anything
     except OSError:
         return None
+    if fields[0] in (b"Z", b"X"):
+        return None  # a zombie has ended; only its parent's wait() is missing, which a parent that never reaps never does
     return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of the file, starttime
 
 
@@ -529,7 +532,10 @@ _REQUEUE_JOBS_OF_WORKER = (
     f"WHERE worker_id = :worker_id AND {job_state_is(Operation.REQUEUE_LOST, JobState.QUEUED)} RETURNING id"
 )
 _LOSE_ATTEMPTS_OF_WORKER = (
-    f"UPDATE attempts SET state = {literal(AttemptState.LOST)}, ended_at = {{now}}, reason = :reason "
+    # A lost attempt ended when its worker was last heard from (or when it started, if later), not when a reaper noticed.
+    f"UPDATE attempts SET state = {literal(AttemptState.LOST)}, reason = :reason, ended_at = COALESCE((SELECT CASE "
+    "WHEN w.heartbeat_at > attempts.started_at THEN w.heartbeat_at ELSE attempts.started_at END FROM workers w "
+    "WHERE w.id = :worker_id), {now}) "
     f"WHERE worker_id = :worker_id AND {attempt_state_is(Operation.REQUEUE_LOST, AttemptState.LOST)}"
 )
 
@@ -541,7 +547,8 @@ def requeue_jobs_of_dead_worker(db: Database, worker: LostWorker) -> list[int]:
     """
 
     def _requeue(tx: Transaction) -> list[int]:
-        params = {"worker_id": worker.id, "reason": f"worker {worker.id} lost: {worker.why}"}
+        noticed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        params = {"worker_id": worker.id, "reason": f"worker {worker.id} lost: {worker.why}; noticed at {noticed} on {socket.gethostname()}"}
         if not tx.execute(_STOP_WORKER, params):
             return []  # another reaper got there first
         requeued = [r[0] for r in tx.all(_REQUEUE_JOBS_OF_WORKER, params)]

@@ -6,6 +6,7 @@ Called by every worker now and then, and by `jq resume`.
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass, field
 from typing import Callable
 
 from jobqueue import queue
@@ -14,23 +15,29 @@ from jobqueue.processes import all_job_processes, attempt_processes, kill_proces
 from jobqueue.states import AttemptState
 
 
-def reap(db: Database, lease: float, say: Callable[[str], None] | None = None) -> list[int]:
+@dataclass
+class Reaped:
+    requeued: list[int] = field(default_factory=list)  # jobs put back in the queue
+    killed: int = 0  # job processes of dead workers killed on this host
+
+
+def reap(db: Database, lease: float, say: Callable[[str], None] | None = None) -> Reaped:
     """Requeue the jobs of dead workers, after killing whatever they left running on this host."""
-    requeued: list[int] = []
+    reaped = Reaped()
     dead = queue.find_dead_workers(db, lease)
     if not dead:
-        return requeued
+        return reaped
     local = [w for w in dead if w.host == socket.gethostname()]
     if local:
         attempt_ids = {a["id"] for a in queue.running_attempts_of(db, [w.id for w in local])}
         if attempt_ids:
-            kill_processes(attempt_processes(attempt_ids, db.url))
+            reaped.killed = kill_processes(attempt_processes(attempt_ids, db.url))
     for w in dead:
         jobs = queue.requeue_jobs_of_dead_worker(db, w)
         if jobs and say:
             say(f"worker {w.id} on {w.host} (pid {w.pid}) is lost ({w.why}): requeued jobs {', '.join(map(str, jobs))}")
-        requeued += jobs
-    return requeued
+        reaped.requeued += jobs
+    return reaped
 
 
 def kill_orphans(db: Database) -> int:

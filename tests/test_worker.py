@@ -201,7 +201,8 @@ def test_a_worker_that_ends_normally_sends_its_guard_away_without_killing_anythi
     time.sleep(0.5)
     daemons = job_processes(project.db)
     assert [p.cmdline() for p in daemons] == [["sleep", "30"]]
-    guards = [p for p in psutil.process_iter(["cmdline"]) if f"JQ_WORKER_ID={worker['id']}" in (p.info["cmdline"] or [])]
+    guards = [p for p in psutil.process_iter(["cmdline", "cwd"])
+              if (p.info["cmdline"] or [])[1:4] == ["-I", "-S", "-c"] and p.info["cwd"] == str(project.path)]
     assert guards == []
     for p in daemons:
         p.kill()
@@ -439,3 +440,33 @@ def test_a_job_starts_in_its_own_group_with_devnull_stdin_default_signals_and_no
     assert seen["stdin"] == "/dev/null", seen
     assert not int(seen["sigign"], 16) & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)), seen
     assert seen["fds"] == ["0", "1", "2"], (seen, write_end)
+
+
+def test_a_worker_left_a_zombie_by_a_parent_that_never_waits_is_lost_and_resume_counts_every_orphan_it_kills(project):
+    """The test is the worker's parent and does not wait() for it: SIGKILLed, it stays a zombie, whose /proc entry
+    still carries the start time jq compares. It must count as dead all the same."""
+    worker, guard = _crash_a_worker_mid_run(project)
+    guard.kill()
+    project.wait_for(lambda: guard.status() == psutil.STATUS_ZOMBIE, what="the guard to die")
+    worker.kill()
+    project.wait_for(lambda: psutil.Process(worker.pid).status() == psutil.STATUS_ZOMBIE, what="a zombie worker")
+    orphans = len(job_processes(project.db))
+    assert orphans >= 12
+    proc = project.jq("resume", "--requeue-only", check=True)
+    assert psutil.Process(worker.pid).status() == psutil.STATUS_ZOMBIE, "still unreaped while resume ran"
+    assert f"3 lost jobs requeued, {orphans} orphaned job processes killed" in proc.stdout
+    assert job_processes(project.db) == []
+    assert project.states() == {"queued": 3}
+    rows = project.sql("select a.state, a.reason, a.started_at, a.ended_at, w.heartbeat_at from attempts a "
+                       "join workers w on w.id = a.worker_id")
+    for row in rows:
+        assert row["state"] == "lost" and " lost: process " in row["reason"] and "; noticed at " in row["reason"]
+        # It ended when its worker was last heard from, not when resume noticed.
+        assert row["ended_at"] == max(row["heartbeat_at"], row["started_at"])
+    worker.wait(5)
+    _resume_completes_every_job_again(project)
+
+
+def _resume_completes_every_job_again(project) -> None:
+    project.jq("resume", "--no-progress", check=True)
+    assert project.states() == {"succeeded": 3}
