@@ -67,6 +67,12 @@ def metrics_file_for(log_path: str) -> str:
     return log_path.removesuffix(".log") + ".metrics.jsonl"
 
 
+def experiment_dir_for(log_path: str, job_name: str) -> str:
+    """Where a job's TensorBoard event files are looked for: Sample Factory's {--train_dir}/{--experiment}. A job's
+    --train_dir is its log_dir, whose jq_logs/ holds the attempts' logs; its --experiment is its name. Not the
+    train dir itself, which the jobs of one Experiment share."""
+    return os.path.join(os.path.dirname(os.path.dirname(log_path)), job_name)
+
 
 def read_jsonl(path: str, offset: int = 0, chunk_points: int = CHUNK_POINTS) -> Iterator[Chunk]:
     """The whole lines from `offset` on, in chunks. Each line is an object of numbers with an optional integer

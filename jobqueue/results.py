@@ -67,6 +67,22 @@ def known_sources(tx: Transaction, job_id: int) -> dict[str, Source]:
             for path, kind, attempt_id, bytes_read in tx.all(_KNOWN_SOURCES, {"job_id": job_id})}
 
 
+_EARLIER_ATTEMPTS = "SELECT id, log_path FROM attempts WHERE job_id = :job_id AND id < :attempt_id ORDER BY id"
+
+
+def _sources_to_read(tx: Transaction, job_id: int, attempt_id: int) -> dict[str, Source]:
+    """known_sources, and the JSON-lines files of the job's earlier attempts, each its own attempt's: a worker
+    killed outright (SIGKILL, a lost node) left what its attempt logged since its last read, which the attempt
+    that runs the job next stores."""
+    known = known_sources(tx, job_id)
+    for earlier_id, log_path in tx.all(_EARLIER_ATTEMPTS, {"job_id": job_id, "attempt_id": attempt_id}):
+        if not log_path:
+            continue
+        path = readers.metrics_file_for(log_path)
+        known.setdefault(path, Source(path, readers.JSONL, earlier_id))
+    return known
+
+
 def ingest(tx: Transaction, job_id: int, attempt_id: int, chunk: Chunk) -> bool:
     """Store a chunk read from one of the job's files: its points, the summaries, and how far the file is read.
     A file new to the job belongs to `attempt_id`; one read before keeps its attempt. False (nothing stored) when
@@ -124,12 +140,12 @@ def collect(db: Database, job_id: int, attempt_id: int, *, experiment_dir: str |
     """Read what is new in a job's files and store it, one transaction per chunk: the worker's call while an
     attempt runs (every --metrics-every seconds) and once more when it has ended. Files are read outside the
     transactions, and no more than one chunk is held at a time."""
-    known = db.transact(lambda tx: known_sources(tx, job_id), write=False)
+    known = db.transact(lambda tx: _sources_to_read(tx, job_id, attempt_id), write=False)
     sources, message = readers.job_sources(known, attempt_id, experiment_dir, metrics_file)
     done = Collected(message=message)
     for source in sources:
         for chunk in readers.read_new(source, chunk_points):
-            if not db.transact(functools.partial(ingest, job_id=job_id, attempt_id=attempt_id, chunk=chunk)):
+            if not db.transact(functools.partial(ingest, job_id=job_id, attempt_id=source.attempt_id, chunk=chunk)):
                 break  # another reader is further on in this file
             done.points += len(chunk.points)
             done.skipped += chunk.skipped
@@ -416,20 +432,24 @@ _BEST = (
     "SELECT j.id, j.name, s.last, s.last_step FROM metric_summaries s JOIN jobs j ON j.id = s.job_id "
     "WHERE j.run_id = :run_id AND s.key = :key AND s.last IS NOT NULL ORDER BY s.last {direction}, j.id LIMIT 1"
 )
-_RUN_SKIPPED = ("SELECT COALESCE(sum(s.skipped), 0) FROM metric_sources s JOIN jobs j ON j.id = s.job_id "
+# Whether the run has metrics at all, and its bad lines: `jq status` asks of every run, most of which have none.
+_RUN_SOURCES = ("SELECT count(*), COALESCE(sum(s.skipped), 0) FROM metric_sources s JOIN jobs j ON j.id = s.job_id "
                 "WHERE j.run_id = :run_id")
 
 
-def run_best(source: Database | Reader, run: str, key: str | None = None, minimize: bool = False) -> dict | None:
+def run_best(source: Database | Reader, run: str, key: str | None = None, minimize: bool = False,
+             strict: bool = True) -> dict | None:
     """For `jq status`: the best job so far on `key` (else the run's first-logged metric), and the bad lines or
-    records skipped over the run; None when the run has no metrics yet.
+    records skipped over the run; None when the run has no metrics yet, or (unless strict) none named `key`.
         {"key", "minimize", "job": {"id", "name", "last", "last_step"} or None, "skipped"}"""
     with _reading(source) as reader:
         run_id = _run_id(reader, run)
-        keys = run_metric_keys(reader, run_id)
-        (skipped,) = reader.rows(_RUN_SKIPPED, {"run_id": run_id})[0]
+        files, skipped = reader.rows(_RUN_SOURCES, {"run_id": run_id})[0]
+        keys = run_metric_keys(reader, run_id) if files else []
         if not keys:
             return {"key": None, "minimize": minimize, "job": None, "skipped": skipped} if skipped else None
+        if key and key not in keys and not strict:
+            return None
         _check_keys("--sort", run, [key] if key else [], keys)
         key = key or keys[0]
         found = reader.rows(_BEST.format(direction="ASC" if minimize else "DESC"), {"run_id": run_id, "key": key})
@@ -483,14 +503,14 @@ def number_text(value, digits: int | None = None) -> str:
     return str(value)
 
 
-def _jsonable(value):
+def jsonable(value):
     """`value` for strict JSON: non-finite floats as the strings NaN, Infinity, -Infinity."""
     if isinstance(value, float) and not math.isfinite(value):
         return number_text(value)
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -508,7 +528,7 @@ def write_json(rows: Iterable[dict], out: IO[str]) -> None:
     for i, row in enumerate(rows):
         text = json.dumps(row)
         if "NaN" in text or "Infinity" in text:  # json's own spelling of a non-finite float, or a string holding it
-            text = json.dumps(_jsonable(row), allow_nan=False)
+            text = json.dumps(jsonable(row), allow_nan=False)
         out.write(("," if i else "") + "\n" + text)
     out.write("\n]\n")
 
