@@ -1,8 +1,9 @@
 """The worker loop: claim jobs, run up to N at once, record how each ended, heartbeat, reap the dead.
 
 One thread per slot claims a job, starts it in its own process group and waits on a pidfd, so the
-next job starts the moment a slot frees. The main thread owns the signals (TERM, INT, HUP from a closed
-terminal, USR1 for Slurm's pre-preemption warning), the heartbeat and the reaper.
+next job starts the moment a slot frees; while it waits, it stores what the job logs (its metrics). The main
+thread owns the signals (TERM, INT, HUP from a closed terminal, USR1 for Slurm's pre-preemption warning), the
+heartbeat and the reaper.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from dataclasses import dataclass
 from jobqueue import queue
 from jobqueue.db import Database
 from jobqueue.errors import UserError
+from jobqueue.metrics import METRICS_FILE_ENV, experiment_dir_for, find_event_files, metrics_file_for
 from jobqueue.processes import Guard, crash_point, signal_group, spawn_job, stop_group, wait_exit
 from jobqueue.reaper import reap
 from jobqueue.states import AttemptState, JobState
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 PID_RECORD_DELAY = 0.05  # seconds; see Worker._wait_job
+METRICS_EVERY = 30.0  # seconds between reads of a running job's metrics files
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+_METRICS_FILE_ENV = METRICS_FILE_ENV.encode()
 
 
 def parse_gpus(spec: str | None) -> list[str] | None:
@@ -51,6 +55,7 @@ class WorkerSettings:
     lease: float = queue.DEFAULT_LEASE_SECONDS
     reap_interval: float = 30.0
     poll_interval: float = 1.0
+    metrics_every: float = METRICS_EVERY  # 0: read a job's metrics files only when its attempt ends
     backend: str = "processes"
     quiet: bool = False
     on_event: object = None  # callable(str) for progress lines; default: stderr unless quiet
@@ -109,6 +114,7 @@ class Worker:
         self.result = WorkerResult()
         self.run_names: dict[int, str] = {}
         self.info: queue.WorkerInfo | None = None
+        self.metrics_notice_given = False
 
     # --- main thread -------------------------------------------------------------------------
 
@@ -348,29 +354,43 @@ class Worker:
             outcome, reason = AttemptState.INTERRUPTED, "stopped together with its worker"
         if outcome is None:
             outcome = AttemptState.SUCCEEDED if rc == 0 else AttemptState.FAILED
+        seconds = time.monotonic() - started
+        self._store_metrics(job, ended=True)  # before the end is recorded: a launch that returns has them all
         return queue.Finished(job, outcome, exit_code=exit_code, signal=sig, reason=reason, pid=proc.pid,
-                              seconds=time.monotonic() - started)
+                              seconds=seconds)
 
     def _wait_job(self, slot, job, proc, pidfd, started) -> tuple[AttemptState | None, str | None]:
         """Wait for the job; stop it on timeout, cancel, or a stop signal. Returns (outcome, reason) if it was stopped.
 
         The pid goes into the attempt's row once the job has run PID_RECORD_DELAY: a job that ends sooner has it
-        recorded with its end, which saves a quick job one of its two transactions."""
+        recorded with its end, which saves a quick job one of its two transactions.
+
+        Every metrics_every seconds the job's metrics files are read here, in the slot's thread, which has nothing
+        else to do while its job runs: in the main thread a long read would hold back the heartbeat (a worker
+        silent past its lease is declared lost) and every other slot's read, and here a job's reads (this one and
+        the last, at its end) never overlap. What it costs: the job's end, timeout or cancel waits for the read
+        in progress."""
         deadline = started + job.timeout if job.timeout else None
         pid_due = started + PID_RECORD_DELAY
+        metrics_due = started + self.s.metrics_every if self.s.metrics_every > 0 else None
         while True:
-            dues = [t for t in (deadline, pid_due) if t is not None]
+            dues = [t for t in (deadline, pid_due, metrics_due) if t is not None]
             event = wait_exit(pidfd, max(0.0, min(dues) - time.monotonic()) if dues else None, slot.wake_r)
             if event == "exited":
                 signal_group(proc.pid, signal.SIGKILL)  # what it left in its group (the leader is a zombie still)
                 return None, None
-            if event == "timeout" and pid_due is not None and (deadline is None or time.monotonic() < deadline):
-                queue.record_pid(self.db, job.attempt_id, proc.pid)
-                pid_due = None
-                continue
             if event == "timeout":
-                stop_group(pidfd, proc.pid, self.s.grace)
-                return AttemptState.TIMEOUT, f"ran over its timeout of {job.timeout:g}s"
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    stop_group(pidfd, proc.pid, self.s.grace)
+                    return AttemptState.TIMEOUT, f"ran over its timeout of {job.timeout:g}s"
+                if pid_due is not None and now >= pid_due:
+                    queue.record_pid(self.db, job.attempt_id, proc.pid)
+                    pid_due = None
+                if metrics_due is not None and now >= metrics_due:
+                    self._store_metrics(job, ended=False)
+                    metrics_due = time.monotonic() + self.s.metrics_every
+                continue
             _drain(slot.wake_r)
             if self.result.fenced:
                 stop_group(pidfd, proc.pid, 0)
@@ -382,6 +402,28 @@ class Worker:
                 name = signal.Signals(self.result.stop_signal).name if self.result.stop_signal else "stop"
                 stop_group(pidfd, proc.pid, self.s.grace)
                 return AttemptState.INTERRUPTED, f"worker stopped by {name}"
+
+    def _store_metrics(self, job: queue.ClaimedJob, ended: bool) -> None:
+        """Store what is new in the job's metrics files. At an attempt's end only if there is something to read,
+        so that a quick job without metrics pays a stat and a failed directory open, no transaction. Never stops
+        the worker: a read that fails is told, and what it missed is read next time (or by the job's next attempt)."""
+        metrics_file = metrics_file_for(job.log_path)
+        experiment_dir = experiment_dir_for(job.log_path, job.name)
+        # A later attempt reads at its end whatever it finds: an earlier attempt's file may hold what its worker,
+        # killed outright, never read.
+        if ended and job.number == 1 and not (os.path.exists(metrics_file) or find_event_files(experiment_dir)):
+            return
+        from jobqueue import results
+
+        try:
+            done = results.collect(self.db, job.job_id, job.attempt_id, experiment_dir=experiment_dir,
+                                   metrics_file=metrics_file)
+        except Exception as exc:  # the DB is unreachable, say; the job goes on
+            self._say(f"job {job.job_id} {job.name}: metrics not stored ({exc})")
+            return
+        if done.message and not self.metrics_notice_given:
+            self.metrics_notice_given = True
+            self._say(f"metrics of job {job.job_id} {job.name}: {done.message.removeprefix('jq: ')}")
 
     def _stopped_with_worker(self, rc: int) -> bool:
         """scancel, a preemption or a shutdown signals every process of a Slurm job or a host at once: a job
@@ -418,6 +460,7 @@ class Worker:
         env[b"JQ_ATTEMPT"] = b"%d" % job.number
         env[b"JQ_SLOT"] = b"%d" % slot.index
         env[b"JQ_ATTEMPT_ID"] = b"%d" % job.attempt_id
+        env[_METRICS_FILE_ENV] = os.fsencode(metrics_file_for(job.log_path))
         if slot.gpu:
             env[b"CUDA_VISIBLE_DEVICES"] = slot.gpu.encode()
         elif self.gpu_text and self.s.experiments_per_gpu <= 0:

@@ -12,7 +12,7 @@ from jobqueue.db import Database
 from jobqueue.progress import ProgressView
 from jobqueue.settings import LaunchSettings
 from jobqueue.states import JobState
-from jobqueue.worker import Worker, WorkerResult, WorkerSettings
+from jobqueue.worker import METRICS_EVERY, Worker, WorkerResult, WorkerSettings
 
 DEFAULT_GRACE = 30.0
 
@@ -26,6 +26,7 @@ def worker_settings(settings: LaunchSettings, run_id: int, on_event=None) -> Wor
         run_id=run_id,
         pause_between=settings.pause_between,
         grace=DEFAULT_GRACE if settings.grace is None else settings.grace,
+        metrics_every=METRICS_EVERY if settings.metrics_every is None else settings.metrics_every,
         backend="processes",
         on_event=on_event,
     )
@@ -40,7 +41,7 @@ def run_local(db: Database, run: dict, settings: LaunchSettings, progress: bool 
 
 
 def _worth_showing(message: str) -> bool:
-    return any(word in message for word in ("failed", "timeout", "lost", "stopping", "cancelled", "got SIG"))
+    return any(word in message for word in ("failed", "timeout", "lost", "stopping", "cancelled", "got SIG", "metrics"))
 
 
 class ProcessesBackend:

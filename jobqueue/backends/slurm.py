@@ -90,6 +90,8 @@ def worker_argv(db_url: str, run: str, settings: LaunchSettings, job_id: int | N
     grace = DEFAULT_GRACE if settings.grace is None else settings.grace
     db = [] if has_password(db_url) else ["--db", db_url]  # else it comes in $JQ_DB (see the module's docstring)
     argv = [sys.executable, "-m", "jobqueue", "worker", *db, "--backend", "slurm", "--grace", f"{grace:g}"]
+    if settings.metrics_every is not None:
+        argv += ["--metrics-every", f"{settings.metrics_every:g}"]
     if job_id is not None:
         return argv + ["--job", str(job_id)]
     return argv + ["--run", run, "--slots", str(settings.slots)]
