@@ -157,7 +157,7 @@ def status(
     finally:
         reader.close()
     if as_json:
-        print(json.dumps(report, indent=2, default=str))
+        print(json.dumps(results.jsonable(report), indent=2, default=str))
         return
     reports.print_status(report, _console())
     for r in report["runs"]:

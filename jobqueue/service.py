@@ -153,6 +153,7 @@ def show_log(db: Database, job_id: int, *, follow: bool = False, attempt: int | 
 
 # --- read-only SQL -------------------------------------------------------------------------------
 
+TABLES = "runs, jobs, attempts, workers, submissions, metric_points, metric_summaries, metric_sources"
 READ_ONLY_REFUSAL = "jq sql is read-only and this statement would write ({}); change jobs with jq cancel / jq retry"
 
 
@@ -169,7 +170,7 @@ def read_only_query(db: Database, query: str) -> tuple[list[str], list[tuple]]:
             text = str(exc)
             if "readonly" in text or "not authorized" in text:
                 raise UserError(READ_ONLY_REFUSAL.format(text)) from None
-            raise UserError(f"jq sql: {text}; check the query (tables: runs, jobs, attempts, workers, submissions)") from None
+            raise UserError(f"jq sql: {text}; check the query (tables: {TABLES})") from None
         except sqlite3.Warning as exc:
             raise UserError(f"jq sql: {exc}; give one statement") from None
         finally:
@@ -188,7 +189,7 @@ def read_only_query(db: Database, query: str) -> tuple[list[str], list[tuple]]:
             text = str(exc.orig).strip().splitlines()[0]
             if "read-only transaction" in text:
                 raise UserError(READ_ONLY_REFUSAL.format(text)) from None
-            raise UserError(f"jq sql: {text}; check the query (tables: runs, jobs, attempts, workers, submissions)") from None
+            raise UserError(f"jq sql: {text}; check the query (tables: {TABLES})") from None
     return columns, rows
 
 
