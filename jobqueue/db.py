@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from jobqueue import sql
 from jobqueue.errors import UserError
@@ -206,10 +206,28 @@ def _retry_while_busy(once: Callable[[], T], errors: type[Exception], attempts: 
 
 @dataclass
 class _Request:
-    fn: Callable
+    fn: Callable[[Transaction], Any]
     done: bool = False
-    result: object = None
+    result: Any = None  # what fn returned, for the transact() call that queued it (requests of one batch differ)
     error: BaseException | None = None
+
+
+class Cursor(Protocol):
+    """A DB-API cursor: sqlite3's, or psycopg's from SQLAlchemy's pool."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    @property
+    def description(self) -> Any: ...
+
+    def execute(self, query: str, params: Any = ..., /) -> object: ...
+
+    def executemany(self, query: str, rows: Any, /) -> object: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
 
 
 @dataclass
@@ -217,7 +235,7 @@ class Transaction:
     """Plain SQL (see sql.py) on a driver cursor, inside one transaction."""
 
     dialect: str
-    cursor: object
+    cursor: Cursor
 
     def execute(self, query: str, params: dict | None = None) -> int:
         """Run a statement; the number of rows it changed."""
@@ -231,6 +249,13 @@ class Transaction:
         self.execute(query, params)
         row = self.cursor.fetchone()
         self.cursor.fetchall()  # drain it: a statement with RETURNING ends only when its rows are read
+        return row
+
+    def one(self, query: str, params: dict | None = None) -> tuple:
+        """The row of a statement that always returns one (count(*), INSERT ... RETURNING)."""
+        row = self.first(query, params)
+        if row is None:
+            raise AssertionError(f"no row from: {query}")
         return row
 
     def all(self, query: str, params: dict | None = None) -> list[tuple]:
@@ -291,6 +316,10 @@ def _database_errors() -> tuple[type[Exception], ...]:
 
 def _open_sqlite(url: str, create: bool) -> Database:
     path = sqlite_path(url)
+    if path is None:
+        raise UserError(
+            f"--db {redacted(url)}: not an SQLite URL jobqueue can open; give a file path or sqlite:///PATH"
+        )
     shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
     if not path.parent.is_dir():
         raise UserError(f"--db {shown}: directory {path.parent} does not exist; create it or choose another path")
@@ -396,7 +425,7 @@ def schema_revision(database: Database) -> str | None:
     """The Alembic revision the DB is at; None for a new, empty one."""
 
     def read(tx: Transaction) -> str | None:
-        if not tx.first(_VERSION_TABLE[database.dialect])[0]:
+        if not tx.one(_VERSION_TABLE[database.dialect])[0]:
             return None
         row = tx.first("SELECT version_num FROM alembic_version")
         return row[0] if row else None
@@ -462,7 +491,7 @@ def _migrate(database: Database) -> None:
 
 def _is_empty(database: Database) -> bool:
     """No table, index or view at all: a DB that holds anything of its own is migrated, never overwritten."""
-    return database.transact(lambda tx: tx.first("SELECT count(*) FROM sqlite_master")[0], write=False) == 0
+    return database.transact(lambda tx: tx.one("SELECT count(*) FROM sqlite_master")[0], write=False) == 0
 
 
 def _migrate_new_file(path: Path) -> None:

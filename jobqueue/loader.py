@@ -105,6 +105,7 @@ def load_sweep(target: str) -> LoadedSweep:
     sweep.set_sweep_seed(path.stem)
     try:
         spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None  # _locate gave a .py file: it has a source loader
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         try:

@@ -11,11 +11,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from jobqueue import queue
 from jobqueue.db import Database, Transaction
 from jobqueue.report import tail
 from jobqueue.states import JobState
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.TIMEOUT)  # cancelled jobs did not run to an end
 DONE_STATES = (*FINISHED_STATES, JobState.CANCELLED)
@@ -118,8 +122,8 @@ class ProgressView:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.tty = sys.stderr.isatty()
-        self._progress = None  # rich's Progress, on a terminal
-        self._task = None
+        self._progress: Progress | None = None  # on a terminal
+        self._task: TaskID | None = None
         self._last_counts = ""
         self._last_print = 0.0
         self._print_lock = threading.Lock()  # slot threads report failures while the view's thread prints its line
@@ -156,7 +160,7 @@ class ProgressView:
 
     def _running_and_slots(self, tx: Transaction) -> tuple[list[float], int]:
         running = tx.dicts(_RUNNING_SINCE, {"run_id": self._run_id})
-        (slots,) = tx.first(_LIVE_SLOTS, {"run_id": self._run_id})
+        (slots,) = tx.one(_LIVE_SLOTS, {"run_id": self._run_id})
         return [(job["now_at"] - job["started_at"]).total_seconds() for job in running], int(slots)
 
     def line(self, estimate: Estimate) -> str:
@@ -209,6 +213,7 @@ class ProgressView:
             self._print_line(self.line(estimate))
 
     def _show_on_bar(self, estimate: Estimate) -> None:
+        assert self._progress is not None and self._task is not None  # the bar is up: _start_bar made both
         self._progress.update(self._task, total=estimate.total, completed=estimate.done, summary=estimate.summary())
 
     def _start_bar(self) -> None:

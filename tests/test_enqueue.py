@@ -148,6 +148,7 @@ def test_db_errors_are_one_clear_line(sqlite_project, tmp_path):
     cases.append((["--db", str(tmp_path / "missing" / "q.db")], "directory"))
     (tmp_path / "notadb.db").write_text("hello, I am a text file\n" * 10)
     cases.append((["--db", str(tmp_path / "notadb.db")], "is not an SQLite database"))
+    cases.append((["--db", "sqlite://q.db"], "not an SQLite URL jobqueue can open"))  # two slashes: no path
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)

@@ -41,4 +41,4 @@ class Backend(Protocol):
 
 
 def get_backend(name: str) -> Backend:
-    return importlib.import_module(_MODULES[name]).BACKEND  # type: ignore[no-any-return]
+    return importlib.import_module(_MODULES[name]).BACKEND
