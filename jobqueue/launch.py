@@ -19,7 +19,9 @@ from jobqueue.settings import FLAGS, LaunchSettings, Source, parse
 from jobqueue.states import JobState
 
 
-def launch(db_arg: str | None, plan: SweepPlan, flags: Mapping[str, Any], progress: bool = True, watch: bool = False) -> int:
+def launch(
+    db_arg: str | None, plan: SweepPlan, flags: Mapping[str, Any], progress: bool = True, watch: bool = False
+) -> int:
     """Check the backend's settings, then (and only then) open the DB, enqueue and start the workers.
 
     A launch states its settings afresh: the sweep file's RunDescription keywords, then the flags given now."""
@@ -32,10 +34,17 @@ def launch(db_arg: str | None, plan: SweepPlan, flags: Mapping[str, Any], progre
     result = enqueue_plan(db, plan, max_attempts=settings.max_attempts)
     queue.update_run_settings(db, result.run_id, settings.to_stored())
     queue.set_job_limits(db, result.run_id, timeout=settings.timeout, max_attempts=settings.max_attempts)
-    print(f"{result.run_name}: {result.added} new jobs enqueued, {result.existing} already there; backend {settings.backend}",
-          flush=True)
+    print(
+        f"{result.run_name}: {result.added} new jobs enqueued, {result.existing} already there; backend {settings.backend}",
+        flush=True,
+    )
     code = backend.start(db, queue.get_run(db, result.run_name), settings, progress)
-    if watch and code == 0 and backend.reports_nothing_queued and not (settings.slurm.print_only or settings.ngc.print_only):
+    if (
+        watch
+        and code == 0
+        and backend.reports_nothing_queued
+        and not (settings.slurm.print_only or settings.ngc.print_only)
+    ):
         return watch_run(db, result.run_name, progress=progress)
     return code
 
@@ -46,14 +55,24 @@ def recorded_settings(run: dict, flags: Mapping[str, Any] | None = None) -> Laun
     return LaunchSettings.merge(parse(run.get("settings"), Source("recorded", run["name"])), parse(flags, FLAGS))
 
 
-def resume(db: Database, run_name: str | None, *, failed: bool = False, requeue_only: bool = False,
-           flags: Mapping[str, Any] | None = None, progress: bool = True, lease: float = queue.DEFAULT_LEASE_SECONDS) -> int:
+def resume(
+    db: Database,
+    run_name: str | None,
+    *,
+    failed: bool = False,
+    requeue_only: bool = False,
+    flags: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    lease: float = queue.DEFAULT_LEASE_SECONDS,
+) -> int:
     """Requeue what was lost, kill this host's orphans, then start the run's workers again."""
     if run_name is not None:
         queue.get_run(db, run_name)  # a clear error for an unknown run, before anything changes
     reaped = reap(db, lease, say=lambda m: print(m, flush=True))
     orphans = reaped.killed + kill_orphans(db)
-    print(f"resume: {len(reaped.requeued)} lost jobs requeued, {orphans} orphaned job processes killed on {socket.gethostname()}")
+    print(
+        f"resume: {len(reaped.requeued)} lost jobs requeued, {orphans} orphaned job processes killed on {socket.gethostname()}"
+    )
     if failed:
         n = queue.retry_jobs(db, run_name, failed_only=False)
         print(f"resume: {n} failed jobs queued again")

@@ -46,5 +46,7 @@ def kill_orphans(db: Database) -> int:
     if not found:
         return 0
     running = queue.attempt_states(db, list(found))
-    orphans = [p for attempt_id, procs in found.items() if running.get(attempt_id) != AttemptState.RUNNING.value for p in procs]
+    orphans = [
+        p for attempt_id, procs in found.items() if running.get(attempt_id) != AttemptState.RUNNING.value for p in procs
+    ]
     return kill_processes(orphans)

@@ -84,8 +84,8 @@ class LaunchSettings:
         for layer in layers:
             flat.update(layer)
         top = {k: v for k, v in flat.items() if k in _TOP}
-        slurm = {k[len("slurm_"):]: v for k, v in flat.items() if k.startswith("slurm_")}
-        ngc = {k[len("ngc_"):]: v for k, v in flat.items() if k.startswith("ngc_")}
+        slurm = {k[len("slurm_") :]: v for k, v in flat.items() if k.startswith("slurm_")}
+        ngc = {k[len("ngc_") :]: v for k, v in flat.items() if k.startswith("ngc_")}
         return cls(**top, slurm=SlurmSettings(**slurm), ngc=NgcSettings(**ngc))
 
 
@@ -176,7 +176,9 @@ def _gpus(value: Any) -> str:
 
 
 # Slurm's --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS; 0 or "UNLIMITED".
-_SLURM_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}|UNLIMITED|unlimited)$")
+_SLURM_TIME = re.compile(
+    r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}|UNLIMITED|unlimited)$"
+)
 
 
 def _slurm_time(value: Any) -> str:

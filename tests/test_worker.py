@@ -65,7 +65,9 @@ def test_two_workers_with_two_slots_run_twenty_jobs_each_once_and_never_more_tha
     assert max_concurrency(events) <= 4
     assert max_concurrency(events) >= 3  # and the slots were really used in parallel
     assert project.states() == {"succeeded": 20}
-    attempts = project.sql("select count(*) as n, count(distinct job_id) as jobs, min(exit_code) as lo, max(exit_code) as hi from attempts")
+    attempts = project.sql(
+        "select count(*) as n, count(distinct job_id) as jobs, min(exit_code) as lo, max(exit_code) as hi from attempts"
+    )
     assert attempts == [{"n": 20, "jobs": 20, "lo": 0, "hi": 0}]
 
 
@@ -73,15 +75,22 @@ ENV_JOB = """sh -c 'echo "$CUDA_VISIBLE_DEVICES|$JQ_JOB_ID|$JQ_RUN|$JQ_ATTEMPT|$
 
 
 def env_lines(project):
-    return [(project.path / "train_dir" / name).read_text().strip() for name in sorted(os.listdir(project.path / "train_dir")) if name.startswith("env_")]
+    return [
+        (project.path / "train_dir" / name).read_text().strip()
+        for name in sorted(os.listdir(project.path / "train_dir"))
+        if name.startswith("env_")
+    ]
 
 
-@pytest.mark.parametrize("gpu, inherited, expected", [
-    ("0", None, {"0"}),
-    ("0,1", None, {"0,1"}),
-    ("none", "7", {"7"}),
-    (None, None, {""}),
-])
+@pytest.mark.parametrize(
+    "gpu, inherited, expected",
+    [
+        ("0", None, {"0"}),
+        ("0,1", None, {"0,1"}),
+        ("none", "7", {"7"}),
+        (None, None, {""}),
+    ],
+)
 def test_cuda_visible_devices_follows_gpu(sqlite_project, gpu, inherited, expected):
     p = sqlite_project
     p.sweep("gpus", ENV_JOB, 4)
@@ -100,7 +109,18 @@ def test_experiments_per_gpu_pins_each_job_to_one_gpu_with_at_most_k_per_gpu(sql
     job = """sh -c 'echo "$CUDA_VISIBLE_DEVICES start $(date +%s.%N)" >> train_dir/gpu_ledger; sleep 0.4; echo "$CUDA_VISIBLE_DEVICES end $(date +%s.%N)" >> train_dir/gpu_ledger' job"""
     p.sweep("pinned", job, 12)
     (p.path / "train_dir").mkdir()
-    p.jq("launch", "pinned", "--num-gpus", "3", "--experiments-per-gpu", "2", "--max-parallel", "8", "--no-progress", check=True)
+    p.jq(
+        "launch",
+        "pinned",
+        "--num-gpus",
+        "3",
+        "--experiments-per-gpu",
+        "2",
+        "--max-parallel",
+        "8",
+        "--no-progress",
+        check=True,
+    )
     per_gpu: dict[str, int] = {}
     peak: dict[str, int] = {}
     lines = sorted((p.path / "train_dir" / "gpu_ledger").read_text().splitlines(), key=lambda l: float(l.split()[2]))
@@ -143,7 +163,9 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(sqlite_proj
 
 
 # The first attempt leaves two children behind: one in the job's process group, one in a session of its own.
-RESUMABLE_JOB = """sh -c 'if [ "$JQ_ATTEMPT" = 1 ]; then sleep 60 & setsid sleep 61 & sleep 60; fi; echo done-$JQ_JOB_ID' job"""
+RESUMABLE_JOB = (
+    """sh -c 'if [ "$JQ_ATTEMPT" = 1 ]; then sleep 60 & setsid sleep 61 & sleep 60; fi; echo done-$JQ_JOB_ID' job"""
+)
 
 
 def _crash_a_worker_mid_run(project) -> tuple[subprocess.Popen, psutil.Process]:
@@ -201,8 +223,11 @@ def test_a_worker_that_ends_normally_sends_its_guard_away_without_killing_anythi
     time.sleep(0.5)
     daemons = job_processes(project.db)
     assert [p.cmdline() for p in daemons] == [["sleep", "30"]]
-    guards = [p for p in psutil.process_iter(["cmdline", "cwd"])
-              if (p.info["cmdline"] or [])[1:4] == ["-I", "-S", "-c"] and p.info["cwd"] == str(project.path)]
+    guards = [
+        p
+        for p in psutil.process_iter(["cmdline", "cwd"])
+        if (p.info["cmdline"] or [])[1:4] == ["-I", "-S", "-c"] and p.info["cwd"] == str(project.path)
+    ]
     assert guards == []
     for p in daemons:
         p.kill()
@@ -221,12 +246,15 @@ def test_timeouts_are_recorded_as_timeout(project):
 def test_a_value_with_spaces_and_quotes_arrives_as_one_argv_item(sqlite_project):
     p = sqlite_project
     value = """it's "quoted" $HOME; rm -rf /tmp/nothing & echo"""
-    p.write("quoting.py", f"""
+    p.write(
+        "quoting.py",
+        f"""
         from jobqueue import Experiment, RunDescription
         RUN_DESCRIPTION = RunDescription("quoting", experiments=[
             Experiment("q", "python -c 'import sys, json; print(json.dumps(sys.argv[1:]))'", [{{"msg": {value!r}}}]),
         ])
-    """)
+    """,
+    )
     p.jq("enqueue", "quoting", check=True)
     p.jq("worker", check=True)
     (job,) = p.jobs()
@@ -238,8 +266,18 @@ def test_sample_factory_spellings_of_launch(sqlite_project):
     p = sqlite_project
     p.sweep("sfmod", ENV_JOB, 4)
     (p.path / "train_dir").mkdir()
-    proc = p.jq("launch", "--run=sfmod", "--backend=processes", "--max_parallel=2", "--pause_between=0",
-                "--experiments_per_gpu=1", "--num_gpus=2", "--experiment_suffix=sfx", "--train_dir=./td", "--no-progress")
+    proc = p.jq(
+        "launch",
+        "--run=sfmod",
+        "--backend=processes",
+        "--max_parallel=2",
+        "--pause_between=0",
+        "--experiments_per_gpu=1",
+        "--num_gpus=2",
+        "--experiment_suffix=sfx",
+        "--train_dir=./td",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr
     assert p.states("sfmod_sfx") == {"succeeded": 4}
     assert all("--train_dir=./td/sfmod/j_sfx" in j["cmd"] for j in p.jobs())
@@ -251,11 +289,18 @@ def test_sample_factory_spellings_of_launch(sqlite_project):
 
 
 def test_failures_exit_non_zero_show_log_tails_and_retry_up_to_max_attempts(project):
-    project.sweep("flaky", """sh -c 'echo "attempt $JQ_ATTEMPT of $JQ_JOB_ID"; [ "$JQ_ATTEMPT" -ge 2 ] || exit 3' job""", 2)
+    project.sweep(
+        "flaky", """sh -c 'echo "attempt $JQ_ATTEMPT of $JQ_JOB_ID"; [ "$JQ_ATTEMPT" -ge 2 ] || exit 3' job""", 2
+    )
     proc = project.jq("launch", "flaky", "--max-attempts", "2", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert project.states() == {"succeeded": 2}
-    assert [r["exit_code"] for r in project.sql("select exit_code from attempts order by job_id, number")] == [3, 0, 3, 0]
+    assert [r["exit_code"] for r in project.sql("select exit_code from attempts order by job_id, number")] == [
+        3,
+        0,
+        3,
+        0,
+    ]
     project.sweep("broken", "sh -c 'echo boom-line; exit 5' job", 1)
     proc = project.jq("launch", "broken", "--no-progress")
     assert proc.returncode == 1
@@ -277,18 +322,22 @@ def test_status_shows_each_runs_five_newest_failures_oldest_first(project):
     assert [j["id"] for j in report["many"]["failed"]] == many_ids[2:]
     assert report["many"]["failed"][0]["tail"] == [f"many-{many_ids[2]}"]
     assert [j["exit_code"] for j in report["few"]["failed"]] == [2, 2]
-    assert [j["id"] for j in json.loads(project.jq("status", "few", "--json", check=True).stdout)["runs"][0]["failed"]] \
-        == sorted(j["id"] for j in project.jobs("few"))
+    assert [
+        j["id"] for j in json.loads(project.jq("status", "few", "--json", check=True).stdout)["runs"][0]["failed"]
+    ] == sorted(j["id"] for j in project.jobs("few"))
 
 
 def test_a_missing_command_fails_with_a_clear_reason_and_the_worker_goes_on(project):
-    project.write("mixed.py", """
+    project.write(
+        "mixed.py",
+        """
         from jobqueue import Experiment, RunDescription
         RUN_DESCRIPTION = RunDescription("mixed", experiments=[
             Experiment("missing", "no-such-program-xyz --flag"),
             Experiment("fine", "true"),
         ])
-    """)
+    """,
+    )
     project.jq("enqueue", "mixed", check=True)
     proc = project.jq("worker")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -333,19 +382,33 @@ def test_cancel_and_retry_take_more_job_ids_than_one_statement_takes(sqlite_proj
     monkeypatch.setattr(db_module, "connect_sqlite", limited)
     db = db_module.open_db(p.db)
     try:
+
         def states():
-            rows = db.transact(lambda tx: tx.all(
-                "SELECT runs.name, state, count(*) FROM jobs JOIN runs ON runs.id = run_id GROUP BY 1, 2"), write=False)
+            rows = db.transact(
+                lambda tx: tx.all(
+                    "SELECT runs.name, state, count(*) FROM jobs JOIN runs ON runs.id = run_id GROUP BY 1, 2"
+                ),
+                write=False,
+            )
             return {(run, state): n for run, state, n in rows}
 
         def ids(run):
-            return [i for (i,) in db.transact(lambda tx: tx.all(
-                "SELECT jobs.id FROM jobs JOIN runs ON runs.id = run_id WHERE runs.name = :run", {"run": run}), write=False)]
+            return [
+                i
+                for (i,) in db.transact(
+                    lambda tx: tx.all(
+                        "SELECT jobs.id FROM jobs JOIN runs ON runs.id = run_id WHERE runs.name = :run", {"run": run}
+                    ),
+                    write=False,
+                )
+            ]
 
         wide, (other,) = ids("wide"), ids("other")
         with pytest.raises(sqlite3.OperationalError, match="too many SQL variables"):  # the limit is in force
-            db.transact(lambda tx: tx.cursor.execute(f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * 1000)})",
-                                                     wide[:1000]), write=False)
+            db.transact(
+                lambda tx: tx.cursor.execute(f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * 1000)})", wide[:1000]),
+                write=False,
+            )
         with pytest.raises(UserError, match="no job with id 999999"):
             queue.cancel_jobs(db, job_ids=wide + [999999])
         assert states() == {("wide", "queued"): 2_500, ("other", "queued"): 1}  # nothing changed
@@ -390,8 +453,10 @@ def test_a_job_signalled_together_with_its_worker_is_handed_back_not_failed(proj
     project.sweep("together", "sh -c 'sleep 30' job", 2)
     project.jq("enqueue", "together", check=True)
     worker = project.start("worker", "--slots", "2")
-    project.wait_for(lambda: project.states().get("running") == 2 and len(job_processes(project.db)) >= 4,
-                     what="two jobs, each a shell and its sleep")
+    project.wait_for(
+        lambda: project.states().get("running") == 2 and len(job_processes(project.db)) >= 4,
+        what="two jobs, each a shell and its sleep",
+    )
     for pgid in {os.getpgid(proc.pid) for proc in job_processes(project.db)}:
         os.killpg(pgid, signal.SIGTERM)  # the jobs first...
     worker.send_signal(signal.SIGTERM)  # ...then their worker
@@ -420,22 +485,34 @@ def test_a_job_starts_in_its_own_group_with_devnull_stdin_default_signals_and_no
     # and an ignored signal survives exec), and none of the worker's descriptors, not even one the worker inherited
     # from whoever started it.
     p = sqlite_project
-    probe = ("sh -c 'read pid comm state ppid pgrp rest < /proc/$$/stat; echo pgrp=$pgrp; echo pid=$$; "
-             "echo stdin=$(readlink /proc/$$/fd/0); grep SigIgn /proc/$$/status; ls /proc/$$/fd' probe")
+    probe = (
+        "sh -c 'read pid comm state ppid pgrp rest < /proc/$$/stat; echo pgrp=$pgrp; echo pid=$$; "
+        "echo stdin=$(readlink /proc/$$/fd/0); grep SigIgn /proc/$$/status; ls /proc/$$/fd' probe"
+    )
     p.sweep("probe", probe, 1)
     p.jq("enqueue", "probe", check=True)
     read_end, write_end = os.pipe()
     os.set_inheritable(write_end, True)  # as a careless parent would leave it
     try:
-        worker = subprocess.run([sys.executable, "-m", "jobqueue", "worker"], cwd=p.path, env=p.env(),
-                                capture_output=True, text=True, timeout=60, close_fds=False)
+        worker = subprocess.run(
+            [sys.executable, "-m", "jobqueue", "worker"],
+            cwd=p.path,
+            env=p.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            close_fds=False,
+        )
     finally:
         os.close(read_end)
         os.close(write_end)
     assert worker.returncode == 0, worker.stderr
     (job,) = p.jobs()
     lines = p.jq("logs", str(job["id"]), check=True).stdout.replace("SigIgn:\t", "sigign=").splitlines()
-    seen = {**dict(line.split("=", 1) for line in lines if "=" in line), "fds": [line for line in lines if line.isdigit()]}
+    seen = {
+        **dict(line.split("=", 1) for line in lines if "=" in line),
+        "fds": [line for line in lines if line.isdigit()],
+    }
     assert seen["pgrp"] == seen["pid"], seen
     assert seen["stdin"] == "/dev/null", seen
     assert not int(seen["sigign"], 16) & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)), seen
@@ -457,8 +534,10 @@ def test_a_worker_left_a_zombie_by_a_parent_that_never_waits_is_lost_and_resume_
     assert f"3 lost jobs requeued, {orphans} orphaned job processes killed" in proc.stdout
     assert job_processes(project.db) == []
     assert project.states() == {"queued": 3}
-    rows = project.sql("select a.state, a.reason, a.started_at, a.ended_at, w.heartbeat_at from attempts a "
-                       "join workers w on w.id = a.worker_id")
+    rows = project.sql(
+        "select a.state, a.reason, a.started_at, a.ended_at, w.heartbeat_at from attempts a "
+        "join workers w on w.id = a.worker_id"
+    )
     for row in rows:
         assert row["state"] == "lost" and " lost: process " in row["reason"] and "; noticed at " in row["reason"]
         # It ended when its worker was last heard from, not when resume noticed.

@@ -39,7 +39,9 @@ def check_settings(settings: LaunchSettings) -> None:
     if s.sbatch_template and not Path(s.sbatch_template).is_file():
         raise UserError(f"--slurm-sbatch-template {s.sbatch_template}: no such file")
     if not s.print_only and not _which("sbatch"):
-        raise UserError("sbatch is not on PATH: run on a Slurm login node, or use --slurm-print-only to see the commands")
+        raise UserError(
+            "sbatch is not on PATH: run on a Slurm login node, or use --slurm-print-only to see the commands"
+        )
 
 
 def _which(tool: str) -> bool:
@@ -52,23 +54,38 @@ def load_template(path: str | None) -> str:
     return Path(path).read_text() if path else data_path(DEFAULT_TEMPLATE).read_text()
 
 
-def fill_template(template: str, *, cmd: list[str], filename: str, partition: str | None, gpus: int, cpus: int,
-                  timeout: str, db_url: str, run: str) -> str:
+def fill_template(
+    template: str,
+    *,
+    cmd: list[str],
+    filename: str,
+    partition: str | None,
+    gpus: int,
+    cpus: int,
+    timeout: str,
+    db_url: str,
+    run: str,
+) -> str:
     """Sample Factory's variables, shell-quoted; unknown $NAMES (like $HOME) stay for the shell. So does $JQ_DB
     when the URL holds a password: the shell reads it from the job's environment."""
     values = {
         # $PARTITION ends with a space, as Sample Factory's: its templates write `sbatch $PARTITION--gres=...`.
-        "CMD": shlex.join(cmd), "FILENAME": shlex.quote(filename),
-        "PARTITION": f"-p {shlex.quote(partition)} " if partition else "", "GPU": str(gpus), "CPU": str(cpus),
-        "TIMEOUT": shlex.quote(str(timeout)), "JQ_RUN": shlex.quote(run),
+        "CMD": shlex.join(cmd),
+        "FILENAME": shlex.quote(filename),
+        "PARTITION": f"-p {shlex.quote(partition)} " if partition else "",
+        "GPU": str(gpus),
+        "CPU": str(cpus),
+        "TIMEOUT": shlex.quote(str(timeout)),
+        "JQ_RUN": shlex.quote(run),
     }
     if not has_password(db_url):
         values["JQ_DB"] = shlex.quote(db_url)
     return Template(template).safe_substitute(values)
 
 
-def sbatch_argv(settings: LaunchSettings, script: str, output: str, array: str | None = None,
-                name: str | None = None) -> list[str]:
+def sbatch_argv(
+    settings: LaunchSettings, script: str, output: str, array: str | None = None, name: str | None = None
+) -> list[str]:
     s = settings.slurm
     argv = ["sbatch"]
     if s.partition:
@@ -121,7 +138,9 @@ class Submission:
 def plan_submissions(db_url: str, run: str, settings: LaunchSettings, queued: list[dict]) -> list[Submission]:
     s = settings.slurm
     template = load_template(s.sbatch_template)
-    fill = dict(partition=s.partition, gpus=s.gpus_per_job, cpus=s.cpus_per_task, timeout=s.timeout, db_url=db_url, run=run)
+    fill = dict(
+        partition=s.partition, gpus=s.gpus_per_job, cpus=s.cpus_per_task, timeout=s.timeout, db_url=db_url, run=run
+    )
     env = {"JQ_DB": db_url} if has_password(db_url) else {}
     if s.mode == "per-job":
         plans = []
@@ -142,8 +161,9 @@ def plan_submissions(db_url: str, run: str, settings: LaunchSettings, queued: li
         path = os.path.abspath(os.path.join(s.workdir, f"jq_{run}_workers{'_' + str(part) if part else ''}.sh"))
         script = fill_template(template, cmd=worker_argv(db_url, run, settings), filename=path, **fill)
         output = f"{s.workdir}/jq_{run}-%A_%a.out"
-        plans.append(Submission(path, script, sbatch_argv(settings, path, output, array=array, name=f"jq-{run}"), tasks,
-                                env=env))
+        plans.append(
+            Submission(path, script, sbatch_argv(settings, path, output, array=array, name=f"jq-{run}"), tasks, env=env)
+        )
     return plans
 
 
@@ -156,7 +176,9 @@ def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
         print(f"{run['name']}: nothing queued; nothing submitted")
         return 0
     if s.mode == "workers" and _live_submissions(db, run):
-        print(f"{run['name']}: its Slurm workers are still queued or running and will take the {len(queued)} queued jobs")
+        print(
+            f"{run['name']}: its Slurm workers are still queued or running and will take the {len(queued)} queued jobs"
+        )
         return 0
     plans = plan_submissions(db.url, run["name"], settings, queued)
     if s.print_only:
@@ -168,9 +190,20 @@ def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
         Path(plan.script_path).write_text(plan.script)
         proc = subprocess.run(plan.argv, capture_output=True, text=True, timeout=120, env={**os.environ, **plan.env})
         slurm_id = proc.stdout.strip().split(";")[0] if proc.returncode == 0 else None
-        queue.record_submission(db, run_id=run["id"], backend="slurm", mode=s.mode, job_id=plan.job_id,
-                                external_id=slurm_id, tasks=plan.tasks, state="submitted" if slurm_id else "failed",
-                                command=plan.argv, stdout=proc.stdout, stderr=proc.stderr, exit_code=proc.returncode)
+        queue.record_submission(
+            db,
+            run_id=run["id"],
+            backend="slurm",
+            mode=s.mode,
+            job_id=plan.job_id,
+            external_id=slurm_id,
+            tasks=plan.tasks,
+            state="submitted" if slurm_id else "failed",
+            command=plan.argv,
+            stdout=proc.stdout,
+            stderr=proc.stderr,
+            exit_code=proc.returncode,
+        )
         if slurm_id:
             ids.append(slurm_id)
             what = f"an array of {plan.tasks} workers" if plan.tasks else f"job {plan.job_id}"
@@ -192,7 +225,9 @@ def print_plans(plans: list[Submission]) -> None:
         print(f"# {plan.script_path}")
         print(plan.script.rstrip("\n"))
         for name, value in plan.env.items():
-            print(f"# sbatch runs with {name}={redacted(value)} in its environment: export it to run this line yourself")
+            print(
+                f"# sbatch runs with {name}={redacted(value)} in its environment: export it to run this line yourself"
+            )
         print(shlex.join(plan.argv))
         print()
 
@@ -201,7 +236,9 @@ def live_states(slurm_ids: list[str]) -> dict[str, list[str]]:
     """Slurm states of these jobs (arrays give one state per task) from squeue; missing ids have finished."""
     if not slurm_ids or not _which("squeue"):
         return {}
-    proc = subprocess.run(["squeue", "-h", "-j", ",".join(slurm_ids), "-o", "%F %T"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["squeue", "-h", "-j", ",".join(slurm_ids), "-o", "%F %T"], capture_output=True, text=True, timeout=60
+    )
     states: dict[str, list[str]] = {}
     for line in proc.stdout.splitlines():
         parts = line.split()
@@ -211,8 +248,11 @@ def live_states(slurm_ids: list[str]) -> dict[str, list[str]]:
 
 
 def _live_submissions(db: Database, run: dict) -> list[str]:
-    ids = [s["external_id"] for s in queue.run_submissions(db, run["id"], "slurm")
-           if s["external_id"] and s["state"] == "submitted"]
+    ids = [
+        s["external_id"]
+        for s in queue.run_submissions(db, run["id"], "slurm")
+        if s["external_id"] and s["state"] == "submitted"
+    ]
     return list(live_states(ids))
 
 
