@@ -1,8 +1,9 @@
 """A tiny training script that runs on any CPU in about a second: fits y = 3x - 1 by gradient descent.
 
 Takes the flags a Sample Factory experiment takes (--experiment, --train_dir) plus --lr and --seed,
-prints its progress, and writes {train_dir}/{experiment}/result.json. Resumes from its checkpoint,
-as a real training script should when a preempted job is run again.
+prints its progress, logs its loss with jobqueue.log_metrics (`jq results` compares them), and writes
+{train_dir}/{experiment}/result.json. Resumes from its checkpoint, as a real training script should when a
+preempted job is run again.
 """
 
 import argparse
@@ -10,6 +11,8 @@ import json
 import os
 import random
 import time
+
+from jobqueue import log_metrics
 
 
 def main() -> None:
@@ -40,6 +43,8 @@ def main() -> None:
         grad_b = sum(2 * (w * x + b - y) for x, y in data) / len(data)
         w, b = w - args.lr * grad_w, b - args.lr * grad_b
         loss = sum((w * x + b - y) ** 2 for x, y in data) / len(data)
+        if step % 10 == 0 or step == args.steps - 1:
+            log_metrics(step=step, loss=loss)
         if step % 50 == 0:
             print(f"step {step} loss {loss:.5f}", flush=True)
             with open(checkpoint, "w") as f:
