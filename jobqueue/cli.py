@@ -294,6 +294,19 @@ def show_metrics(
         reader.close()
 
 
+@command()
+def ui(
+    db: Optional[str] = DbOption,
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to serve on (0: any free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. The default serves this machine only: reach it from yours with `ssh -L 8080:localhost:8080 HOST`."),
+    interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between the pages' polls."),
+) -> None:
+    """Serve a read-only web page of the runs, their jobs, attempt timelines, logs and results, live while they run."""
+    from jobqueue import ui as dashboard  # bottle is imported by `jq ui` alone
+
+    dashboard.serve(db, host=host, port=port, interval=interval)
+
+
 # --- running -------------------------------------------------------------------------------------
 
 

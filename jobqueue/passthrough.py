@@ -13,7 +13,7 @@ import sys
 
 # What `jq WORD` may start with to be jobqueue's; tests/test_shell.py checks them against the typer app.
 COMMANDS = frozenset({"enqueue", "status", "list", "logs", "sql", "results", "metrics", "worker", "launch", "resume", "cancel",
-                      "retry", "db"})
+                      "retry", "ui", "db"})
 GLOBAL_OPTIONS = frozenset({"-h", "--help", "--install-completion", "--show-completion"})
 
 # Only the name that collides hands over: the `jobqueue` alias and `python -m jobqueue` are always ours.
