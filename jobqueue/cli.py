@@ -152,8 +152,9 @@ def status(
     reader = reports.open_reader(db)
     try:
         report = reports.status_report(reader, run)
+        best = results.runs_best(reader, [r["run"] for r in report["runs"]], sort, minimize, strict=run is not None)
         for r in report["runs"]:
-            r["best"] = results.run_best(reader, r["run"], sort, minimize, strict=run is not None)
+            r["best"] = best[r["run"]]
     finally:
         reader.close()
     if as_json:

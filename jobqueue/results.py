@@ -432,29 +432,52 @@ _BEST = (
     "SELECT j.id, j.name, s.last, s.last_step FROM metric_summaries s JOIN jobs j ON j.id = s.job_id "
     "WHERE j.run_id = :run_id AND s.key = :key AND s.last IS NOT NULL ORDER BY s.last {direction}, j.id LIMIT 1"
 )
-# Whether the run has metrics at all, and its bad lines: `jq status` asks of every run, most of which have none.
-_RUN_SOURCES = ("SELECT count(*), COALESCE(sum(s.skipped), 0) FROM metric_sources s JOIN jobs j ON j.id = s.job_id "
-                "WHERE j.run_id = :run_id")
+# The runs with metrics: their points, bad lines or records, and first file with points. One pass over
+# metric_sources (a row per file read), which CROSS JOIN makes SQLite's outer loop: a DB without metrics costs
+# nothing however many jobs it holds, where the other order would look up every job of every run.
+_RUNS_WITH_METRICS = (
+    "SELECT j.run_id, sum(s.points), sum(s.skipped), min(CASE WHEN s.points > 0 THEN s.id END) "
+    "FROM metric_sources s CROSS JOIN jobs j WHERE j.id = s.job_id GROUP BY j.run_id"
+)
+_FIRST_KEY = ("SELECT m.key FROM metric_sources s JOIN metric_summaries m ON m.job_id = s.job_id "
+              "WHERE s.id = :source_id ORDER BY m.seq LIMIT 1")
+_HAS_KEY = ("SELECT 1 FROM metric_summaries s JOIN jobs j ON j.id = s.job_id "
+            "WHERE j.run_id = :run_id AND s.key = :key LIMIT 1")
 
 
 def run_best(source: Database | Reader, run: str, key: str | None = None, minimize: bool = False,
              strict: bool = True) -> dict | None:
-    """For `jq status`: the best job so far on `key` (else the run's first-logged metric), and the bad lines or
-    records skipped over the run; None when the run has no metrics yet, or (unless strict) none named `key`.
+    """For `jq status`: the best job so far on `key` (else the first metric of the run's first job to log one),
+    and the bad lines or records skipped over the run; None when the run has no metrics yet, or (unless strict)
+    none named `key`.
         {"key", "minimize", "job": {"id", "name", "last", "last_step"} or None, "skipped"}"""
+    return runs_best(source, [run], key, minimize, strict)[run]
+
+
+def runs_best(source: Database | Reader, runs: Iterable[str], key: str | None = None, minimize: bool = False,
+              strict: bool = True) -> dict[str, dict | None]:
+    """run_best of each run, by name, for `jq status`: what it costs is in the runs with metrics."""
     with _reading(source) as reader:
-        run_id = _run_id(reader, run)
-        files, skipped = reader.rows(_RUN_SOURCES, {"run_id": run_id})[0]
-        keys = run_metric_keys(reader, run_id) if files else []
-        if not keys:
-            return {"key": None, "minimize": minimize, "job": None, "skipped": skipped} if skipped else None
-        if key and key not in keys and not strict:
+        run_ids = {run: _run_id(reader, run) for run in runs}
+        with_metrics = {run_id: rest for run_id, *rest in reader.rows(_RUNS_WITH_METRICS)}
+        return {run: _best(reader, run, run_id, with_metrics.get(run_id), key, minimize, strict)
+                for run, run_id in run_ids.items()}
+
+
+def _best(reader: Reader, run: str, run_id: int, sources: list | None, key: str | None, minimize: bool,
+          strict: bool) -> dict | None:
+    points, skipped, first_source = sources or (0, 0, None)
+    if not points:
+        return {"key": None, "minimize": minimize, "job": None, "skipped": skipped} if skipped else None
+    if key is None:
+        (key,) = reader.rows(_FIRST_KEY, {"source_id": first_source})[0]
+    elif not reader.rows(_HAS_KEY, {"run_id": run_id, "key": key}):
+        if not strict:
             return None
-        _check_keys("--sort", run, [key] if key else [], keys)
-        key = key or keys[0]
-        found = reader.rows(_BEST.format(direction="ASC" if minimize else "DESC"), {"run_id": run_id, "key": key})
-        job = dict(zip(("id", "name", "last", "last_step"), found[0])) if found else None
-        return {"key": key, "minimize": minimize, "job": job, "skipped": skipped}
+        _check_keys("--sort", run, [key], run_metric_keys(reader, run_id))
+    found = reader.rows(_BEST.format(direction="ASC" if minimize else "DESC"), {"run_id": run_id, "key": key})
+    job = dict(zip(("id", "name", "last", "last_step"), found[0])) if found else None
+    return {"key": key, "minimize": minimize, "job": job, "skipped": skipped}
 
 
 # --- output ---------------------------------------------------------------------------------------
