@@ -6,9 +6,9 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq slurm-wlm munge postgresql util-linux jq >/dev/null
+  apt-get install -y -qq slurm-wlm munge postgresql util-linux jq chromium chromium-driver >/dev/null
 else
-  echo "tests/setup.sh: not root, so not installing slurm-wlm munge postgresql (the tests that need them will skip)" >&2
+  echo "tests/setup.sh: not root, so not installing slurm-wlm munge postgresql chromium (the tests that need them will skip)" >&2
 fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
