@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from jobqueue import queue
 from jobqueue.backends.base import get_backend

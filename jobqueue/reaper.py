@@ -6,8 +6,8 @@ Called by every worker now and then, and by `jq resume`.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from jobqueue import queue
 from jobqueue.db import Database

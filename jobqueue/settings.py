@@ -9,8 +9,9 @@ The CLI builds a `LaunchSettings`; backends and the worker receive it (or what t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from jobqueue.backends.base import BACKEND_NAMES
 from jobqueue.errors import UserError
@@ -78,7 +79,7 @@ class LaunchSettings:
         return {"version": STORED_VERSION, **{k: v for k, v in flat.items() if not k.endswith("_print_only")}}
 
     @classmethod
-    def merge(cls, *layers: Mapping[str, Any]) -> "LaunchSettings":
+    def merge(cls, *layers: Mapping[str, Any]) -> LaunchSettings:
         """Settings from layers of stored keys (each from `parse`), later layers winning."""
         flat: dict[str, Any] = {}
         for layer in layers:

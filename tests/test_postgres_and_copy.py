@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from benchmarks.claims import claim_race
 from jobqueue import queue
 from jobqueue.db import open_db
-from jobqueue.paths import SCHEMA_HEAD
 from jobqueue.models import jobs as jobs_table, workers as workers_table
+from jobqueue.paths import SCHEMA_HEAD
 from tests.conftest import refused
 
 

@@ -123,7 +123,9 @@ def test_experiments_per_gpu_pins_each_job_to_one_gpu_with_at_most_k_per_gpu(sql
     )
     per_gpu: dict[str, int] = {}
     peak: dict[str, int] = {}
-    lines = sorted((p.path / "train_dir" / "gpu_ledger").read_text().splitlines(), key=lambda l: float(l.split()[2]))
+    lines = sorted(
+        (p.path / "train_dir" / "gpu_ledger").read_text().splitlines(), key=lambda row: float(row.split()[2])
+    )
     for line in lines:
         gpu, what, _ = line.split()
         per_gpu[gpu] = per_gpu.get(gpu, 0) + (1 if what == "start" else -1)

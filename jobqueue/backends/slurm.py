@@ -12,6 +12,7 @@ given no --db, reads it from there.
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import subprocess
@@ -23,8 +24,8 @@ from string import Template
 
 from jobqueue import queue
 from jobqueue.db import Database
-from jobqueue.paths import data_path, has_password, redacted
 from jobqueue.errors import UserError
+from jobqueue.paths import data_path, has_password, redacted
 from jobqueue.settings import LaunchSettings
 from jobqueue.states import JobState
 
@@ -137,16 +138,22 @@ class Submission:
 
 def plan_submissions(db_url: str, run: str, settings: LaunchSettings, queued: list[dict]) -> list[Submission]:
     s = settings.slurm
-    template = load_template(s.sbatch_template)
-    fill = dict(
-        partition=s.partition, gpus=s.gpus_per_job, cpus=s.cpus_per_task, timeout=s.timeout, db_url=db_url, run=run
+    fill = functools.partial(
+        fill_template,
+        load_template(s.sbatch_template),
+        partition=s.partition,
+        gpus=s.gpus_per_job,
+        cpus=s.cpus_per_task,
+        timeout=s.timeout,
+        db_url=db_url,
+        run=run,
     )
     env = {"JQ_DB": db_url} if has_password(db_url) else {}
     if s.mode == "per-job":
         plans = []
         for job in queued:
             path = os.path.abspath(os.path.join(s.workdir, f"sbatch_{job['name']}.sh"))
-            script = fill_template(template, cmd=worker_argv(db_url, run, settings, job["id"]), filename=path, **fill)
+            script = fill(cmd=worker_argv(db_url, run, settings, job["id"]), filename=path)
             output = f"{s.workdir}/{os.path.basename(path)}-slurm-%j.out"
             plans.append(Submission(path, script, sbatch_argv(settings, path, output), None, job["id"], env=env))
         return plans
@@ -159,7 +166,7 @@ def plan_submissions(db_url: str, run: str, settings: LaunchSettings, queued: li
         tasks = min(limit, workers - start)
         array = f"0-{tasks - 1}" + (f"%{s.max_running}" if s.max_running else "")
         path = os.path.abspath(os.path.join(s.workdir, f"jq_{run}_workers{'_' + str(part) if part else ''}.sh"))
-        script = fill_template(template, cmd=worker_argv(db_url, run, settings), filename=path, **fill)
+        script = fill(cmd=worker_argv(db_url, run, settings), filename=path)
         output = f"{s.workdir}/jq_{run}-%A_%a.out"
         plans.append(
             Submission(path, script, sbatch_argv(settings, path, output, array=array, name=f"jq-{run}"), tasks, env=env)
