@@ -214,7 +214,7 @@ def sql(
     service.print_rows(columns, rows, as_json=as_json, as_csv=as_csv, console=_console())
 
 
-TABLE_METRICS = 4  # metric columns the results table shows unless --metric says which
+TABLE_METRICS = 6  # metric columns the results table shows unless --metric says which
 
 
 @command("results")
@@ -259,7 +259,8 @@ def show_results(
         _stderr(f"{run}: no job has logged metrics yet (jobqueue.log_metrics, or TensorBoard event files under "
                 "{--train_dir}/{--experiment}/)")
     elif hidden:
-        _stderr(f"{hidden} more metrics not shown: choose with --metric KEY, or see them all with --json or --csv")
+        _stderr(f"{hidden} more {'metric' if hidden == 1 else 'metrics'} not shown: choose with --metric KEY, "
+                "or see them all with --json or --csv")
 
 
 @command("metrics")
