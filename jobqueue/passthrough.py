@@ -12,8 +12,7 @@ import stat
 import sys
 
 # What `jq WORD` may start with to be jobqueue's; tests/test_shell.py checks them against the typer app.
-COMMANDS = frozenset({"enqueue", "status", "list", "logs", "sql", "results", "metrics", "worker", "launch", "resume", "cancel",
-                      "retry", "ui", "db"})
+COMMANDS = frozenset("enqueue status list logs sql results metrics worker launch resume cancel retry ui db".split())
 GLOBAL_OPTIONS = frozenset({"-h", "--help", "--install-completion", "--show-completion"})
 
 # Only the name that collides hands over: the `jobqueue` alias and `python -m jobqueue` are always ours.
@@ -72,8 +71,11 @@ def main() -> None:
     argv = sys.argv[1:]
     if os.path.basename(sys.argv[0]) == SHARED_NAME and not is_jobqueue_argv(argv):
         hand_over(argv)
-        print(f"jq: error: no such command: {argv[0]!r} (and no other jq, the JSON processor, on PATH to hand it to);"
-              " see `jq --help`", file=sys.stderr)
+        print(
+            f"jq: error: no such command: {argv[0]!r} (and no other jq, the JSON processor, on PATH to hand it to);"
+            " see `jq --help`",
+            file=sys.stderr,
+        )
         sys.exit(2)
     from jobqueue.cli import main as jobqueue_main
 
