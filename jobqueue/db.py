@@ -227,7 +227,7 @@ class Cursor(Protocol):
 
     def fetchone(self) -> Any: ...
 
-    def fetchall(self) -> list[Any]: ...
+    def fetchall(self) -> Any: ...  # a list of rows (SQLAlchemy's DBAPICursor says a Sequence)
 
 
 @dataclass
