@@ -9,6 +9,13 @@ from __future__ import annotations
 import socket
 import sys
 
+from jobqueue.errors import UserError
+
+try:
+    import bottle  # noqa: F401 - server.py's; checked here for the one line a user reads
+except ModuleNotFoundError:
+    raise UserError('jq ui needs bottle: pip install "jobqueue[ui]" (or pip install bottle)') from None
+
 from jobqueue.ui.api import Dashboard
 from jobqueue.ui.readonly import ReadOnlyDB
 from jobqueue.ui.server import is_loopback, is_wildcard, make_app, make_server

@@ -20,7 +20,7 @@ from jobqueue import results, sql
 from jobqueue.errors import UserError
 from jobqueue.progress import DONE_STATES, FINISHED_STATES, time_left
 from jobqueue.report import STATES
-from jobqueue.states import JobState, literal
+from jobqueue.states import AttemptState, JobState, literal
 from jobqueue.ui.counts import LiveCounts
 from jobqueue.ui.readonly import ReadOnlyDB, Snapshot
 
@@ -67,13 +67,16 @@ _FIRST_START = (
     "SELECT a.started_at FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.run_id = :run_id ORDER BY a.id LIMIT 1"
 )
 # As the progress view reads them (progress.py): recent finished jobs' durations, the running jobs, live slots.
+# The seconds are worked out by the DB: decoding hundreds of times in Python would cost more than the reads.
+_SECONDS = {
+    sql.SQLITE: "(julianday({end}) - julianday(started_at)) * 86400.0",
+    sql.POSTGRESQL: "CAST(EXTRACT(EPOCH FROM {end} - started_at) AS DOUBLE PRECISION)",
+}
 _RECENT_DURATIONS = (
-    "SELECT started_at, ended_at FROM jobs WHERE run_id = :run_id AND state = :state "
+    "SELECT ended_at, {seconds} FROM jobs WHERE run_id = :run_id AND state = :state "
     "AND started_at IS NOT NULL AND ended_at IS NOT NULL ORDER BY id DESC LIMIT :sample"
 )
-_RUNNING_SINCE = (
-    f"SELECT started_at, {{now}} AS now_at FROM jobs WHERE run_id = :run_id AND state = {literal(JobState.RUNNING)}"
-)
+_RUNNING_FOR = f"SELECT {{seconds}} FROM jobs WHERE run_id = :run_id AND state = {literal(JobState.RUNNING)}"
 _LIVE_SLOTS = "SELECT coalesce(sum(slots), 0) FROM workers WHERE run_id = :run_id AND stopped_at IS NULL"
 
 
@@ -206,7 +209,7 @@ class Dashboard:
 
     def attempts(self, run_id: int, after: int = 0, open_ids: list[int] = ()) -> dict:
         """The run's attempts for the timeline: the newest TIMELINE_ATTEMPTS at first (after=0); then those opened
-        after `after` and those of `open_ids` (the ones the page shows running), to see them end."""
+        after `after`, and those of `open_ids` (the ones the page shows running) that have ended since."""
         with self.db.snapshot() as snap:
             _one(snap.rows("SELECT id FROM runs WHERE id = :run_id", {"run_id": run_id}), f"no run with id {run_id}")
             now = _db_now(snap)
@@ -215,12 +218,19 @@ class Dashboard:
                     _ATTEMPTS.format(which="1 = 1", order="DESC"), {"run_id": run_id, "limit": TIMELINE_ATTEMPTS}
                 )
                 rows.reverse()
-            else:
-                listed, params = sql.expand("open", list(open_ids)[: sql.IN_LIST_CHUNK])
+            else:  # two primary-key reads: with an OR between them, the planner would scan every attempt
                 rows = snap.dicts(
-                    _ATTEMPTS.format(which=f"(a.id > :after OR a.id IN ({listed}))", order="ASC"),
-                    {**params, "run_id": run_id, "after": after, "limit": TIMELINE_ATTEMPTS},
+                    _ATTEMPTS.format(which="a.id > :after", order="ASC"),
+                    {"run_id": run_id, "after": after, "limit": TIMELINE_ATTEMPTS},
                 )
+                still_open = sorted(set(open_ids) - {r["id"] for r in rows})[: sql.IN_LIST_CHUNK]
+                if still_open:
+                    listed, params = sql.expand("open", still_open)
+                    which = f"a.id IN ({listed}) AND a.state != {literal(AttemptState.RUNNING)}"
+                    rows += snap.dicts(
+                        _ATTEMPTS.format(which=which, order="ASC"),
+                        {**params, "run_id": run_id, "limit": TIMELINE_ATTEMPTS},
+                    )
             total = None if after else snap.rows(_ATTEMPT_COUNT, {"run_id": run_id})[0][0]
         return {"attempts": rows, "now": now, "total": total}
 
@@ -349,11 +359,13 @@ def _estimate(snap: Snapshot, run_id: int, counts: dict) -> dict:
     ended = []
     for state in FINISHED_STATES:
         if counts[state.value]:
-            ended += snap.dicts(_RECENT_DURATIONS, {"run_id": run_id, "state": state.value, "sample": DURATION_SAMPLE})
-    ended.sort(key=lambda job: job["ended_at"], reverse=True)
-    seconds = [_seconds(job["started_at"], job["ended_at"]) for job in ended[:DURATION_SAMPLE]]
+            query = _RECENT_DURATIONS.replace("{seconds}", _SECONDS[snap.dialect].replace("{end}", "ended_at"))
+            ended += snap.rows(query, {"run_id": run_id, "state": state.value, "sample": DURATION_SAMPLE})
+    ended.sort(reverse=True)  # the newest ends first (times of one dialect compare as they sort)
+    seconds = [s for _, s in ended[:DURATION_SAMPLE]]
     mean = sum(seconds) / len(seconds) if seconds else None
-    running_for = [_seconds(job["started_at"], job["now_at"]) for job in snap.dicts(_RUNNING_SINCE, {"run_id": run_id})]
+    running = _RUNNING_FOR.replace("{seconds}", _SECONDS[snap.dialect].replace("{end}", "{now}"))
+    running_for = [s for (s,) in snap.rows(running, {"run_id": run_id})]
     (slots,) = snap.rows(_LIVE_SLOTS, {"run_id": run_id})[0]
     parallel = max(int(slots), len(running_for))
     eta = None if mean is None else time_left(mean, running_for, counts[JobState.QUEUED.value], parallel)
