@@ -14,8 +14,9 @@ import math
 import os
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from jobqueue.training import MAX_KEY, METRICS_FILE_ENV  # noqa: F401 - the worker sets it
 
@@ -157,8 +158,10 @@ def event_reader_available() -> bool:
 
 
 def event_reader_missing(directory: str) -> str:
-    return (f"jq: TensorBoard event files below {directory} are not read: that needs tensorboardX "
-            "(pip install 'jobqueue[tensorboard]')")
+    return (
+        f"jq: TensorBoard event files below {directory} are not read: that needs tensorboardX "
+        "(pip install 'jobqueue[tensorboard]')"
+    )
 
 
 @functools.cache
@@ -252,7 +255,11 @@ def _scalar(value) -> float | None:
     if tensor.dtype == _DT_FLOAT:
         if tensor.float_val:
             return _shortest_float32(tensor.float_val[0])
-        return _shortest_float32(struct.unpack("<f", tensor.tensor_content)[0]) if len(tensor.tensor_content) == 4 else None
+        return (
+            _shortest_float32(struct.unpack("<f", tensor.tensor_content)[0])
+            if len(tensor.tensor_content) == 4
+            else None
+        )
     if tensor.dtype == _DT_DOUBLE:
         if tensor.double_val:
             return tensor.double_val[0]
@@ -274,8 +281,9 @@ def _shortest_float32(x: float) -> float:
 # --- a job's files ------------------------------------------------------------------------------
 
 
-def job_sources(known: dict[str, Source], attempt_id: int, experiment_dir: str | None,
-                metrics_file: str | None) -> tuple[list[Source], str | None]:
+def job_sources(
+    known: dict[str, Source], attempt_id: int, experiment_dir: str | None, metrics_file: str | None
+) -> tuple[list[Source], str | None]:
     """Every file to read for a job: those read before (by any attempt), and any new ones, which belong to
     `attempt_id`. With a message to show when event files are there but cannot be read."""
     sources = dict(known)

@@ -14,12 +14,12 @@ import functools
 import itertools
 import json
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Iterable, Iterator, Sequence
+from typing import IO
 
-from jobqueue import metrics as readers
-from jobqueue import sql
+from jobqueue import metrics as readers, sql
 from jobqueue.db import Database, Transaction
 from jobqueue.errors import UserError
 from jobqueue.metrics import Chunk, Point, Source
@@ -57,14 +57,19 @@ _MERGE_SUMMARY = (
     "max = CASE WHEN metric_summaries.max IS NULL OR excluded.max > metric_summaries.max THEN excluded.max "
     "ELSE metric_summaries.max END, "
     "count = metric_summaries.count + excluded.count"
-).replace("{keep_last}", "metric_summaries.last_step IS NOT NULL AND (excluded.last_step IS NULL "
-                         "OR excluded.last_step < metric_summaries.last_step)")
+).replace(
+    "{keep_last}",
+    "metric_summaries.last_step IS NOT NULL AND (excluded.last_step IS NULL "
+    "OR excluded.last_step < metric_summaries.last_step)",
+)
 
 
 def known_sources(tx: Transaction, job_id: int) -> dict[str, Source]:
     """The files already read for a job, by any attempt, and how far."""
-    return {path: Source(path, kind, attempt_id, bytes_read)
-            for path, kind, attempt_id, bytes_read in tx.all(_KNOWN_SOURCES, {"job_id": job_id})}
+    return {
+        path: Source(path, kind, attempt_id, bytes_read)
+        for path, kind, attempt_id, bytes_read in tx.all(_KNOWN_SOURCES, {"job_id": job_id})
+    }
 
 
 _EARLIER_ATTEMPTS = "SELECT id, log_path FROM attempts WHERE job_id = :job_id AND id < :attempt_id ORDER BY id"
@@ -87,10 +92,19 @@ def ingest(tx: Transaction, job_id: int, attempt_id: int, chunk: Chunk) -> bool:
     """Store a chunk read from one of the job's files: its points, the summaries, and how far the file is read.
     A file new to the job belongs to `attempt_id`; one read before keeps its attempt. False (nothing stored) when
     the chunk's range was already taken by another reader."""
-    taken = tx.first(_TAKE_RANGE, {
-        "job_id": job_id, "attempt_id": attempt_id, "path": chunk.path, "kind": chunk.kind, "start": chunk.start,
-        "end": chunk.end, "points": len(chunk.points), "skipped": chunk.skipped,
-    })
+    taken = tx.first(
+        _TAKE_RANGE,
+        {
+            "job_id": job_id,
+            "attempt_id": attempt_id,
+            "path": chunk.path,
+            "kind": chunk.kind,
+            "start": chunk.start,
+            "end": chunk.end,
+            "points": len(chunk.points),
+            "skipped": chunk.skipped,
+        },
+    )
     if taken is None:
         return False
     add_points(tx, job_id, taken[0], chunk.points)
@@ -101,8 +115,13 @@ def add_points(tx: Transaction, job_id: int, attempt_id: int, points: list[Point
     """Insert points of one attempt, in the order they were logged, and fold them into the job's summaries."""
     if not points:
         return
-    tx.executemany(_INSERT_POINTS, [(job_id, attempt_id, key, step, None if math.isnan(value) else value, wall_time)
-                                    for key, step, value, wall_time in points])
+    tx.executemany(
+        _INSERT_POINTS,
+        [
+            (job_id, attempt_id, key, step, None if math.isnan(value) else value, wall_time)
+            for key, step, value, wall_time in points
+        ],
+    )
     tx.executemany(_MERGE_SUMMARY, [(job_id, key, job_id, *summary) for key, summary in _summarize(points).items()])
 
 
@@ -135,8 +154,15 @@ class Collected:
     message: str | None = None  # to show once: event files that cannot be read
 
 
-def collect(db: Database, job_id: int, attempt_id: int, *, experiment_dir: str | None, metrics_file: str | None,
-            chunk_points: int = readers.CHUNK_POINTS) -> Collected:
+def collect(
+    db: Database,
+    job_id: int,
+    attempt_id: int,
+    *,
+    experiment_dir: str | None,
+    metrics_file: str | None,
+    chunk_points: int = readers.CHUNK_POINTS,
+) -> Collected:
     """Read what is new in a job's files and store it, one transaction per chunk: the worker's call while an
     attempt runs (every --metrics-every seconds) and once more when it has ended. Files are read outside the
     transactions, and no more than one chunk is held at a time."""
@@ -217,8 +243,9 @@ def run_metric_keys(reader: Reader, run_id: int) -> list[str]:
 def run_param_names(reader: Reader, run_id: int) -> list[str]:
     """The parameters of the run's jobs, in the order of the sweep."""
     names: dict[str, None] = {}
-    for (text,) in _stream(reader, "SELECT CAST(params AS TEXT) FROM jobs WHERE run_id = :run_id ORDER BY id",
-                           {"run_id": run_id}):
+    for (text,) in _stream(
+        reader, "SELECT CAST(params AS TEXT) FROM jobs WHERE run_id = :run_id ORDER BY id", {"run_id": run_id}
+    ):
         names.update(dict.fromkeys(json.loads(text)))
     return list(names)
 
@@ -244,7 +271,9 @@ def result_columns(source: Database | Reader, run: str, metrics: Iterable[str] =
 def _check_keys(option: str, run: str, asked: list[str], known: list[str]) -> None:
     unknown = [k for k in asked if k not in known]
     if unknown:
-        raise UserError(f"{option} {unknown[0]}: no job of run {run!r} has logged this metric (metrics: {_listed(known)})")
+        raise UserError(
+            f"{option} {unknown[0]}: no job of run {run!r} has logged this metric (metrics: {_listed(known)})"
+        )
 
 
 def _listed(keys: list[str]) -> str:
@@ -270,8 +299,14 @@ _SORT_JOIN = "LEFT JOIN metric_summaries s ON s.job_id = j.id AND s.key = :sort 
 _SORT_ORDER = "CASE WHEN s.last IS NULL THEN 1 ELSE 0 END, s.last {direction}, "
 
 
-def results(source: Database | Reader, run: str, sort: str | None = None, minimize: bool = False,
-            group_by: Iterable[str] = (), metrics: Iterable[str] = ()) -> Iterator[dict]:
+def results(
+    source: Database | Reader,
+    run: str,
+    sort: str | None = None,
+    minimize: bool = False,
+    group_by: Iterable[str] = (),
+    metrics: Iterable[str] = (),
+) -> Iterator[dict]:
     """`jq results RUN`: one row per job, best first by `sort`'s last value (highest first; lowest with
     minimize; NaN and missing last), else in sweep order:
         {"id", "name", "state", "params": {...}, "duration_s", "metrics": {KEY: {"last", "last_step", "min", "max", "count"}}}
@@ -297,21 +332,34 @@ def results(source: Database | Reader, run: str, sort: str | None = None, minimi
 def _job_rows(reader: Reader, run_id: int, sort: str | None, minimize: bool, metrics: list[str]) -> Iterator[dict]:
     key_list, params = sql.expand("key", metrics)
     query = _RESULTS.format(
-        duration=_DURATION[reader.dialect], key_filter=f" AND m.key IN ({key_list})" if metrics else "",
+        duration=_DURATION[reader.dialect],
+        key_filter=f" AND m.key IN ({key_list})" if metrics else "",
         sort_join=_SORT_JOIN if sort else "",
-        sort_order=_SORT_ORDER.format(direction="ASC" if minimize else "DESC") if sort else ""
+        sort_order=_SORT_ORDER.format(direction="ASC" if minimize else "DESC") if sort else "",
     )
     job = None
     for job_id, name, state, params_text, seconds, key, last, last_step, low, high, count in _stream(
-            reader, query, {**params, "run_id": run_id, "sort": sort}):
+        reader, query, {**params, "run_id": run_id, "sort": sort}
+    ):
         if job is None or job["id"] != job_id:
             if job is not None:
                 yield job
-            job = {"id": job_id, "name": name, "state": state, "params": json.loads(params_text),
-                   "duration_s": seconds, "metrics": {}}
+            job = {
+                "id": job_id,
+                "name": name,
+                "state": state,
+                "params": json.loads(params_text),
+                "duration_s": seconds,
+                "metrics": {},
+            }
         if key is not None:
-            job["metrics"][key] = {"last": _number(last), "last_step": last_step, "min": _number(low),
-                                   "max": _number(high), "count": count}
+            job["metrics"][key] = {
+                "last": _number(last),
+                "last_step": last_step,
+                "min": _number(low),
+                "max": _number(high),
+                "count": count,
+            }
     if job is not None:
         yield job
 
@@ -371,9 +419,14 @@ def _group(rows: Iterator[dict], group_by: list[str], run: str) -> list[dict]:
     if missing:
         listed = ", ".join(sorted(seen_params)) or "none"
         raise UserError(f"--group-by {missing[0]}: no job of run {run!r} has this parameter (parameters: {listed})")
-    return [{"group": g["group"], "jobs": g["jobs"],
-             "metrics": {key: stats.as_dict() for key, stats in g["stats"].items() if stats.n or stats.infinities}}
-            for g in groups.values()]
+    return [
+        {
+            "group": g["group"],
+            "jobs": g["jobs"],
+            "metrics": {key: stats.as_dict() for key, stats in g["stats"].items() if stats.n or stats.infinities},
+        }
+        for g in groups.values()
+    ]
 
 
 _POINTS = (
@@ -399,8 +452,12 @@ def metrics(source: Database | Reader, job_id: int, keys: Iterable[str] = ()) ->
 def _job_keys(reader: Reader, job_id: int) -> list[str]:
     if not reader.rows("SELECT id FROM jobs WHERE id = :job_id", {"job_id": job_id}):
         raise UserError(f"no job with id {job_id}; `jq list` shows the ids")
-    return [key for (key,) in reader.rows("SELECT key FROM metric_summaries WHERE job_id = :job_id ORDER BY seq",
-                                          {"job_id": job_id})]
+    return [
+        key
+        for (key,) in reader.rows(
+            "SELECT key FROM metric_summaries WHERE job_id = :job_id ORDER BY seq", {"job_id": job_id}
+        )
+    ]
 
 
 def _check_job_keys(job_id: int, asked: list[str], known: list[str]) -> None:
@@ -423,7 +480,9 @@ _SOURCES = (
 
 def metric_sources(source: Database | Reader, job_id: int) -> list[dict]:
     """The files a job's points came from: per attempt, its points and the bad lines or records skipped."""
-    to_dict = sql.row_converter([(name,) for name in ("attempt", "path", "kind", "points", "skipped", "bytes_read", "read_at")])
+    to_dict = sql.row_converter(
+        [(name,) for name in ("attempt", "path", "kind", "points", "skipped", "bytes_read", "read_at")]
+    )
     with _reading(source) as reader:
         return [to_dict(row) for row in reader.rows(_SOURCES, {"job_id": job_id})]
 
@@ -439,14 +498,18 @@ _RUNS_WITH_METRICS = (
     "SELECT j.run_id, sum(s.points), sum(s.skipped), min(CASE WHEN s.points > 0 THEN s.id END) "
     "FROM metric_sources s CROSS JOIN jobs j WHERE j.id = s.job_id GROUP BY j.run_id"
 )
-_FIRST_KEY = ("SELECT m.key FROM metric_sources s JOIN metric_summaries m ON m.job_id = s.job_id "
-              "WHERE s.id = :source_id ORDER BY m.seq LIMIT 1")
-_HAS_KEY = ("SELECT 1 FROM metric_summaries s JOIN jobs j ON j.id = s.job_id "
-            "WHERE j.run_id = :run_id AND s.key = :key LIMIT 1")
+_FIRST_KEY = (
+    "SELECT m.key FROM metric_sources s JOIN metric_summaries m ON m.job_id = s.job_id "
+    "WHERE s.id = :source_id ORDER BY m.seq LIMIT 1"
+)
+_HAS_KEY = (
+    "SELECT 1 FROM metric_summaries s JOIN jobs j ON j.id = s.job_id WHERE j.run_id = :run_id AND s.key = :key LIMIT 1"
+)
 
 
-def run_best(source: Database | Reader, run: str, key: str | None = None, minimize: bool = False,
-             strict: bool = True) -> dict | None:
+def run_best(
+    source: Database | Reader, run: str, key: str | None = None, minimize: bool = False, strict: bool = True
+) -> dict | None:
     """For `jq status`: the best job so far on `key` (else the first metric of the run's first job to log one),
     and the bad lines or records skipped over the run; None when the run has no metrics yet, or (unless strict)
     none named `key`.
@@ -454,18 +517,22 @@ def run_best(source: Database | Reader, run: str, key: str | None = None, minimi
     return runs_best(source, [run], key, minimize, strict)[run]
 
 
-def runs_best(source: Database | Reader, runs: Iterable[str], key: str | None = None, minimize: bool = False,
-              strict: bool = True) -> dict[str, dict | None]:
+def runs_best(
+    source: Database | Reader, runs: Iterable[str], key: str | None = None, minimize: bool = False, strict: bool = True
+) -> dict[str, dict | None]:
     """run_best of each run, by name, for `jq status`: what it costs is in the runs with metrics."""
     with _reading(source) as reader:
         run_ids = {run: _run_id(reader, run) for run in runs}
         with_metrics = {run_id: rest for run_id, *rest in reader.rows(_RUNS_WITH_METRICS)}
-        return {run: _best(reader, run, run_id, with_metrics.get(run_id), key, minimize, strict)
-                for run, run_id in run_ids.items()}
+        return {
+            run: _best(reader, run, run_id, with_metrics.get(run_id), key, minimize, strict)
+            for run, run_id in run_ids.items()
+        }
 
 
-def _best(reader: Reader, run: str, run_id: int, sources: list | None, key: str | None, minimize: bool,
-          strict: bool) -> dict | None:
+def _best(
+    reader: Reader, run: str, run_id: int, sources: list | None, key: str | None, minimize: bool, strict: bool
+) -> dict | None:
     points, skipped, first_source = sources or (0, 0, None)
     if not points:
         return {"key": None, "minimize": minimize, "job": None, "skipped": skipped} if skipped else None
@@ -489,12 +556,18 @@ def best_line(run: str, best: dict | None) -> str | None:
         return None
     skipped = _skipped(best["skipped"], "bad metric line or record", "bad metric lines or records")
     if best["job"] is None:
-        line = f"{run}: no metric values yet" if best["key"] is None else f"{run}: no job has a number for {best['key']} yet"
+        line = (
+            f"{run}: no metric values yet"
+            if best["key"] is None
+            else f"{run}: no job has a number for {best['key']} yet"
+        )
         return line + (f"; {skipped}" if skipped else "")
     job = best["job"]
     at = "" if job["last_step"] is None else f" at step {job['last_step']}"
     lowest = " (lowest)" if best["minimize"] else ""
-    line = f"{run}: best on {best['key']}{lowest} so far: job {job['id']} {job['name']}, {number_text(job['last'], 6)}{at}"
+    line = (
+        f"{run}: best on {best['key']}{lowest} so far: job {job['id']} {job['name']}, {number_text(job['last'], 6)}{at}"
+    )
     return line + (f"; {skipped}" if skipped else "")
 
 
@@ -569,7 +642,9 @@ def write_results_csv(rows: Iterable[dict], out: IO[str], columns: ResultColumns
     """`jq results --csv`: per job, the last value of each metric; grouped, each metric's KEY.mean, .std, .min, .max."""
     rows, writer = _started(rows), csv.writer(out)
     if group_by:
-        writer.writerow([*group_by, "jobs", *(f"{k}.{s}" for k in columns.metrics for s in ("mean", "std", "min", "max"))])
+        writer.writerow(
+            [*group_by, "jobs", *(f"{k}.{s}" for k in columns.metrics for s in ("mean", "std", "min", "max"))]
+        )
         for g in rows:
             stats = [g["metrics"].get(k, {}).get(s) for k in columns.metrics for s in ("mean", "std", "min", "max")]
             writer.writerow([*(_cell(g["group"][p]) for p in group_by), g["jobs"], *map(_cell, stats)])
@@ -577,8 +652,16 @@ def write_results_csv(rows: Iterable[dict], out: IO[str], columns: ResultColumns
     writer.writerow(["id", "name", "state", *columns.params, "duration_s", *columns.metrics])
     for r in rows:
         lasts = [r["metrics"].get(k, {}).get("last") for k in columns.metrics]
-        writer.writerow([r["id"], r["name"], r["state"], *(_cell(r["params"].get(p)) for p in columns.params),
-                         _cell(r["duration_s"]), *map(_cell, lasts)])
+        writer.writerow(
+            [
+                r["id"],
+                r["name"],
+                r["state"],
+                *(_cell(r["params"].get(p)) for p in columns.params),
+                _cell(r["duration_s"]),
+                *map(_cell, lasts),
+            ]
+        )
 
 
 def results_table(rows: Iterable[dict], columns: ResultColumns, group_by: Sequence[str] = ()) -> str:
@@ -587,14 +670,28 @@ def results_table(rows: Iterable[dict], columns: ResultColumns, group_by: Sequen
 
     if group_by:
         header = [*group_by, "jobs", *columns.metrics]
-        cells = [[*(_cell(g["group"][p]) for p in group_by), str(g["jobs"]),
-                  *(_mean_std(g["metrics"].get(k)) for k in columns.metrics)] for g in rows]
+        cells = [
+            [
+                *(_cell(g["group"][p]) for p in group_by),
+                str(g["jobs"]),
+                *(_mean_std(g["metrics"].get(k)) for k in columns.metrics),
+            ]
+            for g in rows
+        ]
         right = frozenset(range(len(group_by), len(header)))
     else:
         header = ["id", "name", "state", *columns.params, "duration_s", *columns.metrics]
-        cells = [[str(r["id"]), r["name"], r["state"], *(_cell(r["params"].get(p)) for p in columns.params),
-                  "" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
-                  *(number_text(r["metrics"].get(k, {}).get("last"), 6) for k in columns.metrics)] for r in rows]
+        cells = [
+            [
+                str(r["id"]),
+                r["name"],
+                r["state"],
+                *(_cell(r["params"].get(p)) for p in columns.params),
+                "" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
+                *(number_text(r["metrics"].get(k, {}).get("last"), 6) for k in columns.metrics),
+            ]
+            for r in rows
+        ]
         first_metric = 4 + len(columns.params)
         right = frozenset({0, first_metric - 1, *range(first_metric, len(header))})
     return aligned(header, cells, right=right)

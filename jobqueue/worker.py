@@ -120,8 +120,11 @@ class Worker:
 
     def run(self) -> WorkerResult:
         self.info = queue.register_worker(
-            self.db, slots=self.s.slots, gpus=self.gpu_text,
-            backend=self.s.backend, run_id=self.s.run_id,
+            self.db,
+            slots=self.s.slots,
+            gpus=self.gpu_text,
+            backend=self.s.backend,
+            run_id=self.s.run_id,
         )
         # Its jobs die with this worker, even by SIGKILL: the guard kills whatever carries these marks.
         self.marks = {"JQ_DB": self.db.url, "JQ_WORKER_ID": str(self.info.id)}
@@ -171,7 +174,9 @@ class Worker:
             _leave_the_terminal()
         if self.result.stop_signal is None:
             self.result.stop_signal = signum
-            self._say(f"worker {self.info.id}: got {signal.Signals(signum).name}, stopping its jobs and handing them back")
+            self._say(
+                f"worker {self.info.id}: got {signal.Signals(signum).name}, stopping its jobs and handing them back"
+            )
         self._stop_all()
 
     def _stop_all(self) -> None:
@@ -335,15 +340,19 @@ class Worker:
         try:
             proc = spawn_job(argv, executable, job.cwd, env, log)
         except OSError as exc:
-            return queue.Finished(job, AttemptState.FAILED, exit_code=126, reason=f"cannot start {argv[0]}: {exc.strerror}")
+            return queue.Finished(
+                job, AttemptState.FAILED, exit_code=126, reason=f"cannot start {argv[0]}: {exc.strerror}"
+            )
         finally:
             os.close(log)
         pidfd = os.pidfd_open(proc.pid)
         try:
             crash_point("after_spawn")
             if self.speaks:
-                self._say(f"started job {job.job_id} {job.name} (attempt {job.number}, slot {slot.index}"
-                          f"{', GPU ' + env[b'CUDA_VISIBLE_DEVICES'].decode() if slot.gpu or self.s.gpus else ''}) pid {proc.pid}")
+                self._say(
+                    f"started job {job.job_id} {job.name} (attempt {job.number}, slot {slot.index}"
+                    f"{', GPU ' + env[b'CUDA_VISIBLE_DEVICES'].decode() if slot.gpu or self.s.gpus else ''}) pid {proc.pid}"
+                )
             outcome, reason = self._wait_job(slot, job, proc, pidfd, started)
         finally:
             os.close(pidfd)
@@ -356,8 +365,9 @@ class Worker:
             outcome = AttemptState.SUCCEEDED if rc == 0 else AttemptState.FAILED
         seconds = time.monotonic() - started
         self._store_metrics(job, ended=True)  # before the end is recorded: a launch that returns has them all
-        return queue.Finished(job, outcome, exit_code=exit_code, signal=sig, reason=reason, pid=proc.pid,
-                              seconds=seconds)
+        return queue.Finished(
+            job, outcome, exit_code=exit_code, signal=sig, reason=reason, pid=proc.pid, seconds=seconds
+        )
 
     def _wait_job(self, slot, job, proc, pidfd, started) -> tuple[AttemptState | None, str | None]:
         """Wait for the job; stop it on timeout, cancel, or a stop signal. Returns (outcome, reason) if it was stopped.
@@ -416,8 +426,9 @@ class Worker:
         from jobqueue import results
 
         try:
-            done = results.collect(self.db, job.job_id, job.attempt_id, experiment_dir=experiment_dir,
-                                   metrics_file=metrics_file)
+            done = results.collect(
+                self.db, job.job_id, job.attempt_id, experiment_dir=experiment_dir, metrics_file=metrics_file
+            )
         except Exception as exc:  # the DB is unreachable, say; the job goes on
             self._say(f"job {job.job_id} {job.name}: metrics not stored ({exc})")
             return
