@@ -3,14 +3,13 @@ SummaryWriter) run by `jq launch` / `jq worker`, compared with `jq results`, rea
 
 import json
 import math
-import os
 import signal
 import statistics
 import time
 
 import pytest
 
-NAN = float("nan")
+from tests.conftest import REPO
 
 # A training script: logs reward and loss each step, and resumes from its checkpoint as a real one does. Its
 # last values follow from lr and seed; the job with lr 0.2 and seed 3 diverges (its last loss is NaN).
@@ -59,12 +58,15 @@ if a.tensorboard:
 
 def sweep(project, name: str, flags: str = "", lrs=(0.1, 0.2), seeds=(1, 2, 3)) -> str:
     project.write("train.py", TRAIN)
-    project.write(f"{name}.py", f"""
+    project.write(
+        f"{name}.py",
+        f"""
         from jobqueue import Experiment, ParamGrid, RunDescription
         RUN_DESCRIPTION = RunDescription({name!r}, experiments=[
             Experiment("t", "python train.py {flags}", ParamGrid([("lr", {list(lrs)!r}), ("seed", {list(seeds)!r})]).generate_params()),
         ])
-    """)
+    """,
+    )
     return name
 
 
@@ -74,8 +76,10 @@ def jq_json(project, *args):
 
 def logged(project, run: str) -> dict[str, list[dict]]:
     """What each job of the run wrote to its metrics files, by job name, attempt after attempt."""
-    rows = project.sql("select j.name, a.log_path from attempts a join jobs j on j.id = a.job_id "
-                       f"join runs r on r.id = j.run_id where r.name = '{run}' order by a.id")
+    rows = project.sql(
+        "select j.name, a.log_path from attempts a join jobs j on j.id = a.job_id "
+        f"join runs r on r.id = j.run_id where r.name = '{run}' order by a.id"
+    )
     lines: dict[str, list[dict]] = {}
     for row in rows:
         path = row["log_path"].removesuffix(".log") + ".metrics.jsonl"
@@ -86,11 +90,6 @@ def logged(project, run: str) -> dict[str, list[dict]]:
 
 def last_values(lines: list[dict], key: str) -> float:
     return max((line["step"], line[key]) for line in lines if key in line)[1]
-
-
-def same(a, b) -> bool:
-    """Equal, NaN equal to NaN."""
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def test_a_launched_sweep_compares_its_learning_rates_over_seeds_as_the_jobs_logged_them(project):
@@ -141,12 +140,19 @@ def test_jq_metrics_shows_a_jobs_points_by_attempt_and_the_file_it_was_given(sql
     lines = project.jq("metrics", str(job["id"]), check=True).stdout.splitlines()
     assert [line.split() for line in lines[:-1]] == [
         ["attempt", "key", "step", "value"],
-        ["1", "loss", "0", "10"], ["1", "loss", "1", "5"], ["1", "loss", "2", "3.33333"],
-        ["1", "reward", "0", "11"], ["1", "reward", "1", "21"], ["1", "reward", "2", "31"]]
+        ["1", "loss", "0", "10"],
+        ["1", "loss", "1", "5"],
+        ["1", "loss", "2", "3.33333"],
+        ["1", "reward", "0", "11"],
+        ["1", "reward", "1", "21"],
+        ["1", "reward", "2", "31"],
+    ]
     metrics_file = attempt["log_path"].removesuffix(".log") + ".metrics.jsonl"  # $JQ_METRICS_FILE, next to the log
     assert lines[-1] == f"attempt 1: 6 points from {metrics_file}"
     points = jq_json(project, "metrics", str(job["id"]), "reward")
-    assert [(p["attempt"], p["key"], p["step"], p["value"]) for p in points] == [(1, "reward", s, 10.0 * s + 11) for s in range(3)]
+    assert [(p["attempt"], p["key"], p["step"], p["value"]) for p in points] == [
+        (1, "reward", s, 10.0 * s + 11) for s in range(3)
+    ]
     assert all(abs(p["wall_time"] - time.time()) < 600 for p in points)
     csv_lines = project.jq("metrics", str(job["id"]), "loss", "--csv", check=True).stdout.splitlines()
     assert csv_lines[0] == "attempt,key,step,value,wall_time" and csv_lines[1].startswith("1,loss,0,10.0,")
@@ -195,13 +201,49 @@ def test_tensorboard_scalars_of_a_jobs_experiment_dir_are_its_metrics(project):
     assert f"/train_dir/{run}/t_/{jobs[1]['name']}/.summary/0/events.out.tfevents." in source["path"]
 
 
+def test_a_worker_without_tensorboardx_says_once_that_event_files_go_unread_and_stores_the_rest(
+    sqlite_project, tmp_path
+):
+    from tensorboardX import SummaryWriter
+
+    project = sqlite_project
+    with SummaryWriter(str(project.path / "events")) as writer:
+        writer.add_scalar("reward/reward", 1.0, 100)
+    # Each job puts those event files where Sample Factory's would be, and logs a JSON line too.
+    project.write(
+        "copy_events.py",
+        """
+        import shutil, sys
+        from jobqueue import log_metrics
+        args = dict(arg[2:].split("=", 1) for arg in sys.argv[1:])
+        shutil.copytree("events", f"{args['train_dir']}/{args['experiment']}/.summary/0")
+        log_metrics(step=1, loss=0.5)
+    """,
+    )
+    project.sweep("no_tb", "python copy_events.py", 2)
+    project.jq("enqueue", "no_tb", check=True)
+    blocker = tmp_path / "blocker"
+    (blocker / "tensorboardX").mkdir(parents=True)
+    (blocker / "tensorboardX" / "__init__.py").write_text("raise ImportError('No module named tensorboardX')\n")
+    worker = project.jq("worker", env=project.env(PYTHONPATH=f"{blocker}:{REPO}"))
+    assert worker.returncode == 0, worker.stderr
+    notices = [line for line in worker.stderr.splitlines() if "are not read" in line]
+    assert len(notices) == 1 and notices[0].startswith("jq worker: metrics of job ")
+    assert notices[0].endswith("that needs tensorboardX (pip install 'jobqueue[tensorboard]')")
+    assert [(r["key"], r["n"]) for r in project.sql("select key, count(*) as n from metric_points group by key")] == [
+        ("loss", 2)
+    ]
+
+
 def test_a_long_jobs_curve_is_in_the_db_while_it_runs(project):
     stop = project.path / "stop"
     run = sweep(project, "long", f"--steps=600 --step_time=0.05 --until={stop}", lrs=[0.1], seeds=[1])
     project.jq("enqueue", run, check=True)
     worker = project.start("worker", "--metrics-every", "0.5")
     try:
-        (job,) = project.wait_for(lambda: [j for j in project.jobs(run) if j["state"] == "running"], what="the job to start")
+        (job,) = project.wait_for(
+            lambda: [j for j in project.jobs(run) if j["state"] == "running"], what="the job to start"
+        )
         stored = lambda: project.sql(f"select count(*) as n from metric_points where job_id = {job['id']}")[0]["n"]  # noqa: E731
         first = project.wait_for(stored, what="the first points", timeout=20)
         project.wait_for(lambda: stored() > first, what="more points", timeout=20)
@@ -214,7 +256,9 @@ def test_a_long_jobs_curve_is_in_the_db_while_it_runs(project):
     assert worker.returncode == 0
     lines = logged(project, run)["00_t_lr_0.1_see_1"]
     (row,) = jq_json(project, "results", run)
-    assert row["metrics"]["reward"]["count"] == len(lines) and row["metrics"]["reward"]["last"] == last_values(lines, "reward")
+    assert row["metrics"]["reward"]["count"] == len(lines) and row["metrics"]["reward"]["last"] == last_values(
+        lines, "reward"
+    )
 
 
 def test_bad_lines_are_counted_and_shown_by_jq_metrics_and_jq_status(project):
@@ -231,11 +275,27 @@ def test_bad_lines_are_counted_and_shown_by_jq_metrics_and_jq_status(project):
 
 def test_the_table_shows_a_few_metrics_of_many_and_says_how_to_see_the_rest(sqlite_project):
     project = sqlite_project
-    project.sweep("many", "python -c 'from jobqueue import log_metrics; log_metrics(step=1, **{k: 1.0 for k in \"abcdefg\"})'", 2)
+    project.sweep(
+        "many", "python -c 'from jobqueue import log_metrics; log_metrics(step=1, **{k: 1.0 for k in \"abcdefg\"})'", 2
+    )
     project.jq("launch", "many", "--no-progress", check=True)
     proc = project.jq("results", "many", "--sort", "f", check=True)
-    assert proc.stdout.splitlines()[0].split() == ["id", "name", "state", "i", "duration_s", "f", "a", "b", "c", "d", "e"]
-    assert proc.stderr.strip() == "1 more metric not shown: choose with --metric KEY, or see them all with --json or --csv"
+    assert proc.stdout.splitlines()[0].split() == [
+        "id",
+        "name",
+        "state",
+        "i",
+        "duration_s",
+        "f",
+        "a",
+        "b",
+        "c",
+        "d",
+        "e",
+    ]
+    assert (
+        proc.stderr.strip() == "1 more metric not shown: choose with --metric KEY, or see them all with --json or --csv"
+    )
     assert project.jq("results", "many", "--metric", "g", check=True).stdout.splitlines()[0].split()[-1] == "g"
     assert project.jq("results", "many", "--csv", check=True).stdout.splitlines()[0].endswith(",a,b,c,d,e,f,g")
 
@@ -246,9 +306,18 @@ def test_an_unknown_run_key_parameter_or_job_is_one_line_and_exit_2(sqlite_proje
     project.jq("launch", run, "--no-progress", check=True)
     for args, message in [
         (["results", "nope"], "jq: error: no run named 'nope' in this DB (runs: known); check the name or --db"),
-        (["results", run, "--sort", "acc"], "jq: error: --sort acc: no job of run 'known' has logged this metric (metrics: reward, loss)"),
-        (["results", run, "--metric", "acc", "--json"], "jq: error: --metric acc: no job of run 'known' has logged this metric"),
-        (["results", run, "--group-by", "batch"], "jq: error: --group-by batch: no job of run 'known' has this parameter"),
+        (
+            ["results", run, "--sort", "acc"],
+            "jq: error: --sort acc: no job of run 'known' has logged this metric (metrics: reward, loss)",
+        ),
+        (
+            ["results", run, "--metric", "acc", "--json"],
+            "jq: error: --metric acc: no job of run 'known' has logged this metric",
+        ),
+        (
+            ["results", run, "--group-by", "batch"],
+            "jq: error: --group-by batch: no job of run 'known' has this parameter",
+        ),
         (["metrics", "99"], "jq: error: no job with id 99; `jq list` shows the ids"),
         (["status", run, "--sort", "acc"], "jq: error: --sort acc: no job of run 'known' has logged this metric"),
     ]:
