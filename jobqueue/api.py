@@ -347,7 +347,7 @@ def _run_name(run: str | Run) -> str:
 
 
 def _job_id(job: int | Job) -> int:
-    return job.id if isinstance(job, Job) else job
+    return job.id if isinstance(job, Job) else int(job)  # int(): an id from a DataFrame is numpy's, which drivers refuse
 
 
 def _converter(columns: list[str]) -> Callable[[tuple], dict]:

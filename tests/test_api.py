@@ -65,9 +65,15 @@ def run_story(project) -> None:
     db.dispose()
 
 
-def same(a, b) -> bool:
-    """Equal, NaN equal to NaN."""
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+RESULTS_ASKED = [{}, {"sort": "reward"}, {"sort": "loss", "minimize": True, "metrics": ["loss"]},
+                 {"sort": "reward", "group_by": "lr"}, {"group_by": ["lr", "seed"], "metrics": ["accuracy"]}]
+
+
+def results_options(sort=None, minimize=False, group_by=(), metrics=()) -> list[str]:
+    """The options of `jq results` that ask what open_queue().results() is asked with these keywords."""
+    group_by = [group_by] if isinstance(group_by, str) else group_by
+    return ((["--sort", sort] if sort else []) + (["--min"] if minimize else [])
+            + [o for p in group_by for o in ("--group-by", p)] + [o for k in metrics for o in ("--metric", k)])
 
 
 def as_time(value):
@@ -81,7 +87,6 @@ def test_a_notebook_reads_runs_jobs_attempts_results_and_metrics_as_jq_shows_the
     cli_attempts = project.sql("SELECT * FROM attempts ORDER BY id")
     (cli_run,) = project.sql("SELECT * FROM runs")
     (status,) = json.loads(project.jq("status", "--json", check=True).stdout)["runs"]
-    db = open_db(project.db)
     with jobqueue.open_queue(project.db) as q:
         (run,) = q.runs()
         assert (run.id, run.name, run.sweep, run.train_dir, run.cwd) == tuple(
@@ -107,13 +112,11 @@ def test_a_notebook_reads_runs_jobs_attempts_results_and_metrics_as_jq_shows_the
             assert dataclasses.asdict(attempt) == {k: as_time(v) if k.endswith("_at") else v for k, v in shown.items()}
         assert [a.state for a in q.attempts(failed[0].id)] == ["failed"]
 
-        # The same numbers as `jq results`, however they are asked for.
-        for kwargs in [{}, {"sort": "reward"}, {"sort": "loss", "minimize": True, "metrics": ["loss"]},
-                       {"sort": "reward", "group_by": "lr"}, {"group_by": ["lr", "seed"], "metrics": ["accuracy"]}]:
+        # The same numbers as `jq results --json`, however they are asked for.
+        for kwargs in RESULTS_ASKED:
             mine = [dataclasses.asdict(r) for r in q.results("story", **kwargs)]
-            group_by = kwargs.get("group_by")
-            theirs = list(results.results(db, "story", **{**kwargs, "group_by": [group_by] if isinstance(group_by, str) else group_by or ()}))
-            assert mine and same(mine, theirs), kwargs
+            shown = json.loads(project.jq("results", "story", "--json", *results_options(**kwargs), check=True).stdout)
+            assert mine and [results.jsonable(r) for r in mine] == shown, kwargs
         ranked = list(q.results("story", sort="reward"))
         assert ranked[0].params == {"lr": 0.3, "seed": 3} and ranked[0].metrics["reward"].last == pytest.approx(2.7)
         assert ranked[-1].name == failed[0].name and math.isnan(ranked[-1].metrics["reward"].last)
@@ -121,11 +124,11 @@ def test_a_notebook_reads_runs_jobs_attempts_results_and_metrics_as_jq_shows_the
         assert by_lr.group == {"lr": 0.1} and by_lr.jobs == 3 and by_lr.metrics["reward"].mean == pytest.approx(0.6)
 
         for job in jobs:
-            assert same([dataclasses.asdict(p) for p in q.metrics(job)], list(results.metrics(db, job.id)))
+            shown = json.loads(project.jq("metrics", str(job.id), "--json", check=True).stdout)
+            assert [results.jsonable(dataclasses.asdict(p)) for p in q.metrics(job)] == shown
         points = list(q.metrics(failed[0], "reward"))
         assert [p.step for p in points] == [1, 2, 3, 4] and math.isnan(points[-1].value) and points[0].attempt == 1
         assert [p.key for p in q.metrics(jobs[2].id, ["accuracy", "loss"])] == ["accuracy"] + ["loss"] * 3
-    db.dispose()
 
 
 def test_unknown_runs_jobs_states_and_metrics_raise_the_clis_error_where_they_are_named(project):
@@ -133,12 +136,12 @@ def test_unknown_runs_jobs_states_and_metrics_raise_the_clis_error_where_they_ar
     with jobqueue.open_queue(project.db) as q:
         for call, cli in [
             (lambda: q.jobs("nope"), ["list", "--run", "nope"]),
-            (lambda: q.results("nope"), ["status", "nope"]),
-            (lambda: q.attempts(999999), None),
-            (lambda: q.metrics(999999), ["logs", "999999"]),
-            (lambda: q.results("story", sort="acc"), None),
-            (lambda: q.results("story", group_by="batch"), None),
-            (lambda: q.metrics(1, "acc"), None),
+            (lambda: q.results("nope"), ["results", "nope"]),
+            (lambda: q.attempts(999999), ["metrics", "999999"]),
+            (lambda: q.metrics(999999), ["metrics", "999999"]),
+            (lambda: q.results("story", sort="acc"), ["results", "story", "--sort", "acc"]),
+            (lambda: q.results("story", group_by="batch"), ["results", "story", "--group-by", "batch"]),
+            (lambda: q.metrics(1, "acc"), ["metrics", "1", "acc"]),
             (lambda: q.jobs("story", state="runing"), None),
         ]:
             with pytest.raises(UserError) as raised:
@@ -207,12 +210,14 @@ def test_a_big_run_is_read_a_page_at_a_time_and_is_in_memory_only_when_listed(pr
         assert sum(1 for _ in jobs) == 19_999
         if not db.is_sqlite:
             assert session_of(db)["state"] == "idle"
+            for _ in q.jobs("big"):
+                break  # a loop left early ends the transaction too
+            assert session_of(db)["state"] == "idle"
     db.dispose()
 
 
 def test_to_pandas_gives_the_records_and_the_results_table_jq_writes_as_csv(project):
     run_story(project)
-    db = open_db(project.db)
     with jobqueue.open_queue(project.db) as q:
         jobs = list(q.jobs("story"))
         frame = q.jobs("story").to_pandas()
@@ -222,17 +227,13 @@ def test_to_pandas_gives_the_records_and_the_results_table_jq_writes_as_csv(proj
         assert q.runs().to_pandas()["total"].tolist() == [6]
         assert q.attempts(jobs[0]).to_pandas()["state"].tolist() == ["succeeded"]
         assert q.metrics(jobs[0], "loss").to_pandas()["value"].tolist() == [p.value for p in q.metrics(jobs[0], "loss")]
+        assert len(list(q.attempts(frame["id"][0]))) == 1  # an id from a DataFrame is numpy's
         assert list(q.jobs("story", state="running").to_pandas().columns) == list(frame.columns)  # no rows, same columns
-        for kwargs in [{"sort": "reward"}, {"group_by": ["lr"], "metrics": ["reward", "accuracy"]}]:
-            written = io.StringIO()
-            group_by = kwargs.get("group_by", ())
-            results.write_results_csv(results.results(db, "story", **kwargs), written,
-                                      results.result_columns(db, "story", kwargs.get("metrics", ())), group_by)
-            from_csv = pandas.read_csv(io.StringIO(written.getvalue()))
+        for kwargs in RESULTS_ASKED:
+            written = project.jq("results", "story", "--csv", *results_options(**kwargs), check=True).stdout
             mine = q.results("story", **kwargs).to_pandas()
-            assert list(mine.columns) == next(csv.reader(io.StringIO(written.getvalue())))
-            pandas.testing.assert_frame_equal(mine, from_csv, check_dtype=False)
-    db.dispose()
+            assert list(mine.columns) == next(csv.reader(io.StringIO(written)))
+            pandas.testing.assert_frame_equal(mine, pandas.read_csv(io.StringIO(written)), check_dtype=False)
 
 
 def test_open_queue_finds_the_db_as_jq_does_and_pandas_is_imported_by_to_pandas_alone(sqlite_project, monkeypatch):
