@@ -277,8 +277,14 @@ class Queue:
 
         return self._records(rows, Attempt)
 
-    def results(self, run: str | Run, sort: str | None = None, group_by: str | Sequence[str] | None = None,
-                minimize: bool = False, metrics: Sequence[str] | None = None) -> Records[JobResult] | Records[GroupResult]:
+    def results(
+        self,
+        run: str | Run,
+        sort: str | None = None,
+        group_by: str | Sequence[str] | None = None,
+        minimize: bool = False,
+        metrics: Sequence[str] | None = None,
+    ) -> Records[JobResult] | Records[GroupResult]:
         """`jq results RUN`: a JobResult per job, best first by `sort`'s last value (highest first, lowest with
         minimize, NaN and missing last), else in sweep order; `metrics` keeps only those keys. With group_by
         (a parameter or several), a GroupResult per combination of their values, its jobs' last values
@@ -300,11 +306,18 @@ class Queue:
             if group_by:
                 stats = [(k, s) for k in shown.metrics for s in ("mean", "std", "min", "max")]
                 return [*group_by, "jobs", *(f"{k}.{s}" for k, s in stats)], lambda g: [
-                    *(g.group[p] for p in group_by), g.jobs,
-                    *(getattr(g.metrics[k], s) if k in g.metrics else None for k, s in stats)]
+                    *(g.group[p] for p in group_by),
+                    g.jobs,
+                    *(getattr(g.metrics[k], s) if k in g.metrics else None for k, s in stats),
+                ]
             return ["id", "name", "state", *shown.params, "duration_s", *shown.metrics], lambda r: [
-                r.id, r.name, r.state, *(r.params.get(p) for p in shown.params), r.duration_s,
-                *(r.metrics[k].last if k in r.metrics else None for k in shown.metrics)]
+                r.id,
+                r.name,
+                r.state,
+                *(r.params.get(p) for p in shown.params),
+                r.duration_s,
+                *(r.metrics[k].last if k in r.metrics else None for k in shown.metrics),
+            ]
 
         return Records(lambda: self._stream(rows), table)
 
@@ -347,7 +360,8 @@ def _run_name(run: str | Run) -> str:
 
 
 def _job_id(job: int | Job) -> int:
-    return job.id if isinstance(job, Job) else int(job)  # int(): an id from a DataFrame is numpy's, which drivers refuse
+    # int(): an id taken from a DataFrame is numpy's integer, which the drivers refuse or match to nothing.
+    return job.id if isinstance(job, Job) else int(job)
 
 
 def _converter(columns: list[str]) -> Callable[[tuple], dict]:

@@ -49,12 +49,15 @@ TRAIN = """
 def run_story(project) -> None:
     """Six jobs of a sweep over lr and seed, run by a real worker; one fails. Each logs reward and loss."""
     project.write("train.py", TRAIN)
-    project.write("story.py", """
+    project.write(
+        "story.py",
+        """
         from jobqueue import Experiment, ParamGrid, RunDescription
         RUN_DESCRIPTION = RunDescription("story", experiments=[
             Experiment("train", "python train.py", ParamGrid([("lr", [0.1, 0.3]), ("seed", [1, 2, 3])]).generate_params()),
         ])
-    """)
+    """,
+    )
     project.jq("enqueue", "story", check=True)
     assert project.jq("worker", "--slots", "2", "-q").returncode == 1  # one job failed
     db = open_db(project.db)
@@ -65,15 +68,24 @@ def run_story(project) -> None:
     db.dispose()
 
 
-RESULTS_ASKED = [{}, {"sort": "reward"}, {"sort": "loss", "minimize": True, "metrics": ["loss"]},
-                 {"sort": "reward", "group_by": "lr"}, {"group_by": ["lr", "seed"], "metrics": ["accuracy"]}]
+RESULTS_ASKED = [
+    {},
+    {"sort": "reward"},
+    {"sort": "loss", "minimize": True, "metrics": ["loss"]},
+    {"sort": "reward", "group_by": "lr"},
+    {"group_by": ["lr", "seed"], "metrics": ["accuracy"]},
+]
 
 
 def results_options(sort=None, minimize=False, group_by=(), metrics=()) -> list[str]:
     """The options of `jq results` that ask what open_queue().results() is asked with these keywords."""
     group_by = [group_by] if isinstance(group_by, str) else group_by
-    return ((["--sort", sort] if sort else []) + (["--min"] if minimize else [])
-            + [o for p in group_by for o in ("--group-by", p)] + [o for k in metrics for o in ("--metric", k)])
+    return (
+        (["--sort", sort] if sort else [])
+        + (["--min"] if minimize else [])
+        + [o for p in group_by for o in ("--group-by", p)]
+        + [o for k in metrics for o in ("--metric", k)]
+    )
 
 
 def as_time(value):
@@ -90,7 +102,8 @@ def test_a_notebook_reads_runs_jobs_attempts_results_and_metrics_as_jq_shows_the
     with jobqueue.open_queue(project.db) as q:
         (run,) = q.runs()
         assert (run.id, run.name, run.sweep, run.train_dir, run.cwd) == tuple(
-            cli_run[k] for k in ("id", "name", "sweep", "train_dir", "cwd"))
+            cli_run[k] for k in ("id", "name", "sweep", "train_dir", "cwd")
+        )
         assert run.created_at == as_time(cli_run["created_at"])
         assert run.counts == status["counts"] and run.total == 6 and run.counts["failed"] == 1
 
@@ -103,7 +116,11 @@ def test_a_notebook_reads_runs_jobs_attempts_results_and_metrics_as_jq_shows_the
                 mine = getattr(job, key)
                 assert mine == (as_time(value) if key.endswith("_at") else value), (key, mine, value)
         failed = list(q.jobs("story", state="failed"))
-        assert [j.name for j in failed] == [j["name"] for j in cli_jobs if j["state"] == "failed"] == ["04_train_lr_0.3_see_2"]
+        assert (
+            [j.name for j in failed]
+            == [j["name"] for j in cli_jobs if j["state"] == "failed"]
+            == ["04_train_lr_0.3_see_2"]
+        )
         assert list(q.jobs("story", state="running")) == []
 
         attempts = [a for job in jobs for a in q.attempts(job)]
@@ -150,8 +167,11 @@ def test_unknown_runs_jobs_states_and_metrics_raise_the_clis_error_where_they_ar
                 assert project.jq(*cli).stderr == f"jq: error: {raised.value}\n"
         assert "no job with id 999999" in str(pytest.raises(UserError, q.attempts, 999999).value)
         assert "--sort acc: no job of run 'story' has logged this metric" in str(
-            pytest.raises(UserError, q.results, "story", sort="acc").value)
-        assert "unknown state; use one of queued, running" in str(pytest.raises(UserError, q.jobs, "story", state="runing").value)
+            pytest.raises(UserError, q.results, "story", sort="acc").value
+        )
+        assert "unknown state; use one of queued, running" in str(
+            pytest.raises(UserError, q.jobs, "story", state="runing").value
+        )
 
 
 def test_the_queue_cannot_write_and_on_postgresql_holds_no_transaction_between_calls(project):
@@ -174,9 +194,13 @@ def test_the_queue_cannot_write_and_on_postgresql_holds_no_transaction_between_c
 
 def session_of(db) -> dict:
     """pg_stat_activity's row of the one other session on the test's database: the queue's."""
-    rows = db.transact(lambda tx: tx.dicts(
-        "SELECT state, query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-        "AND backend_type = 'client backend'"), write=False)
+    rows = db.transact(
+        lambda tx: tx.dicts(
+            "SELECT state, query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"
+        ),
+        write=False,
+    )
     assert len(rows) == 1, rows
     return rows[0]
 
@@ -206,7 +230,8 @@ def test_a_big_run_is_read_a_page_at_a_time_and_is_in_memory_only_when_listed(pr
         if not db.is_sqlite:  # the rows come from a server-side cursor, FETCH_ROWS at a time
             session = session_of(db)
             assert session["state"] == "idle in transaction"
-            assert re.match(r'FETCH FORWARD (\d+) FROM "jq_stream_\d+"', session["query"]).group(1) == str(results.FETCH_ROWS)
+            fetched = re.match(r'FETCH FORWARD (\d+) FROM "jq_stream_\d+"', session["query"])
+            assert fetched and int(fetched.group(1)) == results.FETCH_ROWS
         assert sum(1 for _ in jobs) == 19_999
         if not db.is_sqlite:
             assert session_of(db)["state"] == "idle"
@@ -228,7 +253,8 @@ def test_to_pandas_gives_the_records_and_the_results_table_jq_writes_as_csv(proj
         assert q.attempts(jobs[0]).to_pandas()["state"].tolist() == ["succeeded"]
         assert q.metrics(jobs[0], "loss").to_pandas()["value"].tolist() == [p.value for p in q.metrics(jobs[0], "loss")]
         assert len(list(q.attempts(frame["id"][0]))) == 1  # an id from a DataFrame is numpy's
-        assert list(q.jobs("story", state="running").to_pandas().columns) == list(frame.columns)  # no rows, same columns
+        no_rows = q.jobs("story", state="running").to_pandas()
+        assert list(no_rows.columns) == list(frame.columns)
         for kwargs in RESULTS_ASKED:
             written = project.jq("results", "story", "--csv", *results_options(**kwargs), check=True).stdout
             mine = q.results("story", **kwargs).to_pandas()
@@ -250,7 +276,11 @@ def test_open_queue_finds_the_db_as_jq_does_and_pandas_is_imported_by_to_pandas_
     with pytest.raises(UserError, match="no such database"):
         jobqueue.open_queue(str(project.path / "other.db"))
 
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import sys
         import jobqueue
         print("jobqueue.api" in sys.modules)
@@ -263,6 +293,12 @@ def test_open_queue_finds_the_db_as_jq_does_and_pandas_is_imported_by_to_pandas_
             q.jobs("story").to_pandas()
         except jobqueue.errors.UserError as exc:
             print(exc)
-    """)], env=project.env(), cwd=REPO, capture_output=True, text=True)
+    """),
+        ],
+        env=project.env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["False", "False", "to_pandas() needs pandas: pip install 'jobqueue[pandas]'"]
