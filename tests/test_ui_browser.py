@@ -259,7 +259,7 @@ def test_screenshots_of_the_quickstart_run(browser, tmp_path, shots):
     try:
         open_page(browser, ui.url, "tr[data-run]")
         browser.save_screenshot(str(shots / "quickstart-runs.png"))
-        browser.set_window_size(1280, 1700)
+        browser.set_window_size(1280, 2100)
         open_page(browser, ui.url + "runs/1", "svg.timeline rect.bar")
         if project.sql("select count(*) as n from metric_summaries")[0]["n"]:
             wait_until(browser, lambda d: count(d, "#curves canvas"), "the results plots")

@@ -26,6 +26,7 @@ from jobqueue.ui.readonly import ReadOnlyDB, Snapshot
 
 PAGE_SIZES = (25, 50, 100, 250, 500)
 TIMELINE_ATTEMPTS = 5000  # the newest attempts the timeline draws
+PLOT_JOBS = 20_000  # jobs the results plots draw at most (a sample of a bigger run)
 CURVE_POINTS = 2000  # per learning curve, evenly thinned
 CURVES_AT_ONCE = 20
 LOG_TAIL = 64 * 1024  # bytes of a log the job page shows first
@@ -208,8 +209,9 @@ class Dashboard:
     # --- the timeline ------------------------------------------------------------------------------
 
     def attempts(self, run_id: int, after: int = 0, open_ids: list[int] = ()) -> dict:
-        """The run's attempts for the timeline: the newest TIMELINE_ATTEMPTS at first (after=0); then those opened
-        after `after`, and those of `open_ids` (the ones the page shows running) that have ended since."""
+        """The run's attempts for the timeline: the newest TIMELINE_ATTEMPTS at first (after=0), and whether
+        there are older ones; then those opened after `after`, and those of `open_ids` (the ones the page shows
+        running) that have ended since."""
         with self.db.snapshot() as snap:
             _one(snap.rows("SELECT id FROM runs WHERE id = :run_id", {"run_id": run_id}), f"no run with id {run_id}")
             now = _db_now(snap)
@@ -231,18 +233,20 @@ class Dashboard:
                         _ATTEMPTS.format(which=which, order="ASC"),
                         {**params, "run_id": run_id, "limit": TIMELINE_ATTEMPTS},
                     )
-            total = None if after else snap.rows(_ATTEMPT_COUNT, {"run_id": run_id})[0][0]
-        return {"attempts": rows, "now": now, "total": total}
+            older = bool(not after and rows and snap.rows(_OLDER_ATTEMPT, {"run_id": run_id, "oldest": rows[0]["id"]}))
+        return {"attempts": rows, "now": now, "older": older}
 
     # --- results -----------------------------------------------------------------------------------
 
     def results(self, run_id: int) -> dict:
-        """The plots' data: each job with metrics, its parameters and each metric's last value."""
+        """The plots' data: each job with metrics, its parameters and each metric's last value; on a run of more
+        than PLOT_JOBS jobs, every k-th job (`sampled`), so that the page draws what it can."""
+        every = max(1, math.ceil(sum(self.counts.of_run(run_id).values()) / PLOT_JOBS))
         with self.db.snapshot() as snap:
-            name = _one(
+            row = _one(
                 snap.rows("SELECT name FROM runs WHERE id = :run_id", {"run_id": run_id}), f"no run with id {run_id}"
-            )[0]
-            columns = results.result_columns(snap, name)
+            )
+            columns = results.result_columns(snap, row[0])
             jobs = [
                 {
                     "id": r["id"],
@@ -251,10 +255,10 @@ class Dashboard:
                     "params": r["params"],
                     "last": {key: m["last"] for key, m in r["metrics"].items()},
                 }
-                for r in results.results(snap, name)
-                if r["metrics"]
+                for i, r in enumerate(results.results(snap, row[0]))
+                if r["metrics"] and i % every == 0
             ]
-        return {"params": columns.params, "metrics": columns.metrics, "jobs": jobs}
+        return {"params": columns.params, "metrics": columns.metrics, "jobs": jobs, "sampled": every > 1}
 
     def curves(self, key: str, job_ids: list[int]) -> dict:
         """One metric's points for each of these jobs, by step (a later attempt's point replaces an earlier one's
@@ -456,7 +460,10 @@ _ATTEMPTS = (
     "FROM attempts a JOIN jobs j ON j.id = a.job_id LEFT JOIN workers w ON w.id = a.worker_id "
     "WHERE j.run_id = :run_id AND {which} ORDER BY a.id {order} LIMIT :limit"
 )
-_ATTEMPT_COUNT = "SELECT coalesce(sum(attempts), 0) FROM jobs WHERE run_id = :run_id"
+# Whether the timeline leaves older attempts out (counting them all would read the whole run).
+_OLDER_ATTEMPT = (
+    "SELECT 1 FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.run_id = :run_id AND a.id < :oldest LIMIT 1"
+)
 
 
 def _thin(values: list) -> list:

@@ -99,7 +99,7 @@ def make_app(dashboard: Dashboard, interval: float, host: str = "127.0.0.1") -> 
     def run_page(run_id: int):
         return page(
             "run",
-            {"run": (dashboard.run, run_id), "columns": (dashboard.columns, run_id), "jobs": (dashboard.jobs, run_id)},
+            {"run": (dashboard.run, run_id), "jobs": (dashboard.jobs, run_id)},
         )
 
     @app.get("/jobs/<job_id:int>")

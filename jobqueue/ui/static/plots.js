@@ -9,8 +9,9 @@ const Plots = (() => {
 
   const key = (v) => (typeof v === "object" && v !== null ? JSON.stringify(v) : String(v));
 
-  /** A scale for one parameter's values: numeric (log when positive and spread over decades) or categorical. */
-  function axisFor(values) {
+  /** A scale for values: numeric (log when positive and spread over decades) or categorical. A parameter's few
+   *  values (seeds, a grid of learning rates) are labelled themselves; a metric's get round numbers. */
+  function axisFor(values, labelValues = true) {
     const numeric = values.every((v) => typeof v === "number" && Number.isFinite(v));
     if (numeric) {
       const lo = Math.min(...values), hi = Math.max(...values);
@@ -19,8 +20,7 @@ const Plots = (() => {
       const a = f(lo), b = f(hi);
       const pos = (v) => (b === a ? 0.5 : (f(v) - a) / (b - a));
       const distinct = [...new Set(values)].sort((p, q) => p - q);
-      // A few values (seeds, a grid of learning rates) are labelled themselves; many get round numbers.
-      const ticks = distinct.length <= 6 ? distinct.map((v) => [JQ.fmtNumber(v, 3), pos(v)]) : niceTicks(lo, hi, log);
+      const ticks = labelValues && distinct.length <= 6 ? distinct.map((v) => [JQ.fmtNumber(v, 3), pos(v)]) : niceTicks(lo, hi, log);
       return {numeric: true, log, lo, hi, pos, ticks};
     }
     const cats = [...new Set(values.map(key))].sort((p, q) => p.localeCompare(q, undefined, {numeric: true}));
@@ -68,7 +68,7 @@ const Plots = (() => {
       return;
     }
     const ys = jobs.map(([, v]) => v);
-    const yAxis = axisFor(ys);
+    const yAxis = axisFor(ys, false);
     const charts = varying(data).map((param) => {
       const present = jobs.filter(([j]) => param in j.params);
       const xAxis = axisFor(present.map(([j]) => j.params[param]));
@@ -134,7 +134,9 @@ const Plots = (() => {
     }
     const params = varying(data);
     const axes = [...params.map((p) => ({name: p, value: (j) => j.params[p]})), {name: metric, value: (j, v) => v}];
-    for (const a of axes) a.scale = axisFor(jobs.map(([j, v]) => a.value(j, v)).filter((v) => v !== undefined));
+    axes.forEach((a, i) => {
+      a.scale = axisFor(jobs.map(([j, v]) => a.value(j, v)).filter((v) => v !== undefined), i < params.length);
+    });
     const width = Math.max(480, container.clientWidth || 900), height = 260, top = 28, bottom = 26;
     const step = (width - 120) / Math.max(1, axes.length - 1);
     const ax = (i) => 60 + i * step;

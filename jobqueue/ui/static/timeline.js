@@ -36,7 +36,7 @@ const Timeline = (() => {
       this.container = container;
       this.attempts = new Map(); // id -> attempt
       this.now = null;
-      this.total = 0;
+      this.older = false; // the first read left older attempts out
       this.maxId = 0;
     }
 
@@ -48,8 +48,7 @@ const Timeline = (() => {
         this.attempts.set(a.id, a);
         this.maxId = Math.max(this.maxId, a.id);
       }
-      if (data.total !== null && data.total !== undefined) this.total = data.total;
-      else this.total = Math.max(this.total, this.attempts.size);
+      if (first) this.older = data.older;
       this.now = data.now;
       this.draw();
     }
@@ -101,7 +100,7 @@ const Timeline = (() => {
       });
       const legend = el("div", {class: "legend"}, ATTEMPT_STATES.map((s) =>
         el("span", {class: "legend-item"}, el("span", {class: `swatch state-bg-${s}`}), s)));
-      const shown = this.total > attempts.length ? el("span", {class: "hint"}, ` showing the newest ${attempts.length} of ${this.total} attempts`) : null;
+      const shown = this.older ? el("span", {class: "hint"}, ` the newest ${attempts.length} attempts (older ones are not drawn)`) : null;
       JQ.replace(this.container, legend, shown, el("div", {class: "timeline-scroll"}, chart));
     }
 
