@@ -240,22 +240,23 @@ def show_results(
     group_by = [name for given in group_by or [] for name in given.split(",") if name]
     reader = reports.open_reader(db)
     try:
+        if as_json:  # every metric, and no columns to know beforehand
+            results.write_json(results.results(reader, run, sort, minimize, group_by, metric or ()), sys.stdout)
+            return
         columns = results.result_columns(reader, run, metric or ())
         hidden = 0
-        if not (metric or as_json or as_csv) and len(columns.metrics) > TABLE_METRICS:
+        if not (metric or as_csv) and len(columns.metrics) > TABLE_METRICS:
             shown = ([sort] if sort in columns.metrics else []) + [k for k in columns.metrics if k != sort]
             hidden = len(shown) - TABLE_METRICS
             columns.metrics = shown[:TABLE_METRICS]
         rows = results.results(reader, run, sort, minimize, group_by, metric or columns.metrics)
-        if as_json:
-            results.write_json(rows, sys.stdout)
-        elif as_csv:
+        if as_csv:
             results.write_results_csv(rows, sys.stdout, columns, group_by)
         else:
             print(results.results_table(rows, columns, group_by))
     finally:
         reader.close()
-    if not columns.metrics and not (as_json or as_csv):
+    if not columns.metrics and not as_csv:
         _stderr(f"{run}: no job has logged metrics yet (jobqueue.log_metrics, or TensorBoard event files under "
                 "{--train_dir}/{--experiment}/)")
     elif hidden:

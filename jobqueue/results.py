@@ -205,6 +205,12 @@ _cursors = itertools.count()
 
 
 def _stream(reader: Reader, query: str, params: dict) -> Iterator[tuple]:
+    """The rows of one query, read FETCH_ROWS at a time."""
+    for page in _pages(reader, query, params):
+        yield from page
+
+
+def _pages(reader: Reader, query: str, params: dict) -> Iterator[list[tuple]]:
     """The rows of one query, FETCH_ROWS at a time: on PostgreSQL from a server-side cursor, which psycopg
     would otherwise fetch whole into memory."""
     if reader.dialect == sql.POSTGRESQL:
@@ -217,7 +223,7 @@ def _stream(reader: Reader, query: str, params: dict) -> Iterator[tuple]:
     try:
         cursor.execute(sql.render(query, reader.dialect), params)
         while rows := cursor.fetchmany(FETCH_ROWS):
-            yield from rows
+            yield rows
     finally:
         cursor.close()
 
@@ -268,6 +274,17 @@ def result_columns(source: Database | Reader, run: str, metrics: Iterable[str] =
         return ResultColumns(run_id, run_param_names(reader, run_id), list(metrics) or keys)
 
 
+_HAS_KEY = (
+    "SELECT 1 FROM metric_summaries s JOIN jobs j ON j.id = s.job_id WHERE j.run_id = :run_id AND s.key = :key LIMIT 1"
+)
+
+
+def _check_run_keys(reader: Reader, run: str, run_id: int, option: str, asked: list[str]) -> None:
+    """_check_keys without reading every key of the run, unless one asked for is not there."""
+    if not all(reader.rows(_HAS_KEY, {"run_id": run_id, "key": key}) for key in asked):
+        _check_keys(option, run, asked, run_metric_keys(reader, run_id))
+
+
 def _check_keys(option: str, run: str, asked: list[str], known: list[str]) -> None:
     unknown = [k for k in asked if k not in known]
     if unknown:
@@ -284,15 +301,17 @@ _DURATION = {  # an attempt's seconds, a running one's until now
     sql.SQLITE: "(julianday(COALESCE(a.ended_at, {now})) - julianday(a.started_at)) * 86400.0",
     sql.POSTGRESQL: "CAST(EXTRACT(EPOCH FROM COALESCE(a.ended_at, {now}) - a.started_at) AS DOUBLE PRECISION)",
 }
-# One row per job and metric, job after job: one query, so one snapshot of a run that is being written to.
-_RESULTS = (
-    "SELECT j.id, j.name, j.state, CAST(j.params AS TEXT), d.seconds, m.key, m.last, m.last_step, m.min, m.max, m.count "
-    "FROM jobs j "
-    "LEFT JOIN (SELECT a.job_id, sum({duration}) AS seconds FROM attempts a JOIN jobs aj ON aj.id = a.job_id "
-    "WHERE aj.run_id = :run_id GROUP BY a.job_id) d ON d.job_id = j.id "
-    "{sort_join}"
-    "LEFT JOIN metric_summaries m ON m.job_id = j.id{key_filter} "
-    "WHERE j.run_id = :run_id ORDER BY {sort_order}j.id, m.seq"
+# The run's jobs with their seconds over all attempts, then their summaries a page of jobs at a time: each job's
+# columns are read once, not once per metric. The jobs are read first and a job's metrics are stored before its
+# end is recorded, so a run being written to never shows a finished job without its last points.
+_JOBS = (
+    "SELECT j.id, j.name, j.state, CAST(j.params AS TEXT), (SELECT sum({duration}) FROM attempts a WHERE a.job_id = j.id) "
+    "FROM jobs j {sort_join}WHERE j.run_id = :run_id ORDER BY {sort_order}j.id"
+)
+# In key order (the primary key's), which is cheaper than sorting by seq here; _summaries orders each job's keys.
+_SUMMARIES = (
+    "SELECT job_id, seq, key, last, last_step, min, max, count FROM metric_summaries "
+    "WHERE job_id IN ({job_list}){key_filter} ORDER BY job_id"
 )
 _SORT_JOIN = "LEFT JOIN metric_summaries s ON s.job_id = j.id AND s.key = :sort "
 # A NaN (NULL) or missing value sorts last, whichever the direction.
@@ -316,9 +335,8 @@ def results(
     metrics, group_by = list(metrics), list(group_by)
     with _reading(source) as reader:
         run_id = _run_id(reader, run)
-        known = run_metric_keys(reader, run_id)
-        _check_keys("--metric", run, metrics, known)
-        _check_keys("--sort", run, [sort] if sort else [], known)
+        _check_run_keys(reader, run, run_id, "--metric", metrics)
+        _check_run_keys(reader, run, run_id, "--sort", [sort] if sort else [])
         rows = _job_rows(reader, run_id, None if group_by else sort, minimize, metrics)
         if not group_by:
             yield from rows
@@ -330,38 +348,50 @@ def results(
 
 
 def _job_rows(reader: Reader, run_id: int, sort: str | None, minimize: bool, metrics: list[str]) -> Iterator[dict]:
-    key_list, params = sql.expand("key", metrics)
-    query = _RESULTS.format(
+    query = _JOBS.format(
         duration=_DURATION[reader.dialect],
-        key_filter=f" AND m.key IN ({key_list})" if metrics else "",
         sort_join=_SORT_JOIN if sort else "",
         sort_order=_SORT_ORDER.format(direction="ASC" if minimize else "DESC") if sort else "",
     )
-    job = None
-    for job_id, name, state, params_text, seconds, key, last, last_step, low, high, count in _stream(
-        reader, query, {**params, "run_id": run_id, "sort": sort}
-    ):
-        if job is None or job["id"] != job_id:
-            if job is not None:
-                yield job
-            job = {
+    loads = _decode_params
+    for page in _pages(reader, query, {"run_id": run_id, "sort": sort}):
+        summaries = _summaries(reader, [row[0] for row in page], metrics)
+        for job_id, name, state, params_text, seconds in page:
+            yield {
                 "id": job_id,
                 "name": name,
                 "state": state,
-                "params": json.loads(params_text),
+                "params": loads(params_text),
                 "duration_s": seconds,
-                "metrics": {},
+                "metrics": summaries.get(job_id, {}),
             }
-        if key is not None:
-            job["metrics"][key] = {
-                "last": _number(last),
+
+
+def _decode_params(text: str) -> dict:
+    """json.loads() of a stored params object, without its checks for surrounding blanks, which cost as much."""
+    return _JSON.raw_decode(text)[0]
+
+
+_JSON = json.JSONDecoder()
+
+
+def _summaries(reader: Reader, job_ids: list[int], metrics: list[str]) -> dict[int, dict]:
+    """The jobs' summaries, by job and key, each job's keys in the order it logged them."""
+    key_list, key_params = sql.expand("key", metrics)
+    key_filter = f" AND key IN ({key_list})" if metrics else ""
+    found: dict[int, list] = {}
+    for job_list, params in sql.in_lists("job", job_ids):
+        query = _SUMMARIES.format(job_list=job_list, key_filter=key_filter)
+        for job_id, seq, key, last, last_step, low, high, count in reader.rows(query, {**params, **key_params}):
+            summary = {
+                "last": NAN if last is None else last,  # NULL is NaN: a summary row always has a value behind it
                 "last_step": last_step,
-                "min": _number(low),
-                "max": _number(high),
+                "min": NAN if low is None else low,
+                "max": NAN if high is None else high,
                 "count": count,
             }
-    if job is not None:
-        yield job
+            found.setdefault(job_id, []).append((seq, key, summary))
+    return {job_id: {key: summary for _, key, summary in sorted(keys)} for job_id, keys in found.items()}
 
 
 def _number(value: float | None) -> float:
@@ -502,9 +532,6 @@ _FIRST_KEY = (
     "SELECT m.key FROM metric_sources s JOIN metric_summaries m ON m.job_id = s.job_id "
     "WHERE s.id = :source_id ORDER BY m.seq LIMIT 1"
 )
-_HAS_KEY = (
-    "SELECT 1 FROM metric_summaries s JOIN jobs j ON j.id = s.job_id WHERE j.run_id = :run_id AND s.key = :key LIMIT 1"
-)
 
 
 def run_best(
@@ -591,12 +618,12 @@ def number_text(value, digits: int | None = None) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return f"{value:.{digits}g}" if digits else repr(value)
+        text = format(value, f".{digits}g") if digits else repr(value)
+        return _SPELLED.get(text, text)
     return str(value)
+
+
+_SPELLED = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # as Python formats them
 
 
 def jsonable(value):
