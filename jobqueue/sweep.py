@@ -4,21 +4,28 @@ Pure functions and small objects: no database, and no I/O but the directories Sa
 RunDescription.generate_experiments makes. The objects' methods return what Sample Factory's return, for
 code written against them; jq expands with experiment_jobs() and expand(), which give the same names,
 commands and order but keep argv as a list, so values with spaces or quotes stay one argument.
+
+Nothing here holds a sweep's jobs all at once: a grid's combinations and a run's jobs are sequences made as
+they are read, so a million-job grid takes the memory of its values, not of a million dicts.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import os
 import random
 import re
 import shlex
 import weakref
+from array import array
+from bisect import bisect_right
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from os.path import join
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from jobqueue.errors import UserError
 
@@ -77,30 +84,104 @@ class ParamGrid(ParamGenerator):
     def __init__(self, grid_tuples):
         self.grid = OrderedDict(grid_tuples)
 
-    def generate_params(self, randomize: bool = False) -> list[dict]:
+    def generate_params(self, randomize: bool = False) -> GridCombinations | list:
         if not self.grid:
             return []
-        names = tuple(self.grid.keys())
-        combinations = list(product(*self.grid.values()))
+        # Each value list is read once, now, as itertools.product would: a generator among them is used up here.
+        values = tuple(tuple(v) for v in self.grid.values())
+        combinations = GridCombinations(tuple(self.grid.keys()), values)
         if randomize:
-            # Sample Factory's numpy permutation crashes on tied parameters; shuffling tuples does not.
-            _next_rng("permutation").shuffle(combinations)
-        params = []
+            # Sample Factory's numpy permutation crashes on tied parameters. Shuffling the combinations' indices
+            # draws what shuffling a list of them would, so the order (and so every name) stays what it was.
+            order = array("q", range(len(combinations)))
+            _next_rng("permutation").shuffle(order)
+            combinations = GridCombinations(combinations.names, values, order)
+        return combinations
+
+
+class GridCombinations(Sequence):
+    """ParamGrid.generate_params()'s result: the list of parameter dicts it stands for, each dict made when read.
+
+    It is a sequence like that list -- len(), indexing, iterating again, == with a list -- but it holds only the
+    grid's values (and a shuffled grid, the order of its indices), so an Experiment of a million combinations
+    costs no more memory than one of ten.
+    """
+
+    def __init__(self, names: tuple, values: tuple[tuple, ...], order: array | None = None):
+        self.names, self.values, self.order = names, values, order
+        self._tied = any(isinstance(name, (list, tuple)) for name in names)
+        self._length = 1
+        for options in values:
+            self._length *= len(options)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[dict]:
+        combinations = product(*self.values) if self.order is None else map(self._combination, self.order)
+        as_dict = self._as_dict
         for combination in combinations:
-            combination_dict = {}
-            for name, value in zip(names, combination):
+            yield as_dict(combination)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        i = operator.index(index)
+        if i < 0:
+            i += self._length
+        if not 0 <= i < self._length:
+            raise IndexError("parameter combination index out of range")
+        return self._as_dict(self._combination(i if self.order is None else self.order[i]))
+
+    def _combination(self, i: int) -> tuple:
+        """The i-th tuple of the product, the last value list varying fastest."""
+        picked = []
+        for options in reversed(self.values):
+            i, which = divmod(i, len(options))
+            picked.append(options[which])
+        return tuple(reversed(picked))
+
+    def _as_dict(self, combination: tuple) -> dict:
+        if not self._tied:
+            return dict(zip(self.names, combination))
+        combination_dict = {}
+        for name, value in zip(self.names, combination):
+            if isinstance(name, (list, tuple)):
+                for tied_name, tied_value in zip(name, value):
+                    combination_dict[tied_name] = tied_value
+            else:
+                combination_dict[name] = value
+        return combination_dict
+
+    def distinct_params(self) -> Iterator[tuple[Any, Any]]:
+        """Each (name, value) the combinations hold, once: what a check of every value needs to see."""
+        for name, options in zip(self.names, self.values):
+            for value in options:
                 if isinstance(name, (list, tuple)):
-                    for tied_name, tied_value in zip(name, value):
-                        combination_dict[tied_name] = tied_value
+                    yield from zip(name, value)
                 else:
-                    combination_dict[name] = value
-            params.append(combination_dict)
-        return params
+                    yield name, value
+
+    def __eq__(self, other):
+        if isinstance(other, (list, GridCombinations)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # as a list's
+
+    def __add__(self, other):
+        return list(self) + list(other) if isinstance(other, (list, GridCombinations)) else NotImplemented
+
+    def __radd__(self, other):
+        return list(other) + list(self) if isinstance(other, list) else NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 # One-shot iterators already turned into an Experiment's parameters: a second Experiment given the
 # same one would silently get nothing.
-_consumed_iterators: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_consumed_iterators: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class Experiment:
@@ -114,17 +195,10 @@ class Experiment:
         """
         self.base_name = name
         self.cmd = cmd
-        if iter(param_generator) is param_generator:
-            if param_generator in _consumed_iterators:
-                raise UserError(
-                    f"Experiment {name!r} was given a generator that an earlier Experiment already used up; "
-                    "call generate_params() once per Experiment (or pass a list)"
-                )
-            try:
-                _consumed_iterators.add(param_generator)
-            except TypeError:
-                pass
-        self.params = list(param_generator)
+        if isinstance(param_generator, GridCombinations):
+            self.params = param_generator  # read as the jobs are made: a list of it would hold every combination
+        else:
+            self.params = _params_list(name, param_generator)
         self.env_vars = env_vars
         self.timeout = timeout
 
@@ -135,6 +209,21 @@ class Experiment:
             yield " ".join([self.cmd] + tokens), experiment_name
 
 
+def _params_list(name: str, param_generator) -> list:
+    """An Experiment's parameters given as anything else than a grid: a list of them, as Sample Factory makes."""
+    if iter(param_generator) is param_generator:
+        if param_generator in _consumed_iterators:
+            raise UserError(
+                f"Experiment {name!r} was given a generator that an earlier Experiment already used up; "
+                "call generate_params() once per Experiment (or pass a list)"
+            )
+        try:
+            _consumed_iterators.add(param_generator)
+        except TypeError:
+            pass
+    return list(param_generator)
+
+
 def experiment_jobs(
     experiment: Experiment, experiment_arg_name: str, customize_experiment_name: bool, param_prefix: str
 ) -> Iterator[tuple[list[str], str, dict]]:
@@ -142,23 +231,45 @@ def experiment_jobs(
 
     Names and tokens are Sample Factory's text: each value formatted as its f-string does.
     """
-    params_list = experiment.params
-    for experiment_idx in range(max(1, len(params_list))):
-        tokens = []
-        name_tokens = [experiment.base_name]
-        shorthands: list[str] = []
-        params = params_list[experiment_idx] if params_list else {}
-        for param, value in params.items():
-            tokens.append(f"{param_prefix}{param}={value}")
-            shorthand = param_shorthand(param, shorthands)
-            shorthands.append(shorthand)
-            name_tokens.append(f"{shorthand}_{value}")
-        if customize_experiment_name:
-            experiment_name = f"{experiment_idx:02d}_" + "_".join(name_tokens)
-        else:
-            experiment_name = f"{experiment_idx:02d}_{experiment.base_name}"
-        tokens.append(f"{experiment_arg_name}={experiment_name}")
+    naming = _Naming(experiment.base_name, experiment_arg_name, customize_experiment_name, param_prefix)
+    for experiment_idx, params in enumerate(experiment.params or [{}]):
+        tokens, experiment_name = naming(experiment_idx, params)
         yield tokens, experiment_name, params
+
+
+class _Naming:
+    """Sample Factory's argv tokens and name for the job at one index of an Experiment."""
+
+    def __init__(self, base_name: str, experiment_arg_name: str, customize_experiment_name: bool, param_prefix: str):
+        self.base_name, self.experiment_arg_name = base_name, experiment_arg_name
+        self.customize, self.prefix = customize_experiment_name, param_prefix
+        self._shorthands: dict[tuple, list[str]] = {}  # per list of parameter names: a grid has one
+
+    def __call__(self, experiment_idx: int, params: dict) -> tuple[list[str], str]:
+        prefix, tokens = self.prefix, []
+        experiment_name = f"{experiment_idx:02d}_{self.base_name}"
+        if self.customize:
+            names = tuple(params)
+            for param, shorthand, value in zip(names, self._shorthands_of(names), params.values()):
+                text = f"{value}"
+                tokens.append(f"{prefix}{param}={text}")
+                experiment_name += f"_{shorthand}_{text}"
+        else:
+            for param, value in params.items():
+                tokens.append(f"{prefix}{param}={value}")
+        tokens.append(f"{self.experiment_arg_name}={experiment_name}")
+        return tokens, experiment_name
+
+    def _shorthands_of(self, names: tuple) -> list[str]:
+        shorthands = self._shorthands.get(names)
+        if shorthands is None:
+            shorthands = []
+            for param in names:
+                shorthands.append(param_shorthand(param, shorthands))
+            if len(self._shorthands) > 1000:  # a ParamList whose dicts all differ: keep the memory bounded
+                self._shorthands.clear()
+            self._shorthands[names] = shorthands
+        return shorthands
 
 
 def param_shorthand(param: str, taken: list[str]) -> str:
@@ -227,7 +338,9 @@ def experiment_root_dir(run: RunDescription, experiment: Experiment, suffix: str
     return join(run.run_name, f"{experiment.base_name}_{suffix}")
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which triples the cost of making
+# one, and a big sweep makes a JobSpec per job.
+@dataclass(slots=True)
 class JobSpec:
     """One experiment of a sweep, as it will be stored and run."""
 
@@ -246,50 +359,142 @@ class JobSpec:
         return {"name": self.name, "cmd": self.cmd, "argv": self.argv, "root_dir": self.root_dir, "env": self.env}
 
 
+_NEEDS_QUOTES = re.compile(r"[^\w@%+=:,./-]", re.ASCII).search  # shlex.quote's test of a token
+
+
 def display_command(base_cmd: str, tokens: list[str]) -> str:
     """Sample Factory's command string, with shell quoting only where a token needs it."""
+    if all(tokens) and _NEEDS_QUOTES("".join(tokens)) is None:  # the common case, in one test instead of one a token
+        return " ".join([base_cmd, *tokens])
     return " ".join([base_cmd] + [shlex.quote(t) for t in tokens])
 
 
-def expand(run: RunDescription, train_dir: str = "./train_dir", suffix: str | None = None) -> list[JobSpec]:
-    """All jobs of a run, in Sample Factory's order. Raises UserError on duplicate names or bad values."""
-    suffix = run.experiment_suffix if suffix is None else suffix
-    jobs: list[JobSpec] = []
-    seen: dict[str, str] = {}
-    for experiment in run.experiments:
-        if not isinstance(experiment, Experiment):
-            raise UserError(f"RUN_DESCRIPTION.experiments holds a {type(experiment).__name__}; use Experiment(...)")
-        root_dir = experiment_root_dir(run, experiment, suffix)
-        experiment_dir = join(train_dir, root_dir)
+def expand(run: RunDescription, train_dir: str = "./train_dir", suffix: str | None = None) -> SweepJobs:
+    """All jobs of a run, in Sample Factory's order, as a sequence that makes each job when it is read.
+
+    Raises UserError at once, before any job is made, on duplicate names or values that cannot be stored.
+    """
+    return SweepJobs(run, train_dir, run.experiment_suffix if suffix is None else suffix)
+
+
+class SweepJobs(Sequence):
+    """A run's jobs (JobSpecs) in Sample Factory's order: len(), iterating (again) and indexing, each job made when
+    it is read, so that a sweep of a million jobs streams from the sweep file to the database."""
+
+    def __init__(self, run: RunDescription, train_dir: str, suffix: str):
+        self.run_name = run.run_name
+        self._experiments: list[_ExperimentJobs] = []
+        first = 0
+        for experiment in run.experiments:
+            if not isinstance(experiment, Experiment):
+                raise UserError(f"RUN_DESCRIPTION.experiments holds a {type(experiment).__name__}; use Experiment(...)")
+            self._experiments.append(_ExperimentJobs(run, experiment, train_dir, suffix, first))
+            first += len(self._experiments[-1])
+        self._length = first
+        self._firsts = [part.first for part in self._experiments]
+        for part in self._experiments:
+            part.check_values()
+        _check_unique_names(self._experiments, run.customize_experiment_name)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[JobSpec]:
+        for part in self._experiments:
+            yield from part
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        i = operator.index(index)
+        if i < 0:
+            i += self._length
+        if not 0 <= i < self._length:
+            raise IndexError("job index out of range")
+        part = self._experiments[bisect_right(self._firsts, i) - 1]
+        return part.job(i - part.first, part.params[i - part.first] if part.params else {})
+
+
+class _ExperimentJobs:
+    """One Experiment's jobs within a run: what its jobs share, worked out once, and each job from its params."""
+
+    def __init__(self, run: RunDescription, experiment: Experiment, train_dir: str, suffix: str, first: int):
+        self.base_name, self.cmd, self.params, self.first = experiment.base_name, experiment.cmd, experiment.params, first
         try:
-            base_argv = shlex.split(experiment.cmd)
+            self.base_argv = shlex.split(experiment.cmd)
         except ValueError as exc:
-            raise UserError(f"experiment {experiment.base_name!r}: cannot split its command ({exc}); check its quotes")
-        generated = experiment_jobs(experiment, run.experiment_arg_name, run.customize_experiment_name, run.param_prefix)
-        for tokens, name, params in generated:
-            if name in seen:
-                raise UserError(
-                    f"two jobs are named {name!r} (experiments {seen[name]!r} and {experiment.base_name!r}); "
-                    "give the Experiments different names or remove the repeated parameter values"
-                )
-            seen[name] = experiment.base_name
-            tokens = tokens + [f"{run.experiment_dir_arg_name}={experiment_dir}"]
-            env = {str(k): str(v) for k, v in experiment.env_vars.items()} if experiment.env_vars else None
-            jobs.append(
-                JobSpec(
-                    name=name,
-                    experiment=experiment.base_name,
-                    params=_stored_params(experiment.base_name, params),
-                    argv=base_argv + tokens,
-                    cmd=display_command(experiment.cmd, tokens),
-                    root_dir=root_dir,
-                    experiment_dir=experiment_dir,
-                    env=env,
-                    timeout=experiment.timeout if experiment.timeout is not None else run.timeout,
-                    index=len(jobs),
-                )
-            )
-    return jobs
+            raise UserError(f"experiment {experiment.base_name!r}: cannot split its command ({exc}); check its quotes") from None
+        self.root_dir = experiment_root_dir(run, experiment, suffix)
+        self.experiment_dir = join(train_dir, self.root_dir)
+        self.dir_token = f"{run.experiment_dir_arg_name}={self.experiment_dir}"
+        self.env = {str(k): str(v) for k, v in experiment.env_vars.items()} if experiment.env_vars else None
+        self.timeout = experiment.timeout if experiment.timeout is not None else run.timeout
+        self.naming = _Naming(experiment.base_name, run.experiment_arg_name, run.customize_experiment_name,
+                              run.param_prefix)
+        self.stored_as_given = False  # until check_values() has seen every value
+
+    def __len__(self) -> int:
+        return max(1, len(self.params))
+
+    def __iter__(self) -> Iterator[JobSpec]:
+        job = self.job
+        for experiment_idx, params in enumerate(self.params or [{}]):
+            yield job(experiment_idx, params)
+
+    def job(self, experiment_idx: int, params: dict) -> JobSpec:
+        tokens, name = self.naming(experiment_idx, params)
+        tokens.append(self.dir_token)
+        stored = params if self.stored_as_given else _stored_params(self.base_name, params)
+        return JobSpec(name, self.base_name, stored, self.base_argv + tokens,
+                       display_command(self.cmd, tokens), self.root_dir, self.experiment_dir, self.env, self.timeout,
+                       self.first + experiment_idx)
+
+    def names(self) -> Iterator[str]:
+        for experiment_idx, params in enumerate(self.params or [{}]):
+            yield self.naming(experiment_idx, params)[1]
+
+    def check_values(self) -> None:
+        """Every value can be stored (else UserError): a grid's values once each, not once per job. Notes whether
+        any needs converting, which most sweeps' never do."""
+        if isinstance(self.params, GridCombinations):
+            named_values = self.params.distinct_params()
+        else:
+            named_values = (item for params in self.params for item in params.items())
+        self.stored_as_given = True
+        for name, value in named_values:
+            if not _is_plain(value):
+                self.stored_as_given = False
+                _stored_params(self.base_name, {name: value})
+
+
+def _check_unique_names(experiments: list[_ExperimentJobs], customize_experiment_name: bool) -> None:
+    """UserError if two jobs of the run share a name, found without holding every name.
+
+    A name starts with its index within its Experiment (`07_`, `123_`: digits, then the first `_`), so two jobs
+    of one Experiment never share one, and jobs of two Experiments only at the same index -- and only when one
+    base name is the other's or starts with it and `_` (what follows the index is the base name, then `_` and the
+    parameters). Such pairs are compared index by index, in the order the jobs come, so the error names the
+    first repeated name, as a check of each job against all before it would.
+    """
+    for position, later in enumerate(experiments):
+        rivals = [e for e in experiments[:position] if _names_may_meet(e.base_name, later.base_name, customize_experiment_name)]
+        if not rivals:
+            continue
+        rival_names = [rival.names() for rival in rivals]
+        for name in later.names():
+            for rival, names in zip(rivals, rival_names):
+                if next(names, None) == name:
+                    raise UserError(
+                        f"two jobs are named {name!r} (experiments {rival.base_name!r} and {later.base_name!r}); "
+                        "give the Experiments different names or remove the repeated parameter values"
+                    )
+
+
+def _names_may_meet(a, b, customize_experiment_name: bool) -> bool:
+    a, b = f"{a}", f"{b}"
+    if a == b:
+        return True
+    return customize_experiment_name and (b.startswith(a + "_") or a.startswith(b + "_"))
 
 
 _PLAIN = (str, int, bool, type(None))
@@ -303,8 +508,8 @@ def _stored_params(experiment: str, params: dict) -> dict:
     """
     stored = params
     for key, value in params.items():
-        if type(value) in _PLAIN or (type(value) is float and value == value and abs(value) != float("inf")):
-            continue  # the common case, without serializing every value of a large grid
+        if _is_plain(value):
+            continue
         try:
             plain = json.loads(json.dumps(value, allow_nan=False, default=_numpy_scalar_as_plain))
         except (TypeError, ValueError):
@@ -317,6 +522,11 @@ def _stored_params(experiment: str, params: dict) -> dict:
             stored = dict(params)
         stored[key] = plain
     return stored
+
+
+def _is_plain(value: Any) -> bool:
+    """A value stored as it is: the common case, which needs no serializing."""
+    return type(value) in _PLAIN or (type(value) is float and value == value and abs(value) != float("inf"))
 
 
 def _numpy_scalar_as_plain(value: Any) -> Any:
