@@ -100,7 +100,7 @@ def enqueue(
     plan = service.plan_sweep(sweep, train_dir=train_dir, suffix=suffix)
     if dry_run:
         if as_json:
-            print(json.dumps([spec.as_json() for spec in plan.specs], indent=2))
+            service.write_json_list((spec.as_json() for spec in plan.specs), sys.stdout)
         else:
             _print_plan(plan)
         return
@@ -110,10 +110,11 @@ def enqueue(
 
 
 def _print_plan(plan) -> None:
-    from jobqueue.service import aligned
+    from jobqueue.service import write_aligned
 
     print(f"{plan.run_name}: {len(plan.specs)} jobs (dry run, nothing written)")
-    print(aligned(["#", "name", "command"], [[str(spec.index), spec.name, spec.cmd] for spec in plan.specs], right=frozenset({0})))
+    rows = ([str(spec.index), spec.name, spec.cmd] for spec in plan.specs)
+    write_aligned(sys.stdout, ["#", "name", "command"], rows, right=frozenset({0}))
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ def list_(
     database = _open(db, create=False)
     rows = service.job_rows(database, run, state, details=as_json)
     if as_json:
-        print(json.dumps(rows, indent=2, default=str))
+        service.write_json_list(rows, sys.stdout, default=str)
         return
     service.print_jobs(rows, _console())
 
@@ -210,8 +211,8 @@ def sql(
     metric_summaries, metric_sources; docs/database.md has recipes)."""
     from jobqueue import service
 
-    columns, rows = service.read_only_query(_open(db, create=False), query)
-    service.print_rows(columns, rows, as_json=as_json, as_csv=as_csv, console=_console())
+    with service.read_only_query(_open(db, create=False), query) as (columns, rows):
+        service.print_rows(columns, rows, as_json=as_json, as_csv=as_csv, console=_console())
 
 
 TABLE_METRICS = 6  # metric columns the results table shows unless --metric says which

@@ -13,6 +13,7 @@ migrations, `jq db copy`, and PostgreSQL's connection pool.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import sqlite3
@@ -159,6 +160,19 @@ class Database:
         return _retry_while_busy(once, self._busy_errors(), attempts)
 
     @contextmanager
+    def reading(self) -> Iterator[Transaction]:
+        """One read transaction held while the caller goes through pages of rows (Transaction.dict_pages): one
+        snapshot for a listing too big to read at once."""
+        with self._connection() as conn:
+            tx = Transaction(self.dialect, conn.cursor())
+            if self.is_sqlite:
+                tx.cursor.execute("BEGIN")
+            try:
+                yield tx
+            finally:
+                conn.rollback()
+
+    @contextmanager
     def _connection(self):
         """A driver connection: SQLite's from our own small pool, PostgreSQL's from SQLAlchemy's."""
         if not self.is_sqlite:
@@ -269,6 +283,23 @@ class Transaction:
             return []
         to_dict = sql.row_converter(self.cursor.description)
         return [to_dict(r) for r in rows]
+
+    def dict_pages(self, query: str, params: dict | None = None, size: int = 1000) -> Iterator[list[dict]]:
+        """dicts(), `size` rows at a time, for results too big to hold. On PostgreSQL from a server-side cursor:
+        psycopg's own cursor would fetch every row first."""
+        conn = self.cursor.connection
+        cursor = conn.cursor(name=f"jq_pages_{next(_page_cursors)}") if self.dialect == sql.POSTGRESQL else conn.cursor()
+        try:
+            cursor.execute(sql.render(query, self.dialect), params or {})
+            to_dict = None
+            while rows := cursor.fetchmany(size):
+                to_dict = to_dict or sql.row_converter(cursor.description)
+                yield [to_dict(r) for r in rows]
+        finally:
+            cursor.close()
+
+
+_page_cursors = itertools.count()  # names for server-side cursors, unique within a connection
 
 
 _opened: list[Database] = []

@@ -15,19 +15,31 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Iterable
 
 from jobqueue import sql
 from jobqueue.db import Database, Transaction
 from jobqueue.errors import UserError
 from jobqueue.processes import crash_point
 from jobqueue.states import (
-    JOB_MOVES, UNFINISHED, AttemptState, JobState, Operation, attempt_state_is, from_states, job_state_is, literal, state_in,
+    JOB_MOVES,
+    UNFINISHED,
+    AttemptState,
+    JobState,
+    Operation,
+    attempt_state_is,
+    from_states,
+    job_state_is,
+    literal,
+    state_in,
 )
 from jobqueue.sweep import JobSpec
 
@@ -49,7 +61,8 @@ class EnqueueResult:
     run_name: str
     added: int
     existing: int
-    changed: list[str] = field(default_factory=list)  # names already queued with another command
+    changed: int = 0  # jobs already there under the same name whose command is now another one
+    first_changed: str | None = None  # the first of them, for the message
 
 
 _ADD_RUN = (
@@ -60,12 +73,14 @@ _JOB_COLUMNS = ("run_id", "idx", "name", "experiment", "params", "argv", "cmd", 
                 "state", "attempts", "failures", "max_attempts", "timeout", "created_at", "updated_at")
 # Rows go to the driver as tuples: per-row dicts (or SQLAlchemy's parameter processing) cost several times the insert.
 _INSERT_JOBS = f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(_JOB_COLUMNS))})"
+# Which of a chunk's names the run has, by the unique (run_id, name) index.
+_KNOWN_NAMES = "SELECT name, CAST(argv AS TEXT) FROM jobs WHERE run_id = ? AND name IN ({})"
 
 
 def enqueue(
     db: Database,
     run_name: str,
-    specs: list[JobSpec],
+    specs: Iterable[JobSpec],
     *,
     sweep: str,
     train_dir: str,
@@ -74,7 +89,13 @@ def enqueue(
     settings: dict | None = None,
     max_attempts: int | None = None,
 ) -> EnqueueResult:
-    """Add a run's jobs in one transaction. Jobs already there (by name) are left alone: idempotent."""
+    """Add a run's jobs in one transaction, ENQUEUE_CHUNK at a time as `specs` makes them, so that memory stays flat
+    however many there are. Jobs already there (by name) are left alone: idempotent.
+
+    `specs` is read again if the DB is busy and the transaction is retried: a list, or sweep.expand()'s sequence.
+    """
+    if iter(specs) is specs:
+        raise TypeError("enqueue() may read its specs twice: give a list or sweep.expand()'s sequence, not an iterator")
     cwd = cwd or os.getcwd()
 
     def _enqueue(tx: Transaction) -> EnqueueResult:
@@ -83,35 +104,74 @@ def enqueue(
         if row is None:
             (run_id,) = tx.first(_ADD_RUN, {"name": run_name, "sweep": sweep, "train_dir": train_dir, "suffix": suffix,
                                             "cwd": cwd, "settings": sql.to_json(settings or {}), "now": now})
-            existing: dict[str, str] = {}
         else:
             run_id = row[0]
             if settings:
                 _merge_run_settings(tx, run_id, settings, recorded_wins=True)
-            # argv as its JSON text: decoding 100,000 of them would cost more than the whole comparison.
-            existing = dict(tx.all("SELECT name, CAST(argv AS TEXT) FROM jobs WHERE run_id = :run_id", {"run_id": run_id}))
-        new_rows = []
-        changed = []
+        result = EnqueueResult(run_id, run_name, 0, 0)
         log_dirs: dict[str, str] = {}
-        dumps = json.dumps
-        for spec in specs:
-            if spec.name in existing:
-                if existing[spec.name] != dumps(spec.argv):
-                    changed.append(spec.name)
-                continue
-            if spec.experiment_dir not in log_dirs:
-                log_dirs[spec.experiment_dir] = os.path.join(cwd, spec.experiment_dir)
-            new_rows.append((
-                run_id, spec.index, spec.name, spec.experiment, dumps(spec.params), dumps(spec.argv), spec.cmd,
-                sql.to_json(spec.env), cwd, spec.root_dir, log_dirs[spec.experiment_dir], JobState.QUEUED.value, 0, 0,
-                max_attempts or 1, spec.timeout, now, now,
-            ))
-        for rows in sql.chunks(new_rows, ENQUEUE_CHUNK):
-            tx.executemany(_INSERT_JOBS, rows)
+        queued, limit = JobState.QUEUED.value, max_attempts or 1
+        for chunk in _chunks(specs, ENQUEUE_CHUNK):
+            known = _known_commands(tx, run_id, [spec.name for spec in chunk]) if row is not None else {}
+            new_rows = []
+            for spec in chunk:
+                if spec.name in known:
+                    result.existing += 1
+                    if known[spec.name] != _argv_json(spec.argv):
+                        result.changed += 1
+                        result.first_changed = result.first_changed or spec.name
+                    continue
+                if spec.experiment_dir not in log_dirs:
+                    log_dirs[spec.experiment_dir] = os.path.join(cwd, spec.experiment_dir)
+                new_rows.append((
+                    run_id, spec.index, spec.name, spec.experiment, _params_json(spec.params), _argv_json(spec.argv), spec.cmd,
+                    sql.to_json(spec.env), cwd, spec.root_dir, log_dirs[spec.experiment_dir], queued, 0, 0,
+                    limit, spec.timeout, now, now,
+                ))
+            if new_rows:
+                tx.executemany(_INSERT_JOBS, new_rows)
+                result.added += len(new_rows)
             crash_point("mid_enqueue")
-        return EnqueueResult(run_id, run_name, len(new_rows), len(specs) - len(new_rows), changed)
+        return result
 
     return db.transact(_enqueue)
+
+
+# json.dumps' own text for the usual argv and params, at a third of its cost (its Python layer sets up an encoder
+# on every call): a re-enqueue compares the text, so it must be the same.
+_JSON_SCALARS = {str: encode_basestring_ascii, int: int.__repr__, type(None): lambda _: "null",
+                 bool: lambda b: "true" if b else "false", float: lambda x: repr(x) if math.isfinite(x) else json.dumps(x)}
+
+
+def _argv_json(argv: list[str]) -> str:
+    try:
+        return "[" + ", ".join(map(encode_basestring_ascii, argv)) + "]"
+    except TypeError:
+        return json.dumps(argv)
+
+
+def _params_json(params: dict) -> str:
+    """A flat dict of strings, ints, finite floats, bools and None (what params nearly always are), else json.dumps."""
+    try:
+        return "{" + ", ".join([f"{encode_basestring_ascii(k)}: {_JSON_SCALARS[type(v)](v)}" for k, v in params.items()]) + "}"
+    except (KeyError, TypeError):
+        return json.dumps(params)
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    """`items` in lists of `size` (the last one shorter), read as they come."""
+    items = iter(items)
+    while chunk := list(islice(items, size)):
+        yield chunk
+
+
+def _known_commands(tx: Transaction, run_id: int, names: list[str]) -> dict[str, str]:
+    """Of `names`, those the run already has, with their argv as its JSON text (decoding it would cost more than
+    comparing it)."""
+    known: dict[str, str] = {}
+    for listed, part in _positional_in(names):
+        known.update(tx.all(_KNOWN_NAMES.format(listed), [run_id, *part]))
+    return known
 
 
 def _merge_run_settings(tx: Transaction, run_id: int, settings: dict, *, recorded_wins: bool) -> None:
@@ -180,31 +240,39 @@ def status_counts(db: Database, run: str | None = None) -> list[tuple[str, str, 
 
 def list_jobs(db: Database, run: str | None = None, state: str | None = None, columns: str = "jobs.*") -> list[dict]:
     """The jobs (their `columns`, and their run's name as `run`), oldest first."""
-    def _list(tx: Transaction):
-        query = f"SELECT {columns}, runs.name AS run FROM jobs JOIN runs ON runs.id = jobs.run_id WHERE 1 = 1"
-        params: dict = {}
-        if run is not None:
-            query += " AND jobs.run_id = :run_id"
-            params["run_id"] = find_run(tx, run)["id"]
-        if state is not None:
-            query += " AND jobs.state = :state"
-            params["state"] = state
-        return tx.dicts(query + " ORDER BY jobs.id", params)
+    return db.transact(lambda tx: tx.dicts(*_jobs_query(tx, run, state, columns)), write=False)
 
-    return db.transact(_list, write=False)
+
+def job_pages(tx: Transaction, run: str | None = None, state: str | None = None,
+              columns: str = "jobs.*") -> Iterator[list[dict]]:
+    """list_jobs() a page at a time, in a Database.reading() transaction: for runs too big to hold."""
+    return tx.dict_pages(*_jobs_query(tx, run, state, columns))
+
+
+def _jobs_query(tx: Transaction, run: str | None, state: str | None, columns: str) -> tuple[str, dict]:
+    query = f"SELECT {columns}, runs.name AS run FROM jobs JOIN runs ON runs.id = jobs.run_id WHERE 1 = 1"
+    params: dict = {}
+    if run is not None:
+        query += " AND jobs.run_id = :run_id"
+        params["run_id"] = find_run(tx, run)["id"]
+    if state is not None:
+        query += " AND jobs.state = :state"
+        params["state"] = state
+    return query + " ORDER BY jobs.id", params
 
 
 def last_attempts(db: Database, job_ids: list[int]) -> dict[int, dict]:
     """The newest attempt of each job."""
+    return db.transact(lambda tx: newest_attempts(tx, job_ids), write=False) if job_ids else {}
 
-    def _last(tx: Transaction):
-        found = {}
-        for listed, params in sql.in_lists("job", job_ids):
-            newest = f"SELECT max(id) FROM attempts WHERE job_id IN ({listed}) GROUP BY job_id"
-            found.update((r["job_id"], r) for r in tx.dicts(f"SELECT * FROM attempts WHERE id IN ({newest})", params))
-        return found
 
-    return db.transact(_last, write=False) if job_ids else {}
+def newest_attempts(tx: Transaction, job_ids: list[int]) -> dict[int, dict]:
+    """last_attempts() inside a transaction."""
+    found = {}
+    for listed, params in sql.in_lists("job", job_ids):
+        newest = f"SELECT max(id) FROM attempts WHERE job_id IN ({listed}) GROUP BY job_id"
+        found.update((r["job_id"], r) for r in tx.dicts(f"SELECT * FROM attempts WHERE id IN ({newest})", params))
+    return found
 
 
 def job_attempts(db: Database, job_id: int) -> list[dict]:
@@ -561,17 +629,10 @@ def requeue_jobs_of_dead_worker(db: Database, worker: LostWorker) -> list[int]:
 # --- control ---------------------------------------------------------------------------------------
 
 
-def select_job_ids(tx: Transaction, run: str | None, job_ids: list[int] | None, states: Iterable[str]) -> list[int]:
-    """The jobs of `run` (or all) in one of `states`; with job_ids, only those, every one of which must exist."""
+def select_job_ids(tx: Transaction, run: str | None, job_ids: list[int], states: Iterable[str]) -> list[int]:
+    """Of `job_ids`, every one of which must exist, those of `run` (or any run) in one of `states`."""
     states = list(states)
     run_id = find_run(tx, run)["id"] if run is not None else None
-    if not job_ids:
-        listed, params = sql.expand("state", states)
-        query = f"SELECT id FROM jobs WHERE state IN ({listed})"
-        if run_id is not None:
-            query += " AND run_id = :run_id"
-            params["run_id"] = run_id
-        return [r[0] for r in tx.all(query, params)]
     found: dict[int, tuple] = {}
     for listed, params in sql.in_lists("job", job_ids):
         found.update((r[0], r[1:]) for r in tx.all(f"SELECT id, state, run_id FROM jobs WHERE id IN ({listed})", params))
@@ -579,6 +640,34 @@ def select_job_ids(tx: Transaction, run: str | None, job_ids: list[int] | None, 
     if unknown:
         raise UserError(f"no job with id {', '.join(map(str, unknown))}; `jq list` shows the ids")
     return sorted(i for i, (state, in_run) in found.items() if state in states and run_id in (None, in_run))
+
+
+# A cancel or retry of a whole run moves its jobs a window of ids at a time, so that no list of a big run's ids is
+# ever held; the index on (run_id, state, id) finds each window's jobs in a state it moves.
+ID_WINDOW = 10_000
+
+
+def _job_batches(tx: Transaction, run: str | None, job_ids: list[int] | None,
+                 states: Iterable[JobState]) -> Iterator[tuple[str, dict]]:
+    """The jobs to move, as WHERE terms for a few thousand jobs each: the given ids that are of `run` and in one of
+    `states`, or windows of ids over the jobs of `run` (or of every run)."""
+    if job_ids:
+        for listed, params in sql.in_lists("job", select_job_ids(tx, run, job_ids, [s.value for s in states])):
+            yield f"id IN ({listed})", params
+        return
+    where, params = ("run_id = :run_id", {"run_id": find_run(tx, run)["id"]}) if run is not None else ("1 = 1", {})
+    low, high = tx.first("SELECT min(id), max(id) FROM jobs")  # the table's, read from its rowid b-tree at once
+    if low is None:
+        return
+    for start in range(low, high + 1, ID_WINDOW):
+        yield f"{where} AND id >= :low AND id < :high", {**params, "low": start, "high": start + ID_WINDOW}
+
+
+def _positional_in(values: list) -> Iterator[tuple[str, list]]:
+    """IN lists with positional parameters, which SQLite binds by place (named ones it finds by a linear search);
+    sql.IN_LIST_CHUNK at a time, within the 999 parameters SQLite took before 3.32."""
+    for part in sql.chunks(values):
+        yield ", ".join("?" * len(part)), part
 
 
 # The jobs selected may have moved on by the time they are updated (PostgreSQL reads committed rows): each
@@ -593,19 +682,18 @@ def cancel_jobs(db: Database, run: str | None = None, job_ids: list[int] | None 
     """Cancel queued and running jobs. Returns (how many, the attempts it cancelled, whose processes must stop)."""
 
     def _cancel(tx: Transaction):
-        ids = select_job_ids(tx, run, job_ids, [s.value for s in _CANCELLABLE_STATES])
         cancelled, attempts = 0, []
-        for listed, params in sql.in_lists("job", ids):
+        for where, params in _job_batches(tx, run, job_ids, _CANCELLABLE_STATES):
             moved = [r[0] for r in tx.all(
                 f"UPDATE jobs SET state = {literal(JobState.CANCELLED)}, worker_id = NULL, updated_at = {{now}}, "
-                f"ended_at = {{now}} WHERE id IN ({listed}) AND {_CANCELLABLE} RETURNING id", params)]
+                f"ended_at = {{now}} WHERE {where} AND {_CANCELLABLE} RETURNING id", params)]
             cancelled += len(moved)
-            if moved:  # only the attempts of jobs this cancel moved: a job that has just ended keeps its attempt
-                listed_moved, params_moved = sql.expand("job", moved)
+            # only the attempts of jobs this cancel moved: a job that has just ended keeps its attempt
+            for listed, ids in _positional_in(moved):
                 attempts += tx.dicts(
                     f"UPDATE attempts SET state = {literal(AttemptState.CANCELLED)}, ended_at = {{now}}, "
-                    f"reason = 'cancelled by jq cancel' WHERE job_id IN ({listed_moved}) AND {_CANCELLABLE_ATTEMPT} "
-                    "RETURNING *", params_moved)
+                    f"reason = 'cancelled by jq cancel' WHERE job_id IN ({listed}) AND {_CANCELLABLE_ATTEMPT} "
+                    "RETURNING *", ids)
         return cancelled, attempts
 
     return db.transact(_cancel)
@@ -618,9 +706,9 @@ def retry_jobs(db: Database, run: str | None = None, job_ids: list[int] | None =
 
     def _retry(tx: Transaction):
         retried = 0
-        for listed, params in sql.in_lists("job", select_job_ids(tx, run, job_ids, [s.value for s in states])):
+        for where, params in _job_batches(tx, run, job_ids, states):
             retried += tx.execute(f"UPDATE jobs SET state = {literal(JobState.QUEUED)}, failures = 0, "
-                                  f"updated_at = {{now}} WHERE id IN ({listed}) AND {retryable}", params)
+                                  f"updated_at = {{now}} WHERE {where} AND {retryable}", params)
         return retried
 
     return db.transact(_retry)

@@ -5,25 +5,30 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain, islice
 
 from jobqueue import queue, settings
 from jobqueue.db import Database
-from jobqueue.paths import redacted, sqlite_readonly_connection
 from jobqueue.errors import UserError
 from jobqueue.loader import LoadedSweep, load_sweep
+from jobqueue.paths import redacted, sqlite_readonly_connection
 from jobqueue.report import tail
 from jobqueue.states import JobState
-from jobqueue.sweep import JobSpec, expand
+from jobqueue.sweep import SweepJobs, expand
+
 
 @dataclass
 class SweepPlan:
     loaded: LoadedSweep
     run_name: str
-    specs: list[JobSpec]
+    specs: SweepJobs  # made as they are read: a big sweep is never all in memory
     train_dir: str
     suffix: str
     launch_settings: dict  # the sweep file's RunDescription keywords, checked (jobqueue.settings.parse)
@@ -58,8 +63,8 @@ def describe_enqueue(result: queue.EnqueueResult, db: Database) -> str:
     else:
         line = f"Enqueued {result.added} new jobs for run {result.run_name!r} in {where} ({result.existing} were already there)."
     if result.changed:
-        line += (f"\nNote: {len(result.changed)} jobs already queued under the same name now expand to a different command "
-                 f"(e.g. {result.changed[0]!r}); they keep their old command. Use --suffix for a separate run.")
+        line += (f"\nNote: {result.changed} jobs already queued under the same name now expand to a different command "
+                 f"(e.g. {result.first_changed!r}); they keep their old command. Use --suffix for a separate run.")
     return line
 
 
@@ -70,49 +75,122 @@ LISTED = ("id", "run", "name", "state", "attempts", "exit_code", "signal", "cmd"
 DETAILS = ("params", "argv", "env", "cwd", "started_at", "ended_at")  # and what `jq list --json` adds
 
 
-def job_rows(db: Database, run: str | None, state: str | None, tail_lines: int = 3, details: bool = True) -> list[dict]:
-    """The jobs, with the log path and last lines of each failed one. Without details, only what `jq list`
-    prints is read: the JSON and time columns are the costly ones to decode."""
+def job_rows(db: Database, run: str | None, state: str | None, tail_lines: int = 3, details: bool = True) -> Iterator[dict]:
+    """The jobs, oldest first, with the log path and last lines of each failed one, read a page at a time (an
+    unknown run is found at the first). Without details, only what `jq list` prints is read: the JSON and time
+    columns are the costly ones to decode."""
     if state is not None and state not in {s.value for s in JobState}:
         raise UserError(f"--state {state}: unknown state; use one of {', '.join(s.value for s in JobState)}")
-    keys = LISTED + DETAILS if details else LISTED
-    rows = queue.list_jobs(db, run, state, columns=", ".join(f"jobs.{k}" for k in keys if k != "run"))
-    unhappy = [r["id"] for r in rows if r["state"] in (JobState.FAILED.value, JobState.TIMEOUT.value)]
-    last = queue.last_attempts(db, unhappy)
-    return [
-        {**{k: r[k] for k in keys},
-         **({"log": last[r["id"]]["log_path"], "tail": tail(last[r["id"]]["log_path"], tail_lines)} if r["id"] in last else {})}
-        for r in rows
-    ]
+    return _job_rows(db, run, state, LISTED + DETAILS if details else LISTED, tail_lines)
+
+
+def _job_rows(db: Database, run: str | None, state: str | None, keys: tuple[str, ...], tail_lines: int) -> Iterator[dict]:
+    columns = ", ".join(f"jobs.{k}" for k in keys if k != "run")
+    with db.reading() as tx:
+        for page in queue.job_pages(tx, run, state, columns):
+            unhappy = [r["id"] for r in page if r["state"] in (JobState.FAILED.value, JobState.TIMEOUT.value)]
+            last = queue.newest_attempts(tx, unhappy) if unhappy else {}
+            for r in page:
+                row = {k: r[k] for k in keys}
+                if r["id"] in last:
+                    row["log"] = last[r["id"]]["log_path"]
+                    row["tail"] = tail(row["log"], tail_lines)
+                yield row
+
+
+# How many rows a plain listing lays out together. A listing up to this long is one table, each column as wide as
+# its widest cell; a longer one is written a page at a time, each column as wide as the widest cell so far, so its
+# columns only ever move right (where a later page holds a longer name) and no listing is held whole.
+ALIGN_ROWS = 10_000
 
 
 def aligned(columns: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> str:
     """Plain text in columns two spaces apart (those in `right` right-aligned), the last one unpadded: a long
     command stays whole, to be copied into a shell or grepped. Written at once as plain text, it stays fast for any
     number of rows, where a rich Table or a print per line does work per row."""
-    widths = [max(len(c), max((len(r[i]) for r in rows), default=0)) for i, c in enumerate(columns)]
+    return _lines([columns, *rows], _widths([len(c) for c in columns], rows), right)
+
+
+def write_aligned(out, columns: list[str], rows: Iterable[list[str]], right: frozenset[int] = frozenset()) -> None:
+    """aligned(), written ALIGN_ROWS rows at a time."""
+    table = AlignedTable(out, columns, right)
+    for page in _pages(rows, ALIGN_ROWS):
+        table.write(page)
+    table.close()
+
+
+class AlignedTable:
+    """aligned()'s columns, written a page at a time (see ALIGN_ROWS): the header with the first page."""
+
+    def __init__(self, out, columns: list[str], right: frozenset[int] = frozenset()):
+        self.out, self.right = out, right
+        self.widths = [len(c) for c in columns]
+        self._header = [columns]
+
+    def write(self, rows: list[list[str]]) -> None:
+        self.widths = _widths(self.widths, rows)
+        self.out.write(_lines(self._header + rows, self.widths, self.right) + "\n")
+        self._header = []
+
+    def close(self) -> None:
+        if self._header:  # no rows: the header alone
+            self.write([])
+
+
+def _widths(widths: list[int], rows: list[list[str]]) -> list[int]:
+    return [max(w, max((len(r[i]) for r in rows), default=0)) for i, w in enumerate(widths)]
+
+
+def _lines(rows: list[list[str]], widths: list[int], right: frozenset[int]) -> str:
     pads = [(str.rjust if i in right else str.ljust, w) for i, w in enumerate(widths[:-1])]
-    return "\n".join("  ".join([pad(cell, w) for (pad, w), cell in zip(pads, r)] + [r[-1]]) for r in [columns, *rows])
+    return "\n".join("  ".join([pad(cell, w) for (pad, w), cell in zip(pads, r)] + [r[-1]]) for r in rows)
 
 
-def print_jobs(rows: list[dict], console) -> None:
-    """One line per job; the command last and whole, so the line can be copied into a shell."""
-    if not rows:
+def _pages(items: Iterable, size: int) -> Iterator[list]:
+    items = iter(items)
+    while page := list(islice(items, size)):
+        yield page
+
+
+def write_json_list(items: Iterable, out, default: Callable | None = None) -> None:
+    """What print(json.dumps(list(items), indent=2, default=default)) writes, one item at a time."""
+    items = iter(items)
+    first = next(items, _NOTHING)  # an error in reading the first item comes before any output
+    if first is _NOTHING:
+        out.write("[]\n")
+        return
+    out.write("[")
+    for i, item in enumerate(chain([first], items)):
+        # Inside the list each line is indented one level more; JSON strings hold no raw newlines.
+        out.write(("," if i else "") + "\n  " + json.dumps(item, indent=2, default=default).replace("\n", "\n  "))
+    out.write("\n]\n")
+
+
+_NOTHING = object()
+
+
+def print_jobs(rows: Iterable[dict], console) -> None:
+    """One line per job; the command last and whole, so the line can be copied into a shell. The last lines of
+    failed jobs' logs follow the jobs (of each page of a long listing)."""
+    rows = iter(rows)
+    first = next(rows, None)
+    if first is None:
         console.print("No jobs match.")
         return
-    lines = []
-    for r in rows:
-        exit_ = "" if r["exit_code"] is None else str(r["exit_code"])
-        if r["signal"] is not None:
-            exit_ = f"sig{r['signal']}"
-        lines.append([str(r["id"]), r["run"], r["name"], r["state"], str(r["attempts"]), exit_, r["cmd"]])
-    header = ["id", "run", "name", "state", "tries", "exit", "command"]
-    console.file.write(aligned(header, lines, right=frozenset({0, 4, 5})) + "\n")
-    for r in rows:
-        if r.get("tail"):
-            console.print(f"[red]{r['state']}[/red] job {r['id']} {r['name']}: last lines of {r['log']}")
-            for line in r["tail"]:
-                console.print(f"    {line}", markup=False)
+    table = AlignedTable(console.file, ["id", "run", "name", "state", "tries", "exit", "command"], frozenset({0, 4, 5}))
+    for page in _pages(chain([first], rows), ALIGN_ROWS):
+        lines = []
+        for r in page:
+            exit_ = "" if r["exit_code"] is None else str(r["exit_code"])
+            if r["signal"] is not None:
+                exit_ = f"sig{r['signal']}"
+            lines.append([str(r["id"]), r["run"], r["name"], r["state"], str(r["attempts"]), exit_, r["cmd"]])
+        table.write(lines)
+        for r in page:
+            if r.get("tail"):
+                console.print(f"[red]{r['state']}[/red] job {r['id']} {r['name']}: last lines of {r['log']}")
+                for line in r["tail"]:
+                    console.print(f"    {line}", markup=False)
 
 
 # --- logs ----------------------------------------------------------------------------------------
@@ -157,57 +235,91 @@ TABLES = "runs, jobs, attempts, workers, submissions, metric_points, metric_summ
 READ_ONLY_REFUSAL = "jq sql is read-only and this statement would write ({}); change jobs with jq cancel / jq retry"
 
 
-def read_only_query(db: Database, query: str) -> tuple[list[str], list[tuple]]:
-    """Run one statement on a connection that cannot write. A write is refused with a clear error."""
+FETCH_ROWS = 1000
+# What PostgreSQL can read through a server-side cursor: DECLARE ... CURSOR FOR takes queries, not other statements.
+_QUERY = re.compile(r"\s*(select|with|values|table)\b", re.IGNORECASE)
+
+
+@contextmanager
+def read_only_query(db: Database, query: str) -> Iterator[tuple[list[str], Iterator[tuple]]]:
+    """Run one statement on a connection that cannot write: its columns, and its rows as they are read (within the
+    with block; on PostgreSQL from a server-side cursor). A write is refused with a clear error."""
     if db.is_sqlite:
         conn = sqlite_readonly_connection(db.path)
         conn.set_authorizer(_deny_attach)
         try:
-            cursor = conn.execute(query)
-            rows = cursor.fetchall()
-            columns = [d[0] for d in cursor.description or []]
-        except sqlite3.DatabaseError as exc:
-            text = str(exc)
-            if "readonly" in text or "not authorized" in text:
-                raise UserError(READ_ONLY_REFUSAL.format(text)) from None
-            raise UserError(f"jq sql: {text}; check the query (tables: {TABLES})") from None
-        except sqlite3.Warning as exc:
-            raise UserError(f"jq sql: {exc}; give one statement") from None
+            with _sqlite_errors():
+                cursor = conn.execute(query)
+            yield [d[0] for d in cursor.description or []], _fetched(cursor.fetchmany, _sqlite_errors)
         finally:
             conn.close()
-        return columns, rows
+        return
+    with db.engine.connect() as conn, _postgres_errors(), conn.begin():
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        if _QUERY.match(query):
+            conn = conn.execution_options(stream_results=True, max_row_buffer=FETCH_ROWS)
+        result = conn.exec_driver_sql(query)
+        if not result.returns_rows:
+            yield [], iter(())
+            return
+        yield list(result.keys()), _fetched(result.fetchmany, _postgres_errors)
+
+
+def _fetched(fetchmany: Callable[[int], list], errors: Callable) -> Iterator[tuple]:
+    while True:
+        with errors():
+            rows = fetchmany(FETCH_ROWS)
+        if not rows:
+            return
+        yield from map(tuple, rows)
+
+
+@contextmanager
+def _sqlite_errors() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "readonly" in text or "not authorized" in text:
+            raise UserError(READ_ONLY_REFUSAL.format(text)) from None
+        raise UserError(f"jq sql: {text}; check the query (tables: {TABLES})") from None
+    except sqlite3.Warning as exc:
+        raise UserError(f"jq sql: {exc}; give one statement") from None
+
+
+@contextmanager
+def _postgres_errors() -> Iterator[None]:
     import sqlalchemy as sa
 
-    with db.engine.connect() as conn:
-        try:
-            with conn.begin():
-                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                result = conn.exec_driver_sql(query)
-                columns = list(result.keys()) if result.returns_rows else []
-                rows = [tuple(r) for r in result] if result.returns_rows else []
-        except sa.exc.DBAPIError as exc:
-            text = str(exc.orig).strip().splitlines()[0]
-            if "read-only transaction" in text:
-                raise UserError(READ_ONLY_REFUSAL.format(text)) from None
-            raise UserError(f"jq sql: {text}; check the query (tables: {TABLES})") from None
-    return columns, rows
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        text = str(exc.orig).strip().splitlines()[0]
+        if "read-only transaction" in text or "data-modifying" in text:
+            raise UserError(READ_ONLY_REFUSAL.format(text)) from None
+        raise UserError(f"jq sql: {text}; check the query (tables: {TABLES})") from None
 
 
 def _deny_attach(action, *args):
     return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
 
 
-def print_rows(columns: list[str], rows: list[tuple], *, as_json: bool, as_csv: bool, console) -> None:
+def print_rows(columns: list[str], rows: Iterable[tuple], *, as_json: bool, as_csv: bool, console) -> None:
+    """`jq sql`'s rows, written as they come: JSON objects, CSV, or aligned columns, those whose values are all
+    numbers (on the first page) right-aligned."""
     if as_json:
-        print(json.dumps([dict(zip(columns, r)) for r in rows], indent=2, default=str))
+        write_json_list((dict(zip(columns, r)) for r in rows), sys.stdout, default=str)
     elif as_csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
         writer.writerows(rows)
-    else:
-        cells = [["" if v is None else str(v).replace("\n", "\\n") for v in r] for r in rows]
-        numeric = frozenset(i for i in range(len(columns)) if rows and all(isinstance(r[i], (int, float, type(None))) for r in rows))
-        console.file.write(aligned(columns, cells, right=numeric) + "\n")
+    elif columns:
+        pages = _pages(rows, ALIGN_ROWS)
+        first = next(pages, [])
+        numeric = frozenset(i for i in range(len(columns)) if first and all(isinstance(r[i], (int, float, type(None))) for r in first))
+        table = AlignedTable(console.file, columns, numeric)
+        for page in chain([first], pages):
+            table.write([["" if v is None else str(v).replace("\n", "\\n") for v in r] for r in page])
 
 
 def refresh_submissions(db: Database, run: str | None) -> None:
