@@ -17,36 +17,21 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, Project, service_unavailable
-from tests.ui_support import EVIL, JOBS, RUN, TRAIN, run_evil_sweep, start_ui, status
+from tests.ui_support import CHROMEDRIVER, EVIL, JOBS, RUN, TRAIN, headless_chromium, run_evil_sweep, start_ui, status
 
-CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT = 20  # seconds for a page to show what it should
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     try:
-        from selenium import webdriver
         from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.chrome.service import Service
     except ImportError as exc:
         service_unavailable("selenium", f"{exc}; pip install -e '.[test]'")
     if not os.path.exists(CHROMEDRIVER):
         service_unavailable("Chromium", f"no {CHROMEDRIVER}; apt-get install chromium chromium-driver (tests/setup.sh)")
-    options = webdriver.ChromeOptions()
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     try:
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        driver = headless_chromium(str(tmp_path_factory.mktemp("chromium")))
     except WebDriverException as exc:
         service_unavailable("Chromium", exc.msg or str(exc))
     yield driver

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tests.conftest import Project
 
+CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver
 EVIL = "<img src=x onerror=alert(1)></script>"
 RUN = "evil" + EVIL
 
@@ -92,3 +93,24 @@ def start_ui(project: Project, *args: str) -> UI:
         proc.kill()
         raise AssertionError(f"jq ui did not start: {line}{proc.communicate()}")
     return UI(proc, line.split(" at ", 1)[1].split(" ", 1)[0])
+
+
+def headless_chromium(user_data_dir: str, window: str = "1280,900"):
+    """Debian's Chromium, headless, driven through Debian's chromedriver (selenium downloads nothing), with its
+    console kept for get_log("browser"). Raises selenium's WebDriverException when it cannot start."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={user_data_dir}",
+        f"--window-size={window}",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
