@@ -176,10 +176,8 @@ def test_the_table_filters_sorts_and_pages_in_the_browser(browser, evil):
     assert console_errors(browser) == []
 
 
-def test_a_job_that_ends_shows_within_one_poll(browser, sqlite_project, shots):
-    """Two jobs run while the run's page is open; the moment one ends in the DB, the page has a poll interval
-    (1 s here, and a second for a loaded machine) to show it in the table, the counts and the timeline."""
-    p = sqlite_project
+def enqueue_gated(p: Project, jobs: int) -> Path:
+    """A run of jobs that run until the file returned exists."""
     p.write("train.py", TRAIN)
     gate = p.path / "gate"
     p.write(
@@ -187,11 +185,19 @@ def test_a_job_that_ends_shows_within_one_poll(browser, sqlite_project, shots):
         f"""
         from jobqueue import Experiment, ParamGrid, RunDescription
         RUN_DESCRIPTION = RunDescription("gated", experiments=[
-            Experiment("g", "python train.py --wait_for={gate}", ParamGrid([("seed", [0, 1])]).generate_params()),
+            Experiment("g", "python train.py --wait_for={gate}", ParamGrid([("seed", list(range({jobs})))]).generate_params()),
         ])
     """,
     )
     p.jq("enqueue", "gated", check=True)
+    return gate
+
+
+def test_a_job_that_ends_shows_within_one_poll(browser, sqlite_project, shots):
+    """Two jobs run while the run's page is open; the moment one ends in the DB, the page has a poll interval
+    (1 s here, and a second for a loaded machine) to show it in the table, the counts and the timeline."""
+    p = sqlite_project
+    gate = enqueue_gated(p, jobs=2)
     interval = 1.0
     ui = start_ui(p, "--interval", str(interval))
     worker = p.start("worker", "--slots", "2")
@@ -219,6 +225,27 @@ def test_a_job_that_ends_shows_within_one_poll(browser, sqlite_project, shots):
             timeout=interval + 1.0,
         )
         browser.save_screenshot(str(shots / "run-live.png"))
+        assert console_errors(browser) == []
+    finally:
+        gate.touch()
+        worker.wait(timeout=60)
+        ui.stop()
+
+
+def test_the_job_page_follows_a_running_jobs_log(browser, sqlite_project):
+    p = sqlite_project
+    gate = enqueue_gated(p, jobs=1)
+    ui = start_ui(p, "--interval", "1")
+    worker = p.start("worker")
+    try:
+        open_page(browser, ui.url + "jobs/1", "#params tr")
+        wait_until(browser, lambda d: "training with note" in d.find_element("id", "log").text, "the running job's log")
+        assert texts(browser, "#job .badge") == ["running"] and EVIL not in browser.find_element("id", "log").text
+        gate.touch()
+        wait_until(browser, lambda d: EVIL in d.find_element("id", "log").text, "the line written after the gate")
+        wait_until(browser, lambda d: texts(d, "#job .badge") == ["succeeded"], "the job's end")
+        log = browser.find_element("id", "log").text
+        assert log.count("training with note") == 1 and log.count(EVIL) == 1  # each line once
         assert console_errors(browser) == []
     finally:
         gate.touch()
