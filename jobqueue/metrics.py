@@ -83,25 +83,28 @@ def read_jsonl(path: str, offset: int = 0, chunk_points: int = CHUNK_POINTS) -> 
     now = time.time()
     with open(path, "rb") as f:
         f.seek(offset)
-        chunk = Chunk(path, JSONL, offset, offset)
-        while line := f.readline(MAX_LINE + 1):
-            if not line.endswith(b"\n"):
+        start = end = offset
+        points: list[Point] = []
+        skipped = 0
+        readline = f.readline
+        while line := readline(MAX_LINE + 1):
+            if line[-1:] != b"\n":
                 if len(line) <= MAX_LINE:
                     break
-                chunk.end += len(line) + _skip_line(f)
-                chunk.skipped += 1
+                end += len(line) + _skip_line(f)
+                skipped += 1
                 continue
-            chunk.end += len(line)
+            end += len(line)
             parsed = _parse_line(line, now)
             if parsed is None:
-                chunk.skipped += 1
+                skipped += 1
             else:
-                chunk.points += parsed
-            if len(chunk.points) >= chunk_points:
-                yield chunk
-                chunk = Chunk(path, JSONL, chunk.end, chunk.end)
-        if chunk.end != chunk.start:
-            yield chunk
+                points += parsed
+            if len(points) >= chunk_points:
+                yield Chunk(path, JSONL, start, end, points, skipped)
+                start, points, skipped = end, [], 0
+        if end != start:
+            yield Chunk(path, JSONL, start, end, points, skipped)
 
 
 def _skip_line(f) -> int:
@@ -114,33 +117,44 @@ def _skip_line(f) -> int:
     return skipped
 
 
-_decode_json = json.JSONDecoder().decode  # json.loads() less its work per call: guessing the encoding, reading options
+_raw_decode = json.JSONDecoder().raw_decode  # json.loads() less its work per call: options, encoding, blanks
+_new_point = tuple.__new__  # Point(...) less a Python-level call per point
 
 
 def _parse_line(line: bytes, now: float) -> list[Point] | None:
     """The points of one line; None when the line is bad ([] for a blank one, which is not counted)."""
-    if not line.strip():
-        return []
     try:
-        record = _decode_json(line.decode())
-    except (ValueError, RecursionError):  # bad UTF-8 or JSON; absurdly deep nesting
-        return None
-    if type(record) is not dict:
+        text = line.decode()
+        record, end = _raw_decode(text)
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON; absurdly deep nesting; or blanks before the JSON
+        if not line.strip():
+            return []
+        return _parse_line(line.lstrip(), now) if line[:1].isspace() else None
+    if type(record) is not dict or text[end:].strip():
         return None
     step = record.pop("step", None)
     if step is not None and (type(step) is not int or step not in _STEP_RANGE):
         return None
     wall_time = record.pop("wall_time", now)
-    if type(wall_time) not in (int, float):
-        return None
-    points = []
-    for key, value in record.items():
-        if type(value) not in (float, int) or not key or len(key) > MAX_KEY:
+    if type(wall_time) is not float:
+        if type(wall_time) is not int:
             return None
         try:
-            points.append(Point(key, step, float(value), float(wall_time)))
-        except OverflowError:  # an integer past any float
+            wall_time = float(wall_time)
+        except OverflowError:
             return None
+    points = []
+    for key, value in record.items():
+        if type(value) is not float:
+            if type(value) is not int:
+                return None
+            try:
+                value = float(value)
+            except OverflowError:  # an integer past any float
+                return None
+        if not key or len(key) > MAX_KEY:
+            return None
+        points.append(_new_point(Point, (key, step, value, wall_time)))
     return points
 
 
