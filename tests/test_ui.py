@@ -318,8 +318,9 @@ def test_counts_follow_the_attempts_between_full_counts(project):
         time.sleep(0.3)
         assert counts.of_run(run_id)["failed"] == 1  # not yet seen
         counts.recount_share = 0
-        time.sleep(0.3)
-        assert counts.of_run(run_id) == status(project)["counts"] and counts.of_run(run_id)["queued"] == 1
+        expected = status(project)["counts"]
+        project.wait_for(lambda: counts.of_run(run_id) == expected, timeout=10, what="a full count")
+        assert expected["queued"] == 1 and counts.full_counts > 1
     finally:
         db.close()
 

@@ -6,7 +6,7 @@ one, finishing closes it), so the jobs whose attempt was running last time and i
 attempts opened since, are the ones to look at -- a few index and primary-key reads, whatever the size of the run.
 A claim moves a job only from queued; any other job was counted as running. What no attempt records (`jq cancel`
 of queued jobs, `jq retry`) shows at the next full count, which runs again once RECOUNT_SHARE times its own
-cost has passed: at every poll on a small DB, and within seconds on a big one.
+cost has passed (at every poll on a small DB, within seconds on a big one), in a thread of its own.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class LiveCounts:
         self._reading: _Reading | None = None
         self._counted_at = float("-inf")
         self._count_cost = 0.0
+        self._recounting = False
         self.full_counts = 0  # how many full counts were made (tests and the benchmark read it)
 
     def of_run(self, run_id: int) -> dict[str, int]:
@@ -55,13 +56,34 @@ class LiveCounts:
         return {**dict.fromkeys(STATES, 0), **self.current().get(run_id, {})}
 
     def current(self) -> dict[int, dict[str, int]]:
+        """The counts now: the first reading counts every job; later ones move the last reading on, while a full
+        count, when one is due, runs in a thread of its own, so that no poll waits for it."""
         with self._lock:
             now = time.monotonic()
-            if self._reading is None or now - self._reading.read_at >= FRESH_FOR:
-                recount = self._reading is None or now - self._counted_at >= self.recount_share * self._count_cost
+            if self._reading is None:
                 with self.db.snapshot() as snap:
-                    self._reading = self._count(snap) if recount else self._advance(snap, self._reading)
+                    self._reading = self._count(snap)
+            elif now - self._reading.read_at >= FRESH_FOR:
+                with self.db.snapshot() as snap:
+                    self._reading = self._advance(snap, self._reading)
+            if not self._recounting and now - self._counted_at >= self.recount_share * self._count_cost:
+                self._recounting = True
+                threading.Thread(target=self._recount, daemon=True).start()
             return self._reading.counts
+
+    def _recount(self) -> None:
+        """A full count. Its reading is of its own snapshot: the next poll moves it on from there, by what the
+        attempts say happened since, so it may replace a reading that is newer."""
+        try:
+            with self.db.snapshot() as snap:
+                reading = self._count(snap)
+            reading.read_at = float("-inf")  # older than what the pages show: the next poll moves it on first
+            with self._lock:
+                self._reading = reading
+        except Exception:  # noqa: BLE001 - a DB busy or gone now: the polls say so, and a later count tries again
+            self._counted_at = time.monotonic()
+        finally:
+            self._recounting = False
 
     def _count(self, snap: Snapshot) -> _Reading:
         started = time.monotonic()
