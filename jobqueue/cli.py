@@ -244,13 +244,13 @@ def show_results(
         if as_json:  # every metric, and no columns to know beforehand
             results.write_json(results.results(reader, run, sort, minimize, group_by, metric or ()), sys.stdout)
             return
-        columns = results.result_columns(reader, run, metric or ())
+        columns = results.result_columns(reader, run, metric or (), params=as_csv)
         hidden = 0
         if not (metric or as_csv) and len(columns.metrics) > TABLE_METRICS:
             shown = ([sort] if sort in columns.metrics else []) + [k for k in columns.metrics if k != sort]
             hidden = len(shown) - TABLE_METRICS
             columns.metrics = shown[:TABLE_METRICS]
-        rows = results.results(reader, run, sort, minimize, group_by, metric or columns.metrics)
+        rows = results.results(reader, run, sort, minimize, group_by, metric or columns.metrics, lasts_only=True)
         if as_csv:
             results.write_results_csv(rows, sys.stdout, columns, group_by)
         else:

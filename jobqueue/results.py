@@ -261,17 +261,21 @@ class ResultColumns:
     """What a results table or CSV shows: the run's parameters and metric keys."""
 
     run_id: int
-    params: list[str]
+    params: list[str] | None  # None: those of the rows shown (results_table finds them)
     metrics: list[str]
 
 
-def result_columns(source: Database | Reader, run: str, metrics: Iterable[str] = ()) -> ResultColumns:
-    """The columns of `jq results RUN`: every parameter, and the metrics asked for (else all the run's)."""
+def result_columns(
+    source: Database | Reader, run: str, metrics: Iterable[str] = (), params: bool = True
+) -> ResultColumns:
+    """The columns of `jq results RUN`: every parameter (unless not params: the table, which holds its rows,
+    finds them there, without reading every job's parameters twice), and the metrics asked for (else all the
+    run's)."""
     with _reading(source) as reader:
         run_id = _run_id(reader, run)
         keys = run_metric_keys(reader, run_id)
         _check_keys("--metric", run, list(metrics), keys)
-        return ResultColumns(run_id, run_param_names(reader, run_id), list(metrics) or keys)
+        return ResultColumns(run_id, run_param_names(reader, run_id) if params else None, list(metrics) or keys)
 
 
 _HAS_KEY = (
@@ -310,8 +314,7 @@ _JOBS = (
 )
 # In key order (the primary key's), which is cheaper than sorting by seq here; _summaries orders each job's keys.
 _SUMMARIES = (
-    "SELECT job_id, seq, key, last, last_step, min, max, count FROM metric_summaries "
-    "WHERE job_id IN ({job_list}){key_filter} ORDER BY job_id"
+    "SELECT job_id, seq, key, {columns} FROM metric_summaries WHERE job_id IN ({job_list}){key_filter} ORDER BY job_id"
 )
 _SORT_JOIN = "LEFT JOIN metric_summaries s ON s.job_id = j.id AND s.key = :sort "
 # A NaN (NULL) or missing value sorts last, whichever the direction.
@@ -325,10 +328,12 @@ def results(
     minimize: bool = False,
     group_by: Iterable[str] = (),
     metrics: Iterable[str] = (),
+    lasts_only: bool = False,
 ) -> Iterator[dict]:
     """`jq results RUN`: one row per job, best first by `sort`'s last value (highest first; lowest with
     minimize; NaN and missing last), else in sweep order:
         {"id", "name", "state", "params": {...}, "duration_s", "metrics": {KEY: {"last", "last_step", "min", "max", "count"}}}
+    lasts_only: each metric's {"last"} alone, which is all the table and the CSV show, read at less cost.
     With group_by, one row per combination of those parameters' values, over the jobs' last values:
         {"group": {...}, "jobs": N, "metrics": {KEY: {"mean", "std", "min", "max"}}}
     Ungrouped rows stream; grouped ones are made after the last job (their memory grows with the groups)."""
@@ -337,7 +342,7 @@ def results(
         run_id = _run_id(reader, run)
         _check_run_keys(reader, run, run_id, "--metric", metrics)
         _check_run_keys(reader, run, run_id, "--sort", [sort] if sort else [])
-        rows = _job_rows(reader, run_id, None if group_by else sort, minimize, metrics)
+        rows = _job_rows(reader, run_id, None if group_by else sort, minimize, metrics, lasts_only or bool(group_by))
         if not group_by:
             yield from rows
             return
@@ -347,7 +352,9 @@ def results(
     yield from groups
 
 
-def _job_rows(reader: Reader, run_id: int, sort: str | None, minimize: bool, metrics: list[str]) -> Iterator[dict]:
+def _job_rows(
+    reader: Reader, run_id: int, sort: str | None, minimize: bool, metrics: list[str], lasts_only: bool
+) -> Iterator[dict]:
     query = _JOBS.format(
         duration=_DURATION[reader.dialect],
         sort_join=_SORT_JOIN if sort else "",
@@ -355,7 +362,7 @@ def _job_rows(reader: Reader, run_id: int, sort: str | None, minimize: bool, met
     )
     loads = _decode_params
     for page in _pages(reader, query, {"run_id": run_id, "sort": sort}):
-        summaries = _summaries(reader, [row[0] for row in page], metrics)
+        summaries = _summaries(reader, [row[0] for row in page], metrics, lasts_only)
         for job_id, name, state, params_text, seconds in page:
             yield {
                 "id": job_id,
@@ -375,16 +382,24 @@ def _decode_params(text: str) -> dict:
 _JSON = json.JSONDecoder()
 
 
-def _summaries(reader: Reader, job_ids: list[int], metrics: list[str]) -> dict[int, dict]:
-    """The jobs' summaries, by job and key, each job's keys in the order it logged them."""
+def _summaries(reader: Reader, job_ids: list[int], metrics: list[str], lasts_only: bool) -> dict[int, dict]:
+    """The jobs' summaries, by job and key, each job's keys in the order it logged them. NULL is NaN: a summary
+    row always has a value behind it."""
     key_list, key_params = sql.expand("key", metrics)
     key_filter = f" AND key IN ({key_list})" if metrics else ""
+    columns = "last" if lasts_only else "last, last_step, min, max, count"
     found: dict[int, list] = {}
     for job_list, params in sql.in_lists("job", job_ids):
-        query = _SUMMARIES.format(job_list=job_list, key_filter=key_filter)
-        for job_id, seq, key, last, last_step, low, high, count in reader.rows(query, {**params, **key_params}):
+        rows = reader.rows(
+            _SUMMARIES.format(columns=columns, job_list=job_list, key_filter=key_filter), {**params, **key_params}
+        )
+        if lasts_only:
+            for job_id, seq, key, last in rows:
+                found.setdefault(job_id, []).append((seq, key, {"last": NAN if last is None else last}))
+            continue
+        for job_id, seq, key, last, last_step, low, high, count in rows:
             summary = {
-                "last": NAN if last is None else last,  # NULL is NaN: a summary row always has a value behind it
+                "last": NAN if last is None else last,
                 "last_step": last_step,
                 "min": NAN if low is None else low,
                 "max": NAN if high is None else high,
@@ -707,21 +722,32 @@ def results_table(rows: Iterable[dict], columns: ResultColumns, group_by: Sequen
         ]
         right = frozenset(range(len(group_by), len(header)))
     else:
-        header = ["id", "name", "state", *columns.params, "duration_s", *columns.metrics]
-        cells = [
-            [
-                str(r["id"]),
-                r["name"],
-                r["state"],
-                *(_cell(r["params"].get(p)) for p in columns.params),
-                "" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
-                *(number_text(r["metrics"].get(k, {}).get("last"), 6) for k in columns.metrics),
-            ]
-            for r in rows
-        ]
-        first_metric = 4 + len(columns.params)
+        rows = list(rows)
+        params = columns.params
+        if params is None:
+            params = list({name: None for r in rows for name in r["params"]})
+        keys = columns.metrics
+        header = ["id", "name", "state", *params, "duration_s", *keys]
+        cells = []
+        for r in rows:
+            values, summaries, seconds = r["params"], r["metrics"], r["duration_s"]
+            cells.append(
+                [str(r["id"]), r["name"], r["state"]]
+                + [_cell(values.get(p)) for p in params]
+                + ["" if seconds is None else f"{seconds:.1f}"]
+                + [_last_text(summaries.get(k)) for k in keys]
+            )
+        first_metric = 4 + len(params)
         right = frozenset({0, first_metric - 1, *range(first_metric, len(header))})
     return aligned(header, cells, right=right)
+
+
+def _last_text(summary: dict | None) -> str:
+    """number_text(summary["last"], 6), at the cost a cell of a 10,000-job table can afford."""
+    if summary is None:
+        return ""
+    text = format(summary["last"], ".6g")
+    return _SPELLED.get(text, text)
 
 
 def _mean_std(stats: dict | None) -> str:
