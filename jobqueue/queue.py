@@ -391,8 +391,17 @@ class ClaimedJob:
     log_path: str
 
 
+# Where an attempt's output goes, made by the statement that opens the attempt, from the job's columns (PostgreSQL)
+# or from parameters (SQLite): {dir}/jq_logs/{name}.attempt-{number}.log.
+_LOG_PATH = "{dir} || '/jq_logs/' || {name} || '.attempt-' || {number} || '.log'"
+_ATTEMPT_COLUMNS = "job_id, number, worker_id, host, gpus, slot, state, started_at, log_path"
+_RUNNING = literal(AttemptState.RUNNING)
+
+
 def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
-    """Take the oldest queued job: one statement, guarded by its state so that two claimers never share one."""
+    """Take the oldest queued job, guarded by its state so that two claimers never share one. On PostgreSQL the
+    same statement opens its attempt (an UPDATE and an INSERT in one WITH), so that a claim is one round trip; on
+    SQLite, where a statement changes one table, _OPEN_ATTEMPT follows it in the transaction."""
     oldest = f"SELECT id FROM jobs WHERE {job_state_is(Operation.CLAIM, JobState.RUNNING)}"
     if by_run:
         oldest += " AND run_id = :run_id"
@@ -401,19 +410,28 @@ def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
     oldest += " ORDER BY id LIMIT 1"
     if dialect == sql.POSTGRESQL:
         oldest += " FOR UPDATE SKIP LOCKED"  # SQLite's BEGIN IMMEDIATE already serializes
-    return (
+    take = (
         f"UPDATE jobs SET state = {literal(JobState.RUNNING)}, attempts = attempts + 1, worker_id = :worker_id, "
         "started_at = {now}, updated_at = {now}, ended_at = NULL, exit_code = NULL, signal = NULL "
         f"WHERE {job_state_is(Operation.CLAIM, JobState.RUNNING)} AND id = ({oldest}) "
-        "RETURNING id, run_id, name, argv, env, cwd, log_dir, attempts, timeout"
+        "RETURNING id, run_id, name, argv, env, cwd, attempts, timeout, log_dir"
+    )
+    if dialect == sql.SQLITE:
+        return take
+    log_path = _LOG_PATH.format(dir="log_dir", name="name", number="attempts")
+    return (
+        f"WITH claimed AS ({take}), opened AS (INSERT INTO attempts ({_ATTEMPT_COLUMNS}) "
+        f"SELECT id, attempts, :worker_id, :host, :gpus, :slot, {_RUNNING}, {{now}}, {log_path} FROM claimed "
+        "RETURNING id, log_path) "
+        "SELECT c.id, c.run_id, c.name, c.argv, c.env, c.cwd, c.attempts, c.timeout, o.id, o.log_path "
+        "FROM claimed c, opened o"
     )
 
 
 _CLAIM_QUERIES = {(d, r, j): _claim_query(d, r, j) for d in (sql.SQLITE, sql.POSTGRESQL) for r in (0, 1) for j in (0, 1)}
 _OPEN_ATTEMPT = (
-    "INSERT INTO attempts (job_id, number, worker_id, host, gpus, slot, state, started_at, log_path) "
-    f"VALUES (:job_id, :number, :worker_id, :host, :gpus, :slot, {literal(AttemptState.RUNNING)}, {{now}}, :log_path) "
-    "RETURNING id"
+    f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES (:job_id, :number, :worker_id, :host, :gpus, :slot, {_RUNNING}, "
+    f"{{now}}, {_LOG_PATH.format(dir=':log_dir', name=':name', number=':number')}) RETURNING id, log_path"
 )
 
 
@@ -421,8 +439,10 @@ def claim_next_job(
     db: Database, worker: WorkerInfo, *, slot: int, gpus: str | None,
     run_id: int | None = None, job_id: int | None = None,
 ) -> ClaimedJob | None:
-    """Take the oldest queued job (of a run, or one job) and open its attempt, in one short transaction."""
-    return db.transact(lambda tx: _claim(tx, worker, slot, gpus, run_id, job_id))
+    """Take the oldest queued job (of a run, or one job) and open its attempt, at once: on PostgreSQL one statement,
+    which needs no transaction around it (db.Database.statement); on SQLite one short transaction."""
+    claim = functools.partial(_claim, worker=worker, slot=slot, gpus=gpus, run_id=run_id, job_id=job_id)
+    return db.statement(claim) if db.dialect == sql.POSTGRESQL else db.transact(claim)
 
 
 def finish_then_claim(
@@ -439,16 +459,16 @@ def finish_then_claim(
 
 def _claim(tx: Transaction, worker: WorkerInfo, slot: int, gpus: str | None, run_id: int | None,
            job_id: int | None) -> ClaimedJob | None:
-    take = _CLAIM_QUERIES[tx.dialect, run_id is not None, job_id is not None]
-    row = tx.first(take, {"worker_id": worker.id, "run_id": run_id, "job_id": job_id})
+    params = {"worker_id": worker.id, "run_id": run_id, "job_id": job_id, "host": worker.host, "gpus": gpus,
+              "slot": slot}
+    row = tx.first(_CLAIM_QUERIES[tx.dialect, run_id is not None, job_id is not None], params)
     if row is None:
         return None
-    job_id, run_id, name, argv, env, cwd, log_dir, number, timeout = row
-    log_path = os.path.join(log_dir, "jq_logs", f"{name}.attempt-{number}.log")
-    (attempt_id,) = tx.first(_OPEN_ATTEMPT, {
-        "job_id": job_id, "number": number, "worker_id": worker.id, "host": worker.host,
-        "gpus": gpus, "slot": slot, "log_path": log_path,
-    })
+    if tx.dialect == sql.SQLITE:
+        job_id, name, number, log_dir = row[0], row[2], row[6], row[8]
+        opened = {**params, "job_id": job_id, "number": number, "log_dir": log_dir, "name": name}
+        row = row[:8] + tx.one(_OPEN_ATTEMPT, opened)
+    job_id, run_id, name, argv, env, cwd, number, timeout, attempt_id, log_path = row
     return ClaimedJob(job_id, run_id, name, sql.from_json(argv), sql.from_json(env), cwd, number, attempt_id, timeout,
                       log_path)
 

@@ -56,7 +56,7 @@ def seeds(num_seeds: int) -> list[int]:
 
 
 class ParamGenerator:
-    def generate_params(self, randomize: bool = True) -> list[dict]:
+    def generate_params(self, randomize: bool = True) -> Sequence[dict]:
         raise NotImplementedError
 
 
@@ -195,6 +195,7 @@ class Experiment:
         """
         self.base_name = name
         self.cmd = cmd
+        self.params: Sequence[dict]
         if isinstance(param_generator, GridCombinations):
             self.params = param_generator  # read as the jobs are made: a list of it would hold every combination
         else:
