@@ -303,6 +303,7 @@ class Queue:
         def table() -> tuple[list[str], Callable]:
             with self._transaction() as reader:
                 shown = reading.result_columns(reader, run, metrics)
+            assert shown.params is not None  # result_columns names every parameter unless asked not to
             if group_by:
                 stats = [(k, s) for k in shown.metrics for s in ("mean", "std", "min", "max")]
                 return [*group_by, "jobs", *(f"{k}.{s}" for k, s in stats)], lambda g: [

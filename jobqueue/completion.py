@@ -99,12 +99,15 @@ def _reader(ctx: typer.Context) -> Iterator[Callable[[str, dict], list[tuple]]]:
         finally:
             conn.close()
         return
-    from jobqueue.db import Transaction, open_db
+    from typing import cast
+
+    from jobqueue.db import Cursor, Transaction, open_db
 
     db = open_db(db_arg, create=False)
     raw = db.engine.raw_connection()
     try:
-        yield Transaction(db.dialect, raw.cursor()).all
+        # SQLAlchemy types its pooled cursor more loosely than the DB-API cursor psycopg hands back.
+        yield Transaction(db.dialect, cast(Cursor, raw.cursor())).all
     finally:
         raw.close()
         db.dispose()

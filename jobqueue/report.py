@@ -11,10 +11,10 @@ import os
 from collections import deque
 
 from jobqueue import sql
-from jobqueue.sql import COUNTS_SQL, unknown_run
 from jobqueue.db import Transaction, open_db
-from jobqueue.states import DISPLAY_ORDER
 from jobqueue.paths import current_sqlite_file, resolve_url, sqlite_readonly_connection
+from jobqueue.sql import COUNTS_SQL, unknown_run
+from jobqueue.states import DISPLAY_ORDER
 
 STATES = tuple(state.value for state in DISPLAY_ORDER)
 
@@ -51,7 +51,12 @@ def open_reader(db_arg: str | None) -> Reader:
         return Reader(conn, conn.close, sql.SQLITE)
     db = open_db(db_arg, create=False)  # anything else: the full open (checks, errors, migrations)
     raw = db.engine.raw_connection()
-    return Reader(raw, lambda: (raw.close(), db.dispose()), db.dialect)
+
+    def close() -> None:
+        raw.close()
+        db.dispose()
+
+    return Reader(raw, close, db.dialect)
 
 
 def tail(path: str | None, lines: int) -> list[str]:
@@ -71,26 +76,55 @@ def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, f
     for name, state, n in reader.rows(COUNTS_SQL):
         if name in counts:
             counts[name][state] = n
-    failed = {name: _newest_failed(reader, name, failed_shown, tail_lines) if counts[name]["failed"] else []
-              for name in names}
+    failed = {
+        name: _newest_failed(reader, name, failed_shown, tail_lines) if counts[name]["failed"] else [] for name in names
+    }
     submissions: dict[str, list] = {name: [] for name in names}
     for name, sub_id, backend, mode, external_id, tasks, state, job_id, exit_code in reader.rows(SUBMISSIONS_SQL):
         if name in submissions:
-            submissions[name].append({"id": sub_id, "backend": backend, "mode": mode, "external_id": external_id,
-                                      "tasks": tasks, "state": state, "job_id": job_id, "exit_code": exit_code})
+            submissions[name].append(
+                {
+                    "id": sub_id,
+                    "backend": backend,
+                    "mode": mode,
+                    "external_id": external_id,
+                    "tasks": tasks,
+                    "state": state,
+                    "job_id": job_id,
+                    "exit_code": exit_code,
+                }
+            )
     _add_live_states([s for subs in submissions.values() for s in subs])
-    return {"runs": [
-        {"run": name, "counts": counts[name], "total": sum(counts[name].values()), "failed": failed[name],
-         "submissions": submissions[name], "executes": (settings[name] or {}).get("executes", "workers")}
-        for name in names
-    ]}
+    return {
+        "runs": [
+            {
+                "run": name,
+                "counts": counts[name],
+                "total": sum(counts[name].values()),
+                "failed": failed[name],
+                "submissions": submissions[name],
+                "executes": (settings[name] or {}).get("executes", "workers"),
+            }
+            for name in names
+        ]
+    }
 
 
 def _newest_failed(reader: Reader, run: str, shown: int, tail_lines: int) -> list[dict]:
     """The run's `shown` newest failed jobs, oldest first, with their logs' last lines."""
     rows = reader.rows(FAILED_SQL, {"run": run, "shown": shown})
-    return [{"id": job_id, "name": name, "exit_code": exit_code, "signal": signal, "reason": reason, "log": log,
-             "tail": tail(log, tail_lines)} for job_id, name, exit_code, signal, reason, log in reversed(rows)]
+    return [
+        {
+            "id": job_id,
+            "name": name,
+            "exit_code": exit_code,
+            "signal": signal,
+            "reason": reason,
+            "log": log,
+            "tail": tail(log, tail_lines),
+        }
+        for job_id, name, exit_code, signal, reason, log in reversed(rows)
+    ]
 
 
 def _json(value):
@@ -133,7 +167,11 @@ def print_status(report: dict, console) -> None:
             for line in job["tail"]:
                 console.print(f"    {line}", markup=False)
         if r["executes"] == "direct":
-            console.print(f"{r['run']}: jobs run directly on the backend, so the DB records submissions, not execution.")
+            console.print(
+                f"{r['run']}: jobs run directly on the backend, so the DB records submissions, not execution."
+            )
         for s in r["submissions"]:
             what = f"{s['tasks']} workers" if s["mode"] == "workers" else f"job {s['job_id']}"
-            console.print(f"{r['run']}: {s['backend']} {s['mode']} submission {s['external_id'] or '-'} ({what}): {s['state']}")
+            console.print(
+                f"{r['run']}: {s['backend']} {s['mode']} submission {s['external_id'] or '-'} ({what}): {s['state']}"
+            )

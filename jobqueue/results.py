@@ -691,6 +691,7 @@ def write_results_csv(rows: Iterable[dict], out: IO[str], columns: ResultColumns
             stats = [g["metrics"].get(k, {}).get(s) for k in columns.metrics for s in ("mean", "std", "min", "max")]
             writer.writerow([*(_cell(g["group"][p]) for p in group_by), g["jobs"], *map(_cell, stats)])
         return
+    assert columns.params is not None, "a CSV names every parameter of the run (result_columns with params=True)"
     writer.writerow(["id", "name", "state", *columns.params, "duration_s", *columns.metrics])
     for r in rows:
         lasts = [r["metrics"].get(k, {}).get("last") for k in columns.metrics]

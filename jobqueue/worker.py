@@ -14,6 +14,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobqueue import queue
@@ -58,7 +59,7 @@ class WorkerSettings:
     metrics_every: float = METRICS_EVERY  # 0: read a job's metrics files only when its attempt ends
     backend: str = "processes"
     quiet: bool = False
-    on_event: object = None  # callable(str) for progress lines; default: stderr unless quiet
+    on_event: Callable[[str], None] | None = None  # for progress lines; default: stderr unless quiet
 
 
 @dataclass
@@ -92,6 +93,8 @@ class WorkerResult:
 
 
 class Worker:
+    info: queue.WorkerInfo  # its row in the workers table, from run() on
+
     def __init__(self, db: Database, settings: WorkerSettings):
         self.db = db
         self.s = settings
@@ -113,7 +116,6 @@ class Worker:
         self.slots: list[_Slot] = []
         self.result = WorkerResult()
         self.run_names: dict[int, str] = {}
-        self.info: queue.WorkerInfo | None = None
         self.metrics_notice_given = False
 
     # --- main thread -------------------------------------------------------------------------
@@ -250,11 +252,15 @@ class Worker:
                     continue
                 job = None
                 try:
-                    claim = dict(slot=slot.index, gpus=gpu or self.gpu_text, run_id=self.s.run_id, job_id=self.s.job_id)
+                    gpus, run_id, job_id = gpu or self.gpu_text, self.s.run_id, self.s.job_id
                     if ended is None:
-                        job = queue.claim_next_job(self.db, self.info, **claim)
+                        job = queue.claim_next_job(
+                            self.db, self.info, slot=slot.index, gpus=gpus, run_id=run_id, job_id=job_id
+                        )
                     else:
-                        state, job = queue.finish_then_claim(self.db, ended, self.info, **claim)
+                        state, job = queue.finish_then_claim(
+                            self.db, ended, self.info, slot=slot.index, gpus=gpus, run_id=run_id, job_id=job_id
+                        )
                         self._recorded(ended, state)
                         ended = None
                 finally:

@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
 
 from jobqueue import results, sql
@@ -208,7 +209,7 @@ class Dashboard:
 
     # --- the timeline ------------------------------------------------------------------------------
 
-    def attempts(self, run_id: int, after: int = 0, open_ids: list[int] = ()) -> dict:
+    def attempts(self, run_id: int, after: int = 0, open_ids: Sequence[int] = ()) -> dict:
         """The run's attempts for the timeline: the newest TIMELINE_ATTEMPTS at first (after=0), and whether
         there are older ones; then those opened after `after`, and those of `open_ids` (the ones the page shows
         running) that have ended since."""

@@ -56,6 +56,7 @@ class ReadOnlyDB:
             finally:
                 conn.close()  # ends the read transaction
             return
+        assert self._database is not None  # not SQLite: the database opened in __init__
         raw = self._database.engine.raw_connection()
         try:
             raw.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
