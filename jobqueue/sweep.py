@@ -99,7 +99,29 @@ class ParamGrid(ParamGenerator):
         return combinations
 
 
-class GridCombinations(Sequence):
+class _MadeWhenRead(Sequence):
+    """A sequence of `_length` items, each made by `_item(i)` when read: indexing (negative, slices) as a list's."""
+
+    _length: int
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        i = operator.index(index)
+        if i < 0:
+            i += self._length
+        if not 0 <= i < self._length:
+            raise IndexError(f"{type(self).__name__} index out of range")
+        return self._item(i)
+
+    def _item(self, i: int):
+        raise NotImplementedError
+
+
+class GridCombinations(_MadeWhenRead):
     """ParamGrid.generate_params()'s result: the list of parameter dicts it stands for, each dict made when read.
 
     It is a sequence like that list -- len(), indexing, iterating again, == with a list -- but it holds only the
@@ -114,23 +136,13 @@ class GridCombinations(Sequence):
         for options in values:
             self._length *= len(options)
 
-    def __len__(self) -> int:
-        return self._length
-
     def __iter__(self) -> Iterator[dict]:
         combinations = product(*self.values) if self.order is None else map(self._combination, self.order)
         as_dict = self._as_dict
         for combination in combinations:
             yield as_dict(combination)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._length))]
-        i = operator.index(index)
-        if i < 0:
-            i += self._length
-        if not 0 <= i < self._length:
-            raise IndexError("parameter combination index out of range")
+    def _item(self, i: int) -> dict:
         return self._as_dict(self._combination(i if self.order is None else self.order[i]))
 
     def _combination(self, i: int) -> tuple:
@@ -378,7 +390,7 @@ def expand(run: RunDescription, train_dir: str = "./train_dir", suffix: str | No
     return SweepJobs(run, train_dir, run.experiment_suffix if suffix is None else suffix)
 
 
-class SweepJobs(Sequence):
+class SweepJobs(_MadeWhenRead):
     """A run's jobs (JobSpecs) in Sample Factory's order: len(), iterating (again) and indexing, each job made when
     it is read, so that a sweep of a million jobs streams from the sweep file to the database."""
 
@@ -397,21 +409,11 @@ class SweepJobs(Sequence):
             part.check_values()
         _check_unique_names(self._experiments, run.customize_experiment_name)
 
-    def __len__(self) -> int:
-        return self._length
-
     def __iter__(self) -> Iterator[JobSpec]:
         for part in self._experiments:
             yield from part
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._length))]
-        i = operator.index(index)
-        if i < 0:
-            i += self._length
-        if not 0 <= i < self._length:
-            raise IndexError("job index out of range")
+    def _item(self, i: int) -> JobSpec:
         part = self._experiments[bisect_right(self._firsts, i) - 1]
         return part.job(i - part.first, part.params[i - part.first] if part.params else {})
 
