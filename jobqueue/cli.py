@@ -7,19 +7,27 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from jobqueue import completion
 from jobqueue.errors import UserError
 
-# What the whole app and the one-command apps of _app_for share.
-_APP_OPTIONS = dict(
-    name="jq", pretty_exceptions_enable=False, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
-)
+
+def _new_app(help: str | None = None, no_args_is_help: bool = False) -> typer.Typer:
+    """The whole app, or a one-command app of _app_for: the same settings."""
+    return typer.Typer(
+        name="jq",
+        help=help,
+        no_args_is_help=no_args_is_help,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
 # A new command or group goes in jobqueue/passthrough.py's COMMANDS too, or `jq NEW` goes to the JSON jq.
-app = typer.Typer(
+app = _new_app(
     help=(
         "jobqueue: run ML sweeps (seeds x hyperparameters x environments) from a queue that never loses a job.\n\n"
         "\b\nTypical session:\n"
@@ -34,7 +42,6 @@ app = typer.Typer(
         "`jobqueue` is the same CLI without the hand-over."
     ),
     no_args_is_help=True,
-    **_APP_OPTIONS,
 )
 db_app = typer.Typer(help="Database tools: copy a queue between SQLite and PostgreSQL.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -47,7 +54,7 @@ DbOption = typer.Option(None, "--db", help=DB_HELP, show_default=False)
 _COMMANDS: dict[str, tuple] = {}
 
 
-def command(name: Optional[str] = None, **options):
+def command(name: str | None = None, **options):
     """app.command, remembering the command so that _app_for can build an app of it alone."""
 
     def register(fn):
@@ -64,19 +71,23 @@ def _stderr(message: str) -> None:
     print(scrub(message), file=sys.stderr, flush=True)
 
 
-def _open(db: Optional[str], create: bool = True):
+def _open(db: str | None, create: bool = True):
     from jobqueue.db import open_db
 
     return open_db(db, create=create)
 
 
 def _console():
-    from rich.console import Console
-
     import shutil
 
+    from rich.console import Console
+
     # Piped output keeps whole lines instead of rich's 80-column default.
-    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else max(shutil.get_terminal_size().columns, 160))
+    return Console(
+        highlight=False,
+        soft_wrap=True,
+        width=None if sys.stdout.isatty() else max(shutil.get_terminal_size().columns, 160),
+    )
 
 
 # --- enqueue ---------------------------------------------------------------------------------------
@@ -84,12 +95,23 @@ def _console():
 
 @command()
 def enqueue(
-    sweep: str = typer.Argument(..., help="Sweep file: a dotted module importable from here (experiments.quickstart) or a path to a .py file."),
-    train_dir: str = typer.Option("./train_dir", "--train-dir", help="Root directory passed to each job as --train_dir=DIR/RUN/EXPERIMENT_SUFFIX."),
-    suffix: str = typer.Option("", "--suffix", "--experiment-suffix", help="Appended to each experiment's directory (Sample Factory's --experiment_suffix)."),
-    db: Optional[str] = DbOption,
+    sweep: str = typer.Argument(
+        ..., help="Sweep file: a dotted module importable from here (experiments.quickstart) or a path to a .py file."
+    ),
+    train_dir: str = typer.Option(
+        "./train_dir", "--train-dir", help="Root directory passed to each job as --train_dir=DIR/RUN/EXPERIMENT_SUFFIX."
+    ),
+    suffix: str = typer.Option(
+        "",
+        "--suffix",
+        "--experiment-suffix",
+        help="Appended to each experiment's directory (Sample Factory's --experiment_suffix).",
+    ),
+    db: str | None = DbOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the jobs; write nothing."),
-    as_json: bool = typer.Option(False, "--json", help="With --dry-run: a JSON array of {name, cmd, argv, root_dir, env}."),
+    as_json: bool = typer.Option(
+        False, "--json", help="With --dry-run: a JSON array of {name, cmd, argv, root_dir, env}."
+    ),
 ) -> None:
     """Expand a sweep file into one job per experiment and add them to the queue.
 
@@ -122,13 +144,22 @@ def _print_plan(plan) -> None:
 
 @command()
 def status(
-    run: Optional[str] = typer.Argument(None, help="Only this run.", autocompletion=completion.run_names),
-    db: Optional[str] = DbOption,
+    run: str | None = typer.Argument(None, help="Only this run.", autocompletion=completion.run_names),
+    db: str | None = DbOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable counts."),
-    refresh: bool = typer.Option(False, "--refresh", help="Ask the backend (NGC) for the state of submitted jobs first."),
-    watch: bool = typer.Option(False, "--watch", "-w", help="Show the run's live progress (as jq launch does) until no job is queued or running; exits 1 if a job failed. For runs whose workers run elsewhere (Slurm, NGC, other hosts)."),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="Ask the backend (NGC) for the state of submitted jobs first."
+    ),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        "-w",
+        help="Show the run's live progress (as jq launch does) until no job is queued or running; exits 1 if a job failed. For runs whose workers run elsewhere (Slurm, NGC, other hosts).",
+    ),
     interval: float = typer.Option(2.0, "--interval", min=0.1, help="With --watch: seconds between readings."),
-    sort: Optional[str] = typer.Option(None, "--sort", help="Show the best job so far on this metric (default: the run's first-logged)."),
+    sort: str | None = typer.Option(
+        None, "--sort", help="Show the best job so far on this metric (default: the run's first-logged)."
+    ),
     minimize: bool = typer.Option(False, "--min", help="With --sort: the best is the lowest."),
 ) -> None:
     """Jobs per state for each run, the last lines of failed jobs' logs, the run's Slurm/NGC submissions, and its
@@ -136,13 +167,14 @@ def status(
     from jobqueue import report as reports
 
     if watch:
-        from jobqueue import launch as launching
-        from jobqueue import queue as q
+        from jobqueue import launch as launching, queue as q
 
         database = _open(db, create=False)
         name = run or (q.only_run(database) or {}).get("name")
         if name is None:
-            raise UserError("name the run to watch, e.g. `jq status quickstart --watch`: this DB holds several runs, or none")
+            raise UserError(
+                "name the run to watch, e.g. `jq status quickstart --watch`: this DB holds several runs, or none"
+            )
         raise typer.Exit(launching.watch_run(database, name, interval=interval))
     if refresh:
         from jobqueue import service
@@ -170,10 +202,14 @@ def status(
 
 @command("list")
 def list_(
-    run: Optional[str] = typer.Option(None, "--run", help="Only this run.", autocompletion=completion.run_names),
-    state: Optional[str] = typer.Option(None, "--state", help="Only jobs in this state: queued, running, succeeded, failed, timeout, cancelled.",
-                                        autocompletion=completion.states),
-    db: Optional[str] = DbOption,
+    run: str | None = typer.Option(None, "--run", help="Only this run.", autocompletion=completion.run_names),
+    state: str | None = typer.Option(
+        None,
+        "--state",
+        help="Only jobs in this state: queued, running, succeeded, failed, timeout, cancelled.",
+        autocompletion=completion.states,
+    ),
+    db: str | None = DbOption,
     as_json: bool = typer.Option(False, "--json", help="A JSON array of jobs."),
 ) -> None:
     """One line per job: id, run, name, state, attempts, exit code, command."""
@@ -191,8 +227,8 @@ def list_(
 def logs(
     job: int = typer.Argument(..., help="Job id (see `jq list`).", autocompletion=completion.job_ids),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing as the log grows, until the job ends."),
-    attempt: Optional[int] = typer.Option(None, "--attempt", help="Which attempt (default: the latest)."),
-    db: Optional[str] = DbOption,
+    attempt: int | None = typer.Option(None, "--attempt", help="Which attempt (default: the latest)."),
+    db: str | None = DbOption,
 ) -> None:
     """Print a job's log (stdout and stderr of its latest attempt)."""
     from jobqueue import service
@@ -202,8 +238,10 @@ def logs(
 
 @command()
 def sql(
-    query: str = typer.Argument(..., help='One read-only statement, e.g. "select state, count(*) from jobs group by state".'),
-    db: Optional[str] = DbOption,
+    query: str = typer.Argument(
+        ..., help='One read-only statement, e.g. "select state, count(*) from jobs group by state".'
+    ),
+    db: str | None = DbOption,
     as_json: bool = typer.Option(False, "--json", help="Rows as a JSON array of objects."),
     as_csv: bool = typer.Option(False, "--csv", help="Rows as CSV with a header."),
 ) -> None:
@@ -221,13 +259,29 @@ TABLE_METRICS = 6  # metric columns the results table shows unless --metric says
 @command("results")
 def show_results(
     run: str = typer.Argument(..., help="The run.", autocompletion=completion.run_names),
-    sort: Optional[str] = typer.Option(None, "--sort", help="Best first by this metric's last value (highest first; NaN last)."),
+    sort: str | None = typer.Option(
+        None, "--sort", help="Best first by this metric's last value (highest first; NaN last)."
+    ),
     minimize: bool = typer.Option(False, "--min", help="With --sort: lowest first, for losses."),
-    group_by: Optional[List[str]] = typer.Option(None, "--group-by", help="One row per value of this parameter (repeat it, or lr,seed, for combinations): the mean ± std over its jobs (seeds, say) of each metric's last value."),
-    metric: Optional[List[str]] = typer.Option(None, "--metric", help="Only this metric (repeat it for several). Default: all with --json and --csv; the table shows the first few, since a Sample Factory run logs 51."),
-    db: Optional[str] = DbOption,
-    as_json: bool = typer.Option(False, "--json", help='A JSON list: {"id", "name", "state", "params", "duration_s", "metrics": {KEY: {"last", "last_step", "min", "max", "count"}}} per job, or {"group", "jobs", "metrics": {KEY: {"mean", "std", "min", "max"}}} per group.'),
-    as_csv: bool = typer.Option(False, "--csv", help="CSV: each metric's last value per job; grouped, KEY.mean, KEY.std, KEY.min, KEY.max."),
+    group_by: list[str] | None = typer.Option(
+        None,
+        "--group-by",
+        help="One row per value of this parameter (repeat it, or lr,seed, for combinations): the mean ± std over its jobs (seeds, say) of each metric's last value.",
+    ),
+    metric: list[str] | None = typer.Option(
+        None,
+        "--metric",
+        help="Only this metric (repeat it for several). Default: all with --json and --csv; the table shows the first few, since a Sample Factory run logs 51.",
+    ),
+    db: str | None = DbOption,
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help='A JSON list: {"id", "name", "state", "params", "duration_s", "metrics": {KEY: {"last", "last_step", "min", "max", "count"}}} per job, or {"group", "jobs", "metrics": {KEY: {"mean", "std", "min", "max"}}} per group.',
+    ),
+    as_csv: bool = typer.Option(
+        False, "--csv", help="CSV: each metric's last value per job; grouped, KEY.mean, KEY.std, KEY.min, KEY.max."
+    ),
 ) -> None:
     """What each job of a run achieved: one row per job (its parameters, duration over its attempts and each
     metric's last value), or per --group-by combination.
@@ -235,8 +289,7 @@ def show_results(
     Jobs log metrics with jobqueue.log_metrics(step=..., reward=...) or TensorBoard event files under their
     {--train_dir}/{--experiment}/ (Sample Factory's); the worker stores them as the jobs run.
     """
-    from jobqueue import report as reports
-    from jobqueue import results
+    from jobqueue import report as reports, results
 
     group_by = [name for given in group_by or [] for name in given.split(",") if name]
     reader = reports.open_reader(db)
@@ -258,25 +311,30 @@ def show_results(
     finally:
         reader.close()
     if not columns.metrics and not as_csv:
-        _stderr(f"{run}: no job has logged metrics yet (jobqueue.log_metrics, or TensorBoard event files under "
-                "{--train_dir}/{--experiment}/)")
+        _stderr(
+            f"{run}: no job has logged metrics yet (jobqueue.log_metrics, or TensorBoard event files under "
+            "{--train_dir}/{--experiment}/)"
+        )
     elif hidden:
-        _stderr(f"{hidden} more {'metric' if hidden == 1 else 'metrics'} not shown: choose with --metric KEY, "
-                "or see them all with --json or --csv")
+        _stderr(
+            f"{hidden} more {'metric' if hidden == 1 else 'metrics'} not shown: choose with --metric KEY, "
+            "or see them all with --json or --csv"
+        )
 
 
 @command("metrics")
 def show_metrics(
     job: int = typer.Argument(..., help="Job id (see `jq list` or `jq results`).", autocompletion=completion.job_ids),
-    keys: Optional[List[str]] = typer.Argument(None, help="Only these metrics (default: all the job logged)."),
-    db: Optional[str] = DbOption,
-    as_json: bool = typer.Option(False, "--json", help='A JSON list of {"attempt", "key", "step", "value", "wall_time"}.'),
+    keys: list[str] | None = typer.Argument(None, help="Only these metrics (default: all the job logged)."),
+    db: str | None = DbOption,
+    as_json: bool = typer.Option(
+        False, "--json", help='A JSON list of {"attempt", "key", "step", "value", "wall_time"}.'
+    ),
     as_csv: bool = typer.Option(False, "--csv", help="CSV: attempt, key, step, value, wall_time."),
 ) -> None:
     """A job's metric points, attempt by attempt, each key in step order; then the files they came from, with
     the bad lines or records skipped in each."""
-    from jobqueue import report as reports
-    from jobqueue import results
+    from jobqueue import report as reports, results
 
     reader = reports.open_reader(db)
     try:
@@ -300,9 +358,13 @@ def show_metrics(
 
 @command()
 def ui(
-    db: Optional[str] = DbOption,
+    db: str | None = DbOption,
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to serve on (0: any free one)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. The default serves this machine only: reach it from yours with `ssh -L 8080:localhost:8080 HOST`."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on. The default serves this machine only: reach it from yours with `ssh -L 8080:localhost:8080 HOST`.",
+    ),
     interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between the pages' polls."),
 ) -> None:
     """Serve a read-only web page of the runs, their jobs, attempt timelines, logs and results, live while they run."""
@@ -316,23 +378,49 @@ def ui(
 
 @command()
 def worker(
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPUs for this worker's jobs: 0, or 0,1 (each job gets both), or none (default: CUDA_VISIBLE_DEVICES as inherited)."),
+    gpu: str | None = typer.Option(
+        None,
+        "--gpu",
+        help="GPUs for this worker's jobs: 0, or 0,1 (each job gets both), or none (default: CUDA_VISIBLE_DEVICES as inherited).",
+    ),
     slots: int = typer.Option(1, "--slots", min=1, help="How many jobs run at once."),
-    run: Optional[str] = typer.Option(None, "--run", help="Only take jobs of this run (default: any run, oldest job first).",
-                                     autocompletion=completion.run_names),
-    job: Optional[int] = typer.Option(None, "--job", help="Only take this one job (Slurm/NGC per-job mode).",
-                                     autocompletion=completion.job_ids),
-    experiments_per_gpu: int = typer.Option(-1, "--experiments-per-gpu", help="With --gpu 0,1,...: pin each job to ONE of them, the least busy, at most K jobs per GPU."),
-    wait: bool = typer.Option(False, "--wait", help="Keep polling for new jobs until SIGTERM instead of exiting when the queue is drained."),
-    pause_between: float = typer.Option(0.0, "--pause-between", min=0, help="Seconds between two job starts (Sample Factory's throttle; 0 here)."),
-    grace: float = typer.Option(30.0, "--grace", min=0, help="On SIGTERM/SIGINT/SIGUSR1: seconds jobs get after TERM before KILL."),
+    run: str | None = typer.Option(
+        None,
+        "--run",
+        help="Only take jobs of this run (default: any run, oldest job first).",
+        autocompletion=completion.run_names,
+    ),
+    job: int | None = typer.Option(
+        None, "--job", help="Only take this one job (Slurm/NGC per-job mode).", autocompletion=completion.job_ids
+    ),
+    experiments_per_gpu: int = typer.Option(
+        -1,
+        "--experiments-per-gpu",
+        help="With --gpu 0,1,...: pin each job to ONE of them, the least busy, at most K jobs per GPU.",
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="Keep polling for new jobs until SIGTERM instead of exiting when the queue is drained."
+    ),
+    pause_between: float = typer.Option(
+        0.0, "--pause-between", min=0, help="Seconds between two job starts (Sample Factory's throttle; 0 here)."
+    ),
+    grace: float = typer.Option(
+        30.0, "--grace", min=0, help="On SIGTERM/SIGINT/SIGUSR1: seconds jobs get after TERM before KILL."
+    ),
     heartbeat: float = typer.Option(5.0, "--heartbeat", min=0.05, help="Seconds between heartbeats."),
-    lease: float = typer.Option(60.0, "--lease", min=0.1, help="A worker on another host silent this long is lost; its jobs are requeued."),
+    lease: float = typer.Option(
+        60.0, "--lease", min=0.1, help="A worker on another host silent this long is lost; its jobs are requeued."
+    ),
     reap_every: float = typer.Option(30.0, "--reap-every", min=0.1, help="Seconds between checks for lost workers."),
-    metrics_every: float = typer.Option(30.0, "--metrics-every", min=0, help="Seconds between reads of a running job's metrics (jobqueue.log_metrics, TensorBoard event files) into the DB; 0: only when it ends."),
+    metrics_every: float = typer.Option(
+        30.0,
+        "--metrics-every",
+        min=0,
+        help="Seconds between reads of a running job's metrics (jobqueue.log_metrics, TensorBoard event files) into the DB; 0: only when it ends.",
+    ),
     backend: str = typer.Option("processes", "--backend", hidden=True),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    db: Optional[str] = DbOption,
+    db: str | None = DbOption,
 ) -> None:
     """Claim queued jobs and run them, N at a time, until the queue is drained.
 
@@ -347,9 +435,20 @@ def worker(
     database = _open(db, create=False)
     run_id = q.get_run(database, run)["id"] if run else None
     settings = WorkerSettings(
-        slots=slots, gpus=parse_gpus(gpu), experiments_per_gpu=experiments_per_gpu, run_id=run_id, job_id=job,
-        wait=wait, pause_between=pause_between, grace=grace, heartbeat_interval=heartbeat, lease=lease,
-        reap_interval=reap_every, metrics_every=metrics_every, backend=backend, quiet=quiet,
+        slots=slots,
+        gpus=parse_gpus(gpu),
+        experiments_per_gpu=experiments_per_gpu,
+        run_id=run_id,
+        job_id=job,
+        wait=wait,
+        pause_between=pause_between,
+        grace=grace,
+        heartbeat_interval=heartbeat,
+        lease=lease,
+        reap_interval=reap_every,
+        metrics_every=metrics_every,
+        backend=backend,
+        quiet=quiet,
     )
     result = Worker(database, settings).run()
     if not quiet:
@@ -364,39 +463,103 @@ def _given(**flags) -> dict:
 
 @command(context_settings={"allow_interspersed_args": True})
 def launch(
-    sweep: Optional[str] = typer.Argument(None, help="Sweep file: dotted module or .py path (or --run=MODULE, as in Sample Factory)."),
-    run_module: Optional[str] = typer.Option(None, "--run", help="Sample Factory's spelling of SWEEP."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="processes (this machine), slurm or ngc."),
-    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPUs 0..N-1 to spread jobs over (with --experiments-per-gpu)."),
-    gpus: Optional[str] = typer.Option(None, "--gpus", help="Exactly these GPUs, e.g. 0,2 (instead of --num-gpus)."),
-    experiments_per_gpu: Optional[int] = typer.Option(None, "--experiments-per-gpu", help="Jobs per GPU; -1 (default) leaves CUDA_VISIBLE_DEVICES alone."),
-    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help="Most jobs at once (default 4)."),
-    pause_between: Optional[float] = typer.Option(None, "--pause-between", min=0, help="Seconds between job starts (default 0)."),
+    sweep: str | None = typer.Argument(
+        None, help="Sweep file: dotted module or .py path (or --run=MODULE, as in Sample Factory)."
+    ),
+    run_module: str | None = typer.Option(None, "--run", help="Sample Factory's spelling of SWEEP."),
+    backend: str | None = typer.Option(None, "--backend", help="processes (this machine), slurm or ngc."),
+    num_gpus: int | None = typer.Option(
+        None, "--num-gpus", help="GPUs 0..N-1 to spread jobs over (with --experiments-per-gpu)."
+    ),
+    gpus: str | None = typer.Option(None, "--gpus", help="Exactly these GPUs, e.g. 0,2 (instead of --num-gpus)."),
+    experiments_per_gpu: int | None = typer.Option(
+        None, "--experiments-per-gpu", help="Jobs per GPU; -1 (default) leaves CUDA_VISIBLE_DEVICES alone."
+    ),
+    max_parallel: int | None = typer.Option(None, "--max-parallel", min=1, help="Most jobs at once (default 4)."),
+    pause_between: float | None = typer.Option(
+        None, "--pause-between", min=0, help="Seconds between job starts (default 0)."
+    ),
     train_dir: str = typer.Option("./train_dir", "--train-dir", help="Root directory for the jobs' --train_dir."),
-    experiment_suffix: str = typer.Option("", "--experiment-suffix", "--suffix", help="Appended to each experiment's directory."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="Seconds before a job is stopped and recorded as timeout."),
-    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", min=1, help="Run a failing job up to this many times."),
+    experiment_suffix: str = typer.Option(
+        "", "--experiment-suffix", "--suffix", help="Appended to each experiment's directory."
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", min=0, help="Seconds before a job is stopped and recorded as timeout."
+    ),
+    max_attempts: int | None = typer.Option(
+        None, "--max-attempts", min=1, help="Run a failing job up to this many times."
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress view."),
-    watch: bool = typer.Option(False, "--watch", "-w", help="[slurm/ngc] After submitting, show the run's progress until it is done (as `jq status RUN --watch`)."),
-    slurm_gpus_per_job: Optional[int] = typer.Option(None, "--slurm-gpus-per-job", help="[slurm] GPUs per Slurm job (--gres=gpu:G). Default 1."),
-    slurm_cpus_per_gpu: Optional[int] = typer.Option(None, "--slurm-cpus-per-gpu", help="[slurm] CPUs per GPU (-c G*C; -c C when G is 0). Default 14."),
-    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="[slurm] Partition (-p)."),
-    slurm_timeout: Optional[str] = typer.Option(None, "--slurm-timeout", help="[slurm] Sample Factory's: $TIMEOUT in the sbatch template, timeout(1)'s duration (e.g. 10, 1h); default 0 = none."),
-    slurm_time_limit: Optional[str] = typer.Option(None, "--slurm-time-limit", help="[slurm] sbatch --time, in Slurm's format (e.g. 2-00:00:00, 90, 1:30:00). Default: the partition's."),
-    slurm_workdir: Optional[str] = typer.Option(None, "--slurm-workdir", help="[slurm] Where sbatch scripts and Slurm logs go. Default ./slurm."),
-    slurm_sbatch_template: Optional[str] = typer.Option(None, "--slurm-sbatch-template", help="[slurm] Your sbatch script template ($CMD, $GPU, $CPU, ...)."),
-    slurm_print_only: bool = typer.Option(False, "--slurm-print-only", help="[slurm] Print the scripts and sbatch commands; submit nothing."),
-    slurm_workers: Optional[int] = typer.Option(None, "--slurm-workers", min=1, help="[slurm] Array tasks (workers). Default: one per queued job."),
-    slurm_max_running: Optional[int] = typer.Option(None, "--slurm-max-running", min=1, help="[slurm] At most this many workers at once (the array's %throttle)."),
-    slurm_mode: Optional[str] = typer.Option(None, "--slurm-mode", help="[slurm] workers (one array draining the queue) or per-job (one sbatch per experiment)."),
-    slurm_signal_lead: Optional[int] = typer.Option(None, "--slurm-signal-lead", help="[slurm] Seconds of warning (USR1) before a time limit or preemption. Default 60."),
-    slots: Optional[int] = typer.Option(None, "--slots", min=1, help="[slurm/ngc] Jobs at once per worker. Default 1."),
-    grace: Optional[float] = typer.Option(None, "--grace", min=0, help="Seconds jobs get after TERM before KILL when a worker stops. Default 30."),
-    metrics_every: Optional[float] = typer.Option(None, "--metrics-every", min=0, help="Seconds between reads of a running job's metrics into the DB. Default 30; 0: only when it ends."),
-    ngc_job_template: Optional[str] = typer.Option(None, "--ngc-job-template", help="[ngc] File with an `ngc batch run ...` command line using {{ name }} and {{ experiment_cmd }}."),
-    ngc_print_only: bool = typer.Option(False, "--ngc-print-only", help="[ngc] Print the ngc commands; submit nothing."),
-    ngc_workers: Optional[int] = typer.Option(None, "--ngc-workers", min=1, help="[ngc] Run W NGC jobs that each run a worker (needs a PostgreSQL --db)."),
-    db: Optional[str] = DbOption,
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        "-w",
+        help="[slurm/ngc] After submitting, show the run's progress until it is done (as `jq status RUN --watch`).",
+    ),
+    slurm_gpus_per_job: int | None = typer.Option(
+        None, "--slurm-gpus-per-job", help="[slurm] GPUs per Slurm job (--gres=gpu:G). Default 1."
+    ),
+    slurm_cpus_per_gpu: int | None = typer.Option(
+        None, "--slurm-cpus-per-gpu", help="[slurm] CPUs per GPU (-c G*C; -c C when G is 0). Default 14."
+    ),
+    slurm_partition: str | None = typer.Option(None, "--slurm-partition", help="[slurm] Partition (-p)."),
+    slurm_timeout: str | None = typer.Option(
+        None,
+        "--slurm-timeout",
+        help="[slurm] Sample Factory's: $TIMEOUT in the sbatch template, timeout(1)'s duration (e.g. 10, 1h); default 0 = none.",
+    ),
+    slurm_time_limit: str | None = typer.Option(
+        None,
+        "--slurm-time-limit",
+        help="[slurm] sbatch --time, in Slurm's format (e.g. 2-00:00:00, 90, 1:30:00). Default: the partition's.",
+    ),
+    slurm_workdir: str | None = typer.Option(
+        None, "--slurm-workdir", help="[slurm] Where sbatch scripts and Slurm logs go. Default ./slurm."
+    ),
+    slurm_sbatch_template: str | None = typer.Option(
+        None, "--slurm-sbatch-template", help="[slurm] Your sbatch script template ($CMD, $GPU, $CPU, ...)."
+    ),
+    slurm_print_only: bool = typer.Option(
+        False, "--slurm-print-only", help="[slurm] Print the scripts and sbatch commands; submit nothing."
+    ),
+    slurm_workers: int | None = typer.Option(
+        None, "--slurm-workers", min=1, help="[slurm] Array tasks (workers). Default: one per queued job."
+    ),
+    slurm_max_running: int | None = typer.Option(
+        None, "--slurm-max-running", min=1, help="[slurm] At most this many workers at once (the array's %throttle)."
+    ),
+    slurm_mode: str | None = typer.Option(
+        None,
+        "--slurm-mode",
+        help="[slurm] workers (one array draining the queue) or per-job (one sbatch per experiment).",
+    ),
+    slurm_signal_lead: int | None = typer.Option(
+        None,
+        "--slurm-signal-lead",
+        help="[slurm] Seconds of warning (USR1) before a time limit or preemption. Default 60.",
+    ),
+    slots: int | None = typer.Option(None, "--slots", min=1, help="[slurm/ngc] Jobs at once per worker. Default 1."),
+    grace: float | None = typer.Option(
+        None, "--grace", min=0, help="Seconds jobs get after TERM before KILL when a worker stops. Default 30."
+    ),
+    metrics_every: float | None = typer.Option(
+        None,
+        "--metrics-every",
+        min=0,
+        help="Seconds between reads of a running job's metrics into the DB. Default 30; 0: only when it ends.",
+    ),
+    ngc_job_template: str | None = typer.Option(
+        None,
+        "--ngc-job-template",
+        help="[ngc] File with an `ngc batch run ...` command line using {{ name }} and {{ experiment_cmd }}.",
+    ),
+    ngc_print_only: bool = typer.Option(
+        False, "--ngc-print-only", help="[ngc] Print the ngc commands; submit nothing."
+    ),
+    ngc_workers: int | None = typer.Option(
+        None, "--ngc-workers", min=1, help="[ngc] Run W NGC jobs that each run a worker (needs a PostgreSQL --db)."
+    ),
+    db: str | None = DbOption,
 ) -> None:
     """Enqueue a sweep (idempotently) and run it to the end, with a live progress view.
 
@@ -404,21 +567,40 @@ def launch(
     (--run=mod --backend=processes --max_parallel=8 --num_gpus=4 --experiments_per_gpu=2 ...).
     Exits non-zero if any job failed. Ctrl-C hands running jobs back to the queue; `jq resume` carries on.
     """
-    from jobqueue import launch as launching
-    from jobqueue import service
+    from jobqueue import launch as launching, service
     from jobqueue.settings import FLAGS, parse
 
     target = sweep or run_module
     if not target:
         raise UserError("name the sweep: `jq launch experiments.quickstart` (or --run=experiments.quickstart)")
-    flags = _given(backend=backend, num_gpus=num_gpus, gpus=gpus, experiments_per_gpu=experiments_per_gpu,
-                   max_parallel=max_parallel, pause_between=pause_between, timeout=timeout, max_attempts=max_attempts,
-                   slurm_gpus_per_job=slurm_gpus_per_job, slurm_cpus_per_gpu=slurm_cpus_per_gpu,
-                   slurm_partition=slurm_partition, slurm_timeout=slurm_timeout, slurm_time_limit=slurm_time_limit,
-                   slurm_workdir=slurm_workdir, slurm_sbatch_template=slurm_sbatch_template, slurm_workers=slurm_workers,
-                   slurm_max_running=slurm_max_running, slurm_mode=slurm_mode, slurm_signal_lead=slurm_signal_lead,
-                   slots=slots, grace=grace, metrics_every=metrics_every, ngc_job_template=ngc_job_template, ngc_workers=ngc_workers,
-                   slurm_print_only=slurm_print_only, ngc_print_only=ngc_print_only)
+    flags = _given(
+        backend=backend,
+        num_gpus=num_gpus,
+        gpus=gpus,
+        experiments_per_gpu=experiments_per_gpu,
+        max_parallel=max_parallel,
+        pause_between=pause_between,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        slurm_gpus_per_job=slurm_gpus_per_job,
+        slurm_cpus_per_gpu=slurm_cpus_per_gpu,
+        slurm_partition=slurm_partition,
+        slurm_timeout=slurm_timeout,
+        slurm_time_limit=slurm_time_limit,
+        slurm_workdir=slurm_workdir,
+        slurm_sbatch_template=slurm_sbatch_template,
+        slurm_workers=slurm_workers,
+        slurm_max_running=slurm_max_running,
+        slurm_mode=slurm_mode,
+        slurm_signal_lead=slurm_signal_lead,
+        slots=slots,
+        grace=grace,
+        metrics_every=metrics_every,
+        ngc_job_template=ngc_job_template,
+        ngc_workers=ngc_workers,
+        slurm_print_only=slurm_print_only,
+        ngc_print_only=ngc_print_only,
+    )
     parse(flags, FLAGS)  # bad flags fail before the sweep file runs
     plan = service.plan_sweep(target, train_dir=train_dir, suffix=experiment_suffix)
     raise typer.Exit(launching.launch(db, plan, flags, progress=not no_progress, watch=watch))
@@ -426,41 +608,64 @@ def launch(
 
 @command()
 def resume(
-    run: Optional[str] = typer.Argument(None, help="Only this run (default: every run with queued jobs).",
-                                     autocompletion=completion.run_names),
+    run: str | None = typer.Argument(
+        None, help="Only this run (default: every run with queued jobs).", autocompletion=completion.run_names
+    ),
     failed: bool = typer.Option(False, "--failed", help="Also queue failed and timed-out jobs again."),
     requeue_only: bool = typer.Option(False, "--requeue-only", help="Requeue and clean up, but start no workers."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Override the backend recorded by jq launch."),
-    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help="Override the recorded --max-parallel."),
-    experiments_per_gpu: Optional[int] = typer.Option(None, "--experiments-per-gpu"),
-    num_gpus: Optional[int] = typer.Option(None, "--num-gpus"),
+    backend: str | None = typer.Option(None, "--backend", help="Override the backend recorded by jq launch."),
+    max_parallel: int | None = typer.Option(
+        None, "--max-parallel", min=1, help="Override the recorded --max-parallel."
+    ),
+    experiments_per_gpu: int | None = typer.Option(None, "--experiments-per-gpu"),
+    num_gpus: int | None = typer.Option(None, "--num-gpus"),
     lease: float = typer.Option(60.0, "--lease", help="Workers on other hosts silent this long count as lost."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress view."),
-    slurm_workers: Optional[int] = typer.Option(None, "--slurm-workers", min=1, help="[slurm] Array tasks for the new submission."),
-    slurm_max_running: Optional[int] = typer.Option(None, "--slurm-max-running", min=1),
-    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition"),
-    slurm_timeout: Optional[str] = typer.Option(None, "--slurm-timeout"),
-    slurm_time_limit: Optional[str] = typer.Option(None, "--slurm-time-limit"),
+    slurm_workers: int | None = typer.Option(
+        None, "--slurm-workers", min=1, help="[slurm] Array tasks for the new submission."
+    ),
+    slurm_max_running: int | None = typer.Option(None, "--slurm-max-running", min=1),
+    slurm_partition: str | None = typer.Option(None, "--slurm-partition"),
+    slurm_timeout: str | None = typer.Option(None, "--slurm-timeout"),
+    slurm_time_limit: str | None = typer.Option(None, "--slurm-time-limit"),
     slurm_print_only: bool = typer.Option(False, "--slurm-print-only", help="[slurm] Print what would be submitted."),
-    db: Optional[str] = DbOption,
+    db: str | None = DbOption,
 ) -> None:
     """After a crash, reboot or Ctrl-C: requeue lost jobs, kill orphans, and run the rest with the recorded settings."""
     from jobqueue import launch as launching
     from jobqueue.settings import FLAGS, parse
 
-    flags = _given(backend=backend, max_parallel=max_parallel, experiments_per_gpu=experiments_per_gpu, num_gpus=num_gpus,
-                   slurm_workers=slurm_workers, slurm_max_running=slurm_max_running, slurm_partition=slurm_partition,
-                   slurm_timeout=slurm_timeout, slurm_time_limit=slurm_time_limit, slurm_print_only=slurm_print_only)
+    flags = _given(
+        backend=backend,
+        max_parallel=max_parallel,
+        experiments_per_gpu=experiments_per_gpu,
+        num_gpus=num_gpus,
+        slurm_workers=slurm_workers,
+        slurm_max_running=slurm_max_running,
+        slurm_partition=slurm_partition,
+        slurm_timeout=slurm_timeout,
+        slurm_time_limit=slurm_time_limit,
+        slurm_print_only=slurm_print_only,
+    )
     parse(flags, FLAGS)
-    code = launching.resume(_open(db, create=False), run, failed=failed, requeue_only=requeue_only, flags=flags,
-                            progress=not no_progress, lease=lease)
+    code = launching.resume(
+        _open(db, create=False),
+        run,
+        failed=failed,
+        requeue_only=requeue_only,
+        flags=flags,
+        progress=not no_progress,
+        lease=lease,
+    )
     raise typer.Exit(code)
 
 
 @command()
 def cancel(
-    targets: Optional[List[str]] = typer.Argument(None, help="A run name, or job ids.", autocompletion=completion.runs_or_job_ids),
-    db: Optional[str] = DbOption,
+    targets: list[str] | None = typer.Argument(
+        None, help="A run name, or job ids.", autocompletion=completion.runs_or_job_ids
+    ),
+    db: str | None = DbOption,
 ) -> None:
     """Cancel a run's (or some jobs') queued and running jobs; running ones are terminated and recorded as cancelled."""
     from jobqueue import control
@@ -470,10 +675,11 @@ def cancel(
 
 @command()
 def retry(
-    targets: Optional[List[str]] = typer.Argument(None, help="A run name, or job ids (default: every run).",
-                                              autocompletion=completion.runs_or_job_ids),
+    targets: list[str] | None = typer.Argument(
+        None, help="A run name, or job ids (default: every run).", autocompletion=completion.runs_or_job_ids
+    ),
     failed: bool = typer.Option(False, "--failed", help="Only failed jobs (not timed-out or cancelled ones)."),
-    db: Optional[str] = DbOption,
+    db: str | None = DbOption,
 ) -> None:
     """Put failed, timed-out and cancelled jobs back in the queue (then run `jq worker` or `jq resume`)."""
     from jobqueue import control
@@ -548,7 +754,7 @@ def _app_for(argv: list[str]) -> typer.Typer:
     if entry is None:
         return app
     fn, options = entry
-    single = typer.Typer(**_APP_OPTIONS)
+    single = _new_app()
     single.callback()(_no_options)  # a group, so that the command is still named on the command line
     single.command(**options)(fn)
     return single
@@ -591,7 +797,9 @@ def _main() -> None:
             _stderr(f"jq: error: the DB file is damaged ({text}); restore it from a backup or use a new --db")
             sys.exit(2)
         if any(sign in text for sign in ("disk is full", "No space left", "File too large", "disk I/O error")):
-            _stderr(f"jq: error: the disk is full or failing ({text}); nothing was written: free some space and run it again")
+            _stderr(
+                f"jq: error: the disk is full or failing ({text}); nothing was written: free some space and run it again"
+            )
             sys.exit(2)
         raise
 

@@ -314,7 +314,9 @@ class Transaction:
         """dicts(), `size` rows at a time, for results too big to hold. On PostgreSQL from a server-side cursor:
         psycopg's own cursor would fetch every row first."""
         conn = self.cursor.connection
-        cursor = conn.cursor(name=f"jq_pages_{next(_page_cursors)}") if self.dialect == sql.POSTGRESQL else conn.cursor()
+        cursor = (
+            conn.cursor(name=f"jq_pages_{next(_page_cursors)}") if self.dialect == sql.POSTGRESQL else conn.cursor()
+        )
         try:
             cursor.execute(sql.render(query, self.dialect), params or {})
             to_dict = None

@@ -69,8 +69,26 @@ _ADD_RUN = (
     "INSERT INTO runs (name, sweep, train_dir, suffix, cwd, settings, created_at) "
     "VALUES (:name, :sweep, :train_dir, :suffix, :cwd, :settings, :now) RETURNING id"
 )
-_JOB_COLUMNS = ("run_id", "idx", "name", "experiment", "params", "argv", "cmd", "env", "cwd", "root_dir", "log_dir",
-                "state", "attempts", "failures", "max_attempts", "timeout", "created_at", "updated_at")
+_JOB_COLUMNS = (
+    "run_id",
+    "idx",
+    "name",
+    "experiment",
+    "params",
+    "argv",
+    "cmd",
+    "env",
+    "cwd",
+    "root_dir",
+    "log_dir",
+    "state",
+    "attempts",
+    "failures",
+    "max_attempts",
+    "timeout",
+    "created_at",
+    "updated_at",
+)
 # Rows go to the driver as tuples: per-row dicts (or SQLAlchemy's parameter processing) cost several times the insert.
 _INSERT_JOBS = f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(_JOB_COLUMNS))})"
 # Which of a chunk's names the run has, by the unique (run_id, name) index.
@@ -99,11 +117,21 @@ def enqueue(
     cwd = cwd or os.getcwd()
 
     def _enqueue(tx: Transaction) -> EnqueueResult:
-        (now,) = tx.first("SELECT {now}")  # one timestamp for the whole enqueue
+        (now,) = tx.one("SELECT {now}")  # one timestamp for the whole enqueue
         row = tx.first("SELECT id FROM runs WHERE name = :name", {"name": run_name})
         if row is None:
-            (run_id,) = tx.first(_ADD_RUN, {"name": run_name, "sweep": sweep, "train_dir": train_dir, "suffix": suffix,
-                                            "cwd": cwd, "settings": sql.to_json(settings or {}), "now": now})
+            (run_id,) = tx.one(
+                _ADD_RUN,
+                {
+                    "name": run_name,
+                    "sweep": sweep,
+                    "train_dir": train_dir,
+                    "suffix": suffix,
+                    "cwd": cwd,
+                    "settings": sql.to_json(settings or {}),
+                    "now": now,
+                },
+            )
         else:
             run_id = row[0]
             if settings:
@@ -123,11 +151,28 @@ def enqueue(
                     continue
                 if spec.experiment_dir not in log_dirs:
                     log_dirs[spec.experiment_dir] = os.path.join(cwd, spec.experiment_dir)
-                new_rows.append((
-                    run_id, spec.index, spec.name, spec.experiment, _params_json(spec.params), _argv_json(spec.argv), spec.cmd,
-                    sql.to_json(spec.env), cwd, spec.root_dir, log_dirs[spec.experiment_dir], queued, 0, 0,
-                    limit, spec.timeout, now, now,
-                ))
+                new_rows.append(
+                    (
+                        run_id,
+                        spec.index,
+                        spec.name,
+                        spec.experiment,
+                        _params_json(spec.params),
+                        _argv_json(spec.argv),
+                        spec.cmd,
+                        sql.to_json(spec.env),
+                        cwd,
+                        spec.root_dir,
+                        log_dirs[spec.experiment_dir],
+                        queued,
+                        0,
+                        0,
+                        limit,
+                        spec.timeout,
+                        now,
+                        now,
+                    )
+                )
             if new_rows:
                 tx.executemany(_INSERT_JOBS, new_rows)
                 result.added += len(new_rows)
@@ -139,8 +184,13 @@ def enqueue(
 
 # json.dumps' own text for the usual argv and params, at a third of its cost (its Python layer sets up an encoder
 # on every call): a re-enqueue compares the text, so it must be the same.
-_JSON_SCALARS = {str: encode_basestring_ascii, int: int.__repr__, type(None): lambda _: "null",
-                 bool: lambda b: "true" if b else "false", float: lambda x: repr(x) if math.isfinite(x) else json.dumps(x)}
+_JSON_SCALARS = {
+    str: encode_basestring_ascii,
+    int: int.__repr__,
+    type(None): lambda _: "null",
+    bool: lambda b: "true" if b else "false",
+    float: lambda x: repr(x) if math.isfinite(x) else json.dumps(x),
+}
 
 
 def _argv_json(argv: list[str]) -> str:
@@ -153,7 +203,11 @@ def _argv_json(argv: list[str]) -> str:
 def _params_json(params: dict) -> str:
     """A flat dict of strings, ints, finite floats, bools and None (what params nearly always are), else json.dumps."""
     try:
-        return "{" + ", ".join([f"{encode_basestring_ascii(k)}: {_JSON_SCALARS[type(v)](v)}" for k, v in params.items()]) + "}"
+        return (
+            "{"
+            + ", ".join([f"{encode_basestring_ascii(k)}: {_JSON_SCALARS[type(v)](v)}" for k, v in params.items()])
+            + "}"
+        )
     except (KeyError, TypeError):
         return json.dumps(params)
 
@@ -176,10 +230,12 @@ def _known_commands(tx: Transaction, run_id: int, names: list[str]) -> dict[str,
 
 def _merge_run_settings(tx: Transaction, run_id: int, settings: dict, *, recorded_wins: bool) -> None:
     """Merge settings into the run's: a re-enqueue only fills gaps (recorded_wins); a launch overrides."""
-    (old,) = tx.first("SELECT settings FROM runs WHERE id = :run_id", {"run_id": run_id})
+    (old,) = tx.one("SELECT settings FROM runs WHERE id = :run_id", {"run_id": run_id})
     old = sql.from_json(old) or {}
     merged = {**settings, **old} if recorded_wins else {**old, **settings}
-    tx.execute("UPDATE runs SET settings = :settings WHERE id = :run_id", {"settings": sql.to_json(merged), "run_id": run_id})
+    tx.execute(
+        "UPDATE runs SET settings = :settings WHERE id = :run_id", {"settings": sql.to_json(merged), "run_id": run_id}
+    )
 
 
 def update_run_settings(db: Database, run_id: int, settings: dict) -> None:
@@ -243,8 +299,9 @@ def list_jobs(db: Database, run: str | None = None, state: str | None = None, co
     return db.transact(lambda tx: tx.dicts(*_jobs_query(tx, run, state, columns)), write=False)
 
 
-def job_pages(tx: Transaction, run: str | None = None, state: str | None = None,
-              columns: str = "jobs.*") -> Iterator[list[dict]]:
+def job_pages(
+    tx: Transaction, run: str | None = None, state: str | None = None, columns: str = "jobs.*"
+) -> Iterator[list[dict]]:
     """list_jobs() a page at a time, in a Database.reading() transaction: for runs too big to hold."""
     return tx.dict_pages(*_jobs_query(tx, run, state, columns))
 
@@ -268,7 +325,7 @@ def last_attempts(db: Database, job_ids: list[int]) -> dict[int, dict]:
 
 def newest_attempts(tx: Transaction, job_ids: list[int]) -> dict[int, dict]:
     """last_attempts() inside a transaction."""
-    found = {}
+    found: dict[int, dict] = {}
     for listed, params in sql.in_lists("job", job_ids):
         newest = f"SELECT max(id) FROM attempts WHERE job_id IN ({listed}) GROUP BY job_id"
         found.update((r["job_id"], r) for r in tx.dicts(f"SELECT * FROM attempts WHERE id IN ({newest})", params))
@@ -305,7 +362,9 @@ def process_start_time(pid: int) -> float | None:
     except OSError:
         return None
     if fields[0] in (b"Z", b"X"):
-        return None  # a zombie has ended; only its parent's wait() is missing, which a parent that never reaps never does
+        return (
+            None  # a zombie has ended; only its parent's wait() is missing, which a parent that never reaps never does
+        )
     return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of the file, starttime
 
 
@@ -333,11 +392,18 @@ _STOP_WORKER = "UPDATE workers SET stopped_at = {now} WHERE id = :worker_id AND 
 def register_worker(db: Database, *, slots: int, gpus: str | None, backend: str, run_id: int | None) -> WorkerInfo:
     host, pid = socket.gethostname(), os.getpid()
     values = dict(
-        host=host, pid=pid, pid_started=process_start_time(pid), boot_id=boot_id(), gpus=gpus, slots=slots,
-        backend=backend, run_id=run_id, slurm_job_id=os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
+        host=host,
+        pid=pid,
+        pid_started=process_start_time(pid),
+        boot_id=boot_id(),
+        gpus=gpus,
+        slots=slots,
+        backend=backend,
+        run_id=run_id,
+        slurm_job_id=os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
         slurm_array_task_id=_int_or_none(os.environ.get("SLURM_ARRAY_TASK_ID")),
     )
-    (worker_id,) = db.transact(lambda tx: tx.first(_REGISTER_WORKER, values))
+    (worker_id,) = db.transact(lambda tx: tx.one(_REGISTER_WORKER, values))
     return WorkerInfo(worker_id, host, pid)
 
 
@@ -358,8 +424,10 @@ def heartbeat(db: Database, worker_id: int, attempt_ids: list[int]) -> list[int]
     """
 
     def _beat(tx: Transaction):
-        alive = tx.execute("UPDATE workers SET heartbeat_at = {now} WHERE id = :worker_id AND stopped_at IS NULL",
-                           {"worker_id": worker_id})
+        alive = tx.execute(
+            "UPDATE workers SET heartbeat_at = {now} WHERE id = :worker_id AND stopped_at IS NULL",
+            {"worker_id": worker_id},
+        )
         if not alive:
             return None
         if not attempt_ids:
@@ -428,7 +496,9 @@ def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
     )
 
 
-_CLAIM_QUERIES = {(d, r, j): _claim_query(d, r, j) for d in (sql.SQLITE, sql.POSTGRESQL) for r in (0, 1) for j in (0, 1)}
+_CLAIM_QUERIES = {
+    (d, r, j): _claim_query(d, r, j) for d in (sql.SQLITE, sql.POSTGRESQL) for r in (False, True) for j in (False, True)
+}
 _OPEN_ATTEMPT = (
     f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES (:job_id, :number, :worker_id, :host, :gpus, :slot, {_RUNNING}, "
     f"{{now}}, {_LOG_PATH.format(dir=':log_dir', name=':name', number=':number')}) RETURNING id, log_path"
@@ -436,8 +506,13 @@ _OPEN_ATTEMPT = (
 
 
 def claim_next_job(
-    db: Database, worker: WorkerInfo, *, slot: int, gpus: str | None,
-    run_id: int | None = None, job_id: int | None = None,
+    db: Database,
+    worker: WorkerInfo,
+    *,
+    slot: int,
+    gpus: str | None,
+    run_id: int | None = None,
+    job_id: int | None = None,
 ) -> ClaimedJob | None:
     """Take the oldest queued job (of a run, or one job) and open its attempt, at once: on PostgreSQL one statement,
     which needs no transaction around it (db.Database.statement); on SQLite one short transaction."""
@@ -446,10 +521,17 @@ def claim_next_job(
 
 
 def finish_then_claim(
-    db: Database, finished: Finished, worker: WorkerInfo, *, slot: int, gpus: str | None,
-    run_id: int | None = None, job_id: int | None = None,
+    db: Database,
+    finished: Finished,
+    worker: WorkerInfo,
+    *,
+    slot: int,
+    gpus: str | None,
+    run_id: int | None = None,
+    job_id: int | None = None,
 ) -> tuple[JobState | None, ClaimedJob | None]:
     """finish_attempt() and claim_next_job() in one transaction: a slot's one write per job in a busy sweep."""
+
     def _both(tx):
         state = _finish(tx, finished, worker.id)
         return state, _claim(tx, worker, slot, gpus, run_id, job_id)
@@ -457,10 +539,17 @@ def finish_then_claim(
     return db.transact(_both)
 
 
-def _claim(tx: Transaction, worker: WorkerInfo, slot: int, gpus: str | None, run_id: int | None,
-           job_id: int | None) -> ClaimedJob | None:
-    params = {"worker_id": worker.id, "run_id": run_id, "job_id": job_id, "host": worker.host, "gpus": gpus,
-              "slot": slot}
+def _claim(
+    tx: Transaction, worker: WorkerInfo, slot: int, gpus: str | None, run_id: int | None, job_id: int | None
+) -> ClaimedJob | None:
+    params = {
+        "worker_id": worker.id,
+        "run_id": run_id,
+        "job_id": job_id,
+        "host": worker.host,
+        "gpus": gpus,
+        "slot": slot,
+    }
     row = tx.first(_CLAIM_QUERIES[tx.dialect, run_id is not None, job_id is not None], params)
     if row is None:
         return None
@@ -469,13 +558,17 @@ def _claim(tx: Transaction, worker: WorkerInfo, slot: int, gpus: str | None, run
         opened = {**params, "job_id": job_id, "number": number, "log_dir": log_dir, "name": name}
         row = row[:8] + tx.one(_OPEN_ATTEMPT, opened)
     job_id, run_id, name, argv, env, cwd, number, timeout, attempt_id, log_path = row
-    return ClaimedJob(job_id, run_id, name, sql.from_json(argv), sql.from_json(env), cwd, number, attempt_id, timeout,
-                      log_path)
+    return ClaimedJob(
+        job_id, run_id, name, sql.from_json(argv), sql.from_json(env), cwd, number, attempt_id, timeout, log_path
+    )
 
 
 def record_pid(db: Database, attempt_id: int, pid: int) -> None:
-    db.transact(lambda tx: tx.execute("UPDATE attempts SET pid = :pid WHERE id = :attempt_id",
-                                      {"attempt_id": attempt_id, "pid": pid}))
+    db.transact(
+        lambda tx: tx.execute(
+            "UPDATE attempts SET pid = :pid WHERE id = :attempt_id", {"attempt_id": attempt_id, "pid": pid}
+        )
+    )
 
 
 # How a job moves on when an attempt ends: its final state, or back to the queue for automatic retries while
@@ -493,9 +586,11 @@ def _move_job_query(outcome: AttemptState) -> str:
     """The job's move when its attempt ends with `outcome`: guarded by the job's state and by whose attempt it is."""
     final, retry = _AFTER[outcome]
     if retry:
-        state = (f"state = CASE WHEN failures + 1 < max_attempts THEN {literal(JobState.QUEUED)} ELSE {literal(final)} END, "
-                 "failures = failures + 1")
-        targets = (final, JobState.QUEUED)
+        state = (
+            f"state = CASE WHEN failures + 1 < max_attempts THEN {literal(JobState.QUEUED)} ELSE {literal(final)} END, "
+            "failures = failures + 1"
+        )
+        targets: tuple[JobState, ...] = (final, JobState.QUEUED)
     else:
         state, targets = f"state = {literal(final)}", (final,)
     return (
@@ -531,8 +626,15 @@ class Finished:
 
 
 def finish_attempt(
-    db: Database, job: ClaimedJob, worker_id: int, outcome: AttemptState, *,
-    exit_code: int | None = None, signal: int | None = None, reason: str | None = None, pid: int | None = None,
+    db: Database,
+    job: ClaimedJob,
+    worker_id: int,
+    outcome: AttemptState,
+    *,
+    exit_code: int | None = None,
+    signal: int | None = None,
+    reason: str | None = None,
+    pid: int | None = None,
 ) -> JobState | None:
     """Record how an attempt ended and move its job on. Exactly once: None if the job was no longer ours."""
     return record_finished(db, Finished(job, outcome, exit_code, signal, reason, pid), worker_id)
@@ -544,8 +646,16 @@ def record_finished(db: Database, finished: Finished, worker_id: int) -> JobStat
 
 
 def _finish(tx: Transaction, f: Finished, worker_id: int) -> JobState | None:
-    params = {"job_id": f.job.job_id, "number": f.job.number, "worker_id": worker_id, "attempt_id": f.job.attempt_id,
-              "exit_code": f.exit_code, "signal": f.signal, "reason": f.reason, "pid": f.pid}
+    params = {
+        "job_id": f.job.job_id,
+        "number": f.job.number,
+        "worker_id": worker_id,
+        "attempt_id": f.job.attempt_id,
+        "exit_code": f.exit_code,
+        "signal": f.signal,
+        "reason": f.reason,
+        "pid": f.pid,
+    }
     moved = tx.first(_MOVE_JOB[f.outcome], params)
     if moved is None:
         return None
@@ -566,9 +676,13 @@ class LostWorker:
 
 def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> list[LostWorker]:
     """Workers not stopped cleanly that are gone: on this host by PID (and its start time), elsewhere by lease."""
-    rows = db.transact(lambda tx: tx.dicts(
-        "SELECT *, heartbeat_at < {ago} AS expired FROM workers WHERE stopped_at IS NULL", {"lease_seconds": lease},
-    ), write=False)
+    rows = db.transact(
+        lambda tx: tx.dicts(
+            "SELECT *, heartbeat_at < {ago} AS expired FROM workers WHERE stopped_at IS NULL",
+            {"lease_seconds": lease},
+        ),
+        write=False,
+    )
     host, this_boot = socket.gethostname(), boot_id()
     dead = []
     for w in rows:
@@ -599,7 +713,7 @@ def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> lis
 
 def attempt_states(db: Database, attempt_ids: list[int]) -> dict[int, str]:
     def _states(tx: Transaction):
-        found = {}
+        found: dict[int, str] = {}
         for listed, params in sql.in_lists("attempt", attempt_ids):
             found.update(tx.all(f"SELECT id, state FROM attempts WHERE id IN ({listed})", params))
         return found
@@ -636,7 +750,10 @@ def requeue_jobs_of_dead_worker(db: Database, worker: LostWorker) -> list[int]:
 
     def _requeue(tx: Transaction) -> list[int]:
         noticed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        params = {"worker_id": worker.id, "reason": f"worker {worker.id} lost: {worker.why}; noticed at {noticed} on {socket.gethostname()}"}
+        params = {
+            "worker_id": worker.id,
+            "reason": f"worker {worker.id} lost: {worker.why}; noticed at {noticed} on {socket.gethostname()}",
+        }
         if not tx.execute(_STOP_WORKER, params):
             return []  # another reaper got there first
         requeued = [r[0] for r in tx.all(_REQUEUE_JOBS_OF_WORKER, params)]
@@ -655,7 +772,9 @@ def select_job_ids(tx: Transaction, run: str | None, job_ids: list[int], states:
     run_id = find_run(tx, run)["id"] if run is not None else None
     found: dict[int, tuple] = {}
     for listed, params in sql.in_lists("job", job_ids):
-        found.update((r[0], r[1:]) for r in tx.all(f"SELECT id, state, run_id FROM jobs WHERE id IN ({listed})", params))
+        found.update(
+            (r[0], r[1:]) for r in tx.all(f"SELECT id, state, run_id FROM jobs WHERE id IN ({listed})", params)
+        )
     unknown = sorted(set(job_ids) - found.keys())
     if unknown:
         raise UserError(f"no job with id {', '.join(map(str, unknown))}; `jq list` shows the ids")
@@ -667,8 +786,9 @@ def select_job_ids(tx: Transaction, run: str | None, job_ids: list[int], states:
 ID_WINDOW = 10_000
 
 
-def _job_batches(tx: Transaction, run: str | None, job_ids: list[int] | None,
-                 states: Iterable[JobState]) -> Iterator[tuple[str, dict]]:
+def _job_batches(
+    tx: Transaction, run: str | None, job_ids: list[int] | None, states: Iterable[JobState]
+) -> Iterator[tuple[str, dict]]:
     """The jobs to move, as WHERE terms for a few thousand jobs each: the given ids that are of `run` and in one of
     `states`, or windows of ids over the jobs of `run` (or of every run)."""
     if job_ids:
@@ -676,7 +796,7 @@ def _job_batches(tx: Transaction, run: str | None, job_ids: list[int] | None,
             yield f"id IN ({listed})", params
         return
     where, params = ("run_id = :run_id", {"run_id": find_run(tx, run)["id"]}) if run is not None else ("1 = 1", {})
-    low, high = tx.first("SELECT min(id), max(id) FROM jobs")  # the table's, read from its rowid b-tree at once
+    low, high = tx.one("SELECT min(id), max(id) FROM jobs")  # the table's, read from its rowid b-tree at once
     if low is None:
         return
     for start in range(low, high + 1, ID_WINDOW):
@@ -704,22 +824,31 @@ def cancel_jobs(db: Database, run: str | None = None, job_ids: list[int] | None 
     def _cancel(tx: Transaction):
         cancelled, attempts = 0, []
         for where, params in _job_batches(tx, run, job_ids, _CANCELLABLE_STATES):
-            moved = [r[0] for r in tx.all(
-                f"UPDATE jobs SET state = {literal(JobState.CANCELLED)}, worker_id = NULL, updated_at = {{now}}, "
-                f"ended_at = {{now}} WHERE {where} AND {_CANCELLABLE} RETURNING id", params)]
+            moved = [
+                r[0]
+                for r in tx.all(
+                    f"UPDATE jobs SET state = {literal(JobState.CANCELLED)}, worker_id = NULL, updated_at = {{now}}, "
+                    f"ended_at = {{now}} WHERE {where} AND {_CANCELLABLE} RETURNING id",
+                    params,
+                )
+            ]
             cancelled += len(moved)
             # only the attempts of jobs this cancel moved: a job that has just ended keeps its attempt
             for listed, ids in _positional_in(moved):
                 attempts += tx.dicts(
                     f"UPDATE attempts SET state = {literal(AttemptState.CANCELLED)}, ended_at = {{now}}, "
                     f"reason = 'cancelled by jq cancel' WHERE job_id IN ({listed}) AND {_CANCELLABLE_ATTEMPT} "
-                    "RETURNING *", ids)
+                    "RETURNING *",
+                    ids,
+                )
         return cancelled, attempts
 
     return db.transact(_cancel)
 
 
-def retry_jobs(db: Database, run: str | None = None, job_ids: list[int] | None = None, failed_only: bool = False) -> int:
+def retry_jobs(
+    db: Database, run: str | None = None, job_ids: list[int] | None = None, failed_only: bool = False
+) -> int:
     """Put failed (and, unless failed_only, timed-out and cancelled) jobs back in the queue."""
     states = [s for s in _RETRYABLE if s == JobState.FAILED or not failed_only]
     retryable = state_in("state", states)
@@ -727,8 +856,11 @@ def retry_jobs(db: Database, run: str | None = None, job_ids: list[int] | None =
     def _retry(tx: Transaction):
         retried = 0
         for where, params in _job_batches(tx, run, job_ids, states):
-            retried += tx.execute(f"UPDATE jobs SET state = {literal(JobState.QUEUED)}, failures = 0, "
-                                  f"updated_at = {{now}} WHERE {where} AND {retryable}", params)
+            retried += tx.execute(
+                f"UPDATE jobs SET state = {literal(JobState.QUEUED)}, failures = 0, "
+                f"updated_at = {{now}} WHERE {where} AND {retryable}",
+                params,
+            )
         return retried
 
     return db.transact(_retry)
@@ -739,7 +871,7 @@ def record_submission(db: Database, **values) -> int:
     params = {k: sql.to_json(v) if k in sql.JSON_COLUMNS else v for k, v in values.items()}
     columns = ", ".join(params)
     query = f"INSERT INTO submissions ({columns}, submitted_at) VALUES ({', '.join(':' + k for k in params)}, {{now}}) RETURNING id"
-    return db.transact(lambda tx: tx.first(query, params))[0]
+    return db.transact(lambda tx: tx.one(query, params))[0]
 
 
 def run_submissions(db: Database, run_id: int, backend: str | None = None) -> list[dict]:

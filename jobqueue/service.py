@@ -9,10 +9,11 @@ import re
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain, islice
+from typing import Any
 
 from jobqueue import queue, settings
 from jobqueue.db import Database
@@ -50,8 +51,14 @@ def enqueue_plan(db: Database, plan: SweepPlan, max_attempts: int | None = None)
     """Add the plan's jobs; its RunDescription keywords become the run's settings until a launch records its own."""
     recorded = {"version": settings.STORED_VERSION, **plan.launch_settings} if plan.launch_settings else None
     return queue.enqueue(
-        db, plan.run_name, plan.specs, sweep=plan.loaded.target, train_dir=plan.train_dir, suffix=plan.suffix,
-        settings=recorded, max_attempts=max_attempts or plan.launch_settings.get("max_attempts"),
+        db,
+        plan.run_name,
+        plan.specs,
+        sweep=plan.loaded.target,
+        train_dir=plan.train_dir,
+        suffix=plan.suffix,
+        settings=recorded,
+        max_attempts=max_attempts or plan.launch_settings.get("max_attempts"),
     )
 
 
@@ -63,8 +70,10 @@ def describe_enqueue(result: queue.EnqueueResult, db: Database) -> str:
     else:
         line = f"Enqueued {result.added} new jobs for run {result.run_name!r} in {where} ({result.existing} were already there)."
     if result.changed:
-        line += (f"\nNote: {result.changed} jobs already queued under the same name now expand to a different command "
-                 f"(e.g. {result.first_changed!r}); they keep their old command. Use --suffix for a separate run.")
+        line += (
+            f"\nNote: {result.changed} jobs already queued under the same name now expand to a different command "
+            f"(e.g. {result.first_changed!r}); they keep their old command. Use --suffix for a separate run."
+        )
     return line
 
 
@@ -75,7 +84,9 @@ LISTED = ("id", "run", "name", "state", "attempts", "exit_code", "signal", "cmd"
 DETAILS = ("params", "argv", "env", "cwd", "started_at", "ended_at")  # and what `jq list --json` adds
 
 
-def job_rows(db: Database, run: str | None, state: str | None, tail_lines: int = 3, details: bool = True) -> Iterator[dict]:
+def job_rows(
+    db: Database, run: str | None, state: str | None, tail_lines: int = 3, details: bool = True
+) -> Iterator[dict]:
     """The jobs, oldest first, with the log path and last lines of each failed one, read a page at a time (an
     unknown run is found at the first). Without details, only what `jq list` prints is read: the JSON and time
     columns are the costly ones to decode."""
@@ -84,7 +95,9 @@ def job_rows(db: Database, run: str | None, state: str | None, tail_lines: int =
     return _job_rows(db, run, state, LISTED + DETAILS if details else LISTED, tail_lines)
 
 
-def _job_rows(db: Database, run: str | None, state: str | None, keys: tuple[str, ...], tail_lines: int) -> Iterator[dict]:
+def _job_rows(
+    db: Database, run: str | None, state: str | None, keys: tuple[str, ...], tail_lines: int
+) -> Iterator[dict]:
     columns = ", ".join(f"jobs.{k}" for k in keys if k != "run")
     with db.reading() as tx:
         for page in queue.job_pages(tx, run, state, columns):
@@ -244,7 +257,7 @@ _QUERY = re.compile(r"\s*(select|with|values|table)\b", re.IGNORECASE)
 def read_only_query(db: Database, query: str) -> Iterator[tuple[list[str], Iterator[tuple]]]:
     """Run one statement on a connection that cannot write: its columns, and its rows as they are read (within the
     with block; on PostgreSQL from a server-side cursor). A write is refused with a clear error."""
-    if db.is_sqlite:
+    if db.path is not None:
         conn = sqlite_readonly_connection(db.path)
         conn.set_authorizer(_deny_attach)
         try:
@@ -254,18 +267,18 @@ def read_only_query(db: Database, query: str) -> Iterator[tuple[list[str], Itera
         finally:
             conn.close()
         return
-    with db.engine.connect() as conn, _postgres_errors(), conn.begin():
-        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+    with db.engine.connect() as pg, _postgres_errors(), pg.begin():
+        pg.exec_driver_sql("SET TRANSACTION READ ONLY")
         if _QUERY.match(query):
-            conn = conn.execution_options(stream_results=True, max_row_buffer=FETCH_ROWS)
-        result = conn.exec_driver_sql(query)
+            pg = pg.execution_options(stream_results=True, max_row_buffer=FETCH_ROWS)
+        result = pg.exec_driver_sql(query)
         if not result.returns_rows:
             yield [], iter(())
             return
         yield list(result.keys()), _fetched(result.fetchmany, _postgres_errors)
 
 
-def _fetched(fetchmany: Callable[[int], list], errors: Callable) -> Iterator[tuple]:
+def _fetched(fetchmany: Callable[[int], Sequence[Any]], errors: Callable) -> Iterator[tuple]:
     while True:
         with errors():
             rows = fetchmany(FETCH_ROWS)
@@ -316,7 +329,9 @@ def print_rows(columns: list[str], rows: Iterable[tuple], *, as_json: bool, as_c
     elif columns:
         pages = _pages(rows, ALIGN_ROWS)
         first = next(pages, [])
-        numeric = frozenset(i for i in range(len(columns)) if first and all(isinstance(r[i], (int, float, type(None))) for r in first))
+        numeric = frozenset(
+            i for i in range(len(columns)) if first and all(isinstance(r[i], (int, float, type(None))) for r in first)
+        )
         table = AlignedTable(console.file, columns, numeric)
         for page in chain([first], pages):
             table.write([["" if v is None else str(v).replace("\n", "\\n") for v in r] for r in page])

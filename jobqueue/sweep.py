@@ -32,7 +32,7 @@ from jobqueue.errors import UserError
 # Randomized orders and seeds() must be the same each time the same sweep is loaded, because job
 # names carry the index and a re-enqueue must find the same names. The loader sets the sweep's
 # identity here before running the file; each call then draws from its own seeded generator.
-_seed_state = {"sweep": "", "calls": 0}
+_seed_state: dict[str, Any] = {"sweep": "", "calls": 0}
 
 
 def set_sweep_seed(sweep_id: str) -> None:
@@ -343,7 +343,12 @@ class RunDescription:
             for cmd, experiment_name in generated:
                 if makedirs:
                     os.makedirs(experiment_dir, exist_ok=True)
-                yield f"{cmd} {self.experiment_dir_arg_name}={experiment_dir}", experiment_name, root_dir, experiment.env_vars
+                yield (
+                    f"{cmd} {self.experiment_dir_arg_name}={experiment_dir}",
+                    experiment_name,
+                    root_dir,
+                    experiment.env_vars,
+                )
 
 
 def experiment_root_dir(run: RunDescription, experiment: Experiment, suffix: str) -> str:
@@ -422,18 +427,26 @@ class _ExperimentJobs:
     """One Experiment's jobs within a run: what its jobs share, worked out once, and each job from its params."""
 
     def __init__(self, run: RunDescription, experiment: Experiment, train_dir: str, suffix: str, first: int):
-        self.base_name, self.cmd, self.params, self.first = experiment.base_name, experiment.cmd, experiment.params, first
+        self.base_name, self.cmd, self.params, self.first = (
+            experiment.base_name,
+            experiment.cmd,
+            experiment.params,
+            first,
+        )
         try:
             self.base_argv = shlex.split(experiment.cmd)
         except ValueError as exc:
-            raise UserError(f"experiment {experiment.base_name!r}: cannot split its command ({exc}); check its quotes") from None
+            raise UserError(
+                f"experiment {experiment.base_name!r}: cannot split its command ({exc}); check its quotes"
+            ) from None
         self.root_dir = experiment_root_dir(run, experiment, suffix)
         self.experiment_dir = join(train_dir, self.root_dir)
         self.dir_token = f"{run.experiment_dir_arg_name}={self.experiment_dir}"
         self.env = {str(k): str(v) for k, v in experiment.env_vars.items()} if experiment.env_vars else None
         self.timeout = experiment.timeout if experiment.timeout is not None else run.timeout
-        self.naming = _Naming(experiment.base_name, run.experiment_arg_name, run.customize_experiment_name,
-                              run.param_prefix)
+        self.naming = _Naming(
+            experiment.base_name, run.experiment_arg_name, run.customize_experiment_name, run.param_prefix
+        )
         self.stored_as_given = False  # until check_values() has seen every value
 
     def __len__(self) -> int:
@@ -448,9 +461,18 @@ class _ExperimentJobs:
         tokens, name = self.naming(experiment_idx, params)
         tokens.append(self.dir_token)
         stored = params if self.stored_as_given else _stored_params(self.base_name, params)
-        return JobSpec(name, self.base_name, stored, self.base_argv + tokens,
-                       display_command(self.cmd, tokens), self.root_dir, self.experiment_dir, self.env, self.timeout,
-                       self.first + experiment_idx)
+        return JobSpec(
+            name,
+            self.base_name,
+            stored,
+            self.base_argv + tokens,
+            display_command(self.cmd, tokens),
+            self.root_dir,
+            self.experiment_dir,
+            self.env,
+            self.timeout,
+            self.first + experiment_idx,
+        )
 
     def names(self) -> Iterator[str]:
         for experiment_idx, params in enumerate(self.params or [{}]):
@@ -480,7 +502,11 @@ def _check_unique_names(experiments: list[_ExperimentJobs], customize_experiment
     first repeated name, as a check of each job against all before it would.
     """
     for position, later in enumerate(experiments):
-        rivals = [e for e in experiments[:position] if _names_may_meet(e.base_name, later.base_name, customize_experiment_name)]
+        rivals = [
+            e
+            for e in experiments[:position]
+            if _names_may_meet(e.base_name, later.base_name, customize_experiment_name)
+        ]
         if not rivals:
             continue
         rival_names = [rival.names() for rival in rivals]
