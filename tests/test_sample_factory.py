@@ -274,3 +274,16 @@ def test_when_jq_and_its_guard_are_both_sigkilled_the_next_resume_kills_the_orph
         assert s.attempt_states(job["id"]) == ["lost", "succeeded"]
     succeeded = s.project.sql("select job_id, count(*) as n from attempts where state = 'succeeded' group by job_id")
     assert sorted((row["job_id"], row["n"]) for row in succeeded) == [(job["id"], 1) for job in s.jobs]
+
+
+def test_jq_results_shows_sfs_reward_for_every_job_and_a_resumed_jobs_curve_holds_both_attempts(crashed_sweep):
+    """The worker read SF's own TensorBoard event files (one per attempt) into the DB; SF needed no change."""
+    s = crashed_sweep
+    rows = json.loads(s.project.jq("results", RUN, "--metric", "reward/reward", "--json", check=True).stdout)
+    assert sorted(row["name"] for row in rows) == sorted(NAMES)
+    for row in rows:
+        reward = row["metrics"]["reward/reward"]
+        assert reward["count"] > 0 and reward["last_step"] > 0, row
+    for job_id in s.steps_at_launch_kill:  # SIGKILLed mid-run, then resumed from their checkpoints
+        points = json.loads(s.project.jq("metrics", str(job_id), "reward/reward", "--json", check=True).stdout)
+        assert {point["attempt"] for point in points} == {1, 2}, points[:3]
