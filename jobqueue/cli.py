@@ -496,6 +496,12 @@ def launch(
         "-w",
         help="[slurm/ngc] After submitting, show the run's progress until it is done (as `jq status RUN --watch`).",
     ),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        help="Run in the background, in a session of its own, so that closing the terminal or logging out does not "
+        "stop the sweep; output goes to TRAIN_DIR/RUN/jq_launch.log. Returns at once.",
+    ),
     slurm_gpus_per_job: int | None = typer.Option(
         None, "--slurm-gpus-per-job", help="[slurm] GPUs per Slurm job (--gres=gpu:G). Default 1."
     ),
@@ -603,6 +609,8 @@ def launch(
     )
     parse(flags, FLAGS)  # bad flags fail before the sweep file runs
     plan = service.plan_sweep(target, train_dir=train_dir, suffix=experiment_suffix)
+    if detach:
+        raise typer.Exit(launching.detach(plan, [a for a in sys.argv[1:] if a != "--detach"]))
     raise typer.Exit(launching.launch(db, plan, flags, progress=not no_progress, watch=watch))
 
 

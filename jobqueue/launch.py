@@ -138,3 +138,25 @@ def _submission_changes(db: Database, run: dict, seen: dict[int, str]) -> list[s
                 seen[sub["id"]] = state
                 lines.append(f"{run['name']}: {name} submission {sub['external_id'] or '-'}: {state}")
     return lines
+
+
+def detach(plan: SweepPlan, argv: list[str]) -> int:
+    """Start this launch again (argv, without --detach) in a session of its own, with no terminal: a closed
+    terminal or a logout cannot reach it. Its output goes to a log file in the run's directory."""
+    import os
+    import subprocess
+    import sys
+
+    log_path = os.path.abspath(os.path.join(plan.train_dir, plan.run_name, "jq_launch.log"))
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobqueue", *argv, "--no-progress"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    print(f"{plan.run_name}: launched in the background (pid {proc.pid}); its output goes to {log_path}")
+    print(f"follow it with: jq status {plan.run_name} --watch    stop it with: jq cancel {plan.run_name}")
+    return 0

@@ -1,7 +1,14 @@
 """Watching a run whose workers run elsewhere: `jq status RUN --watch` and `jq launch --backend slurm --watch`."""
 
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
 import time
 
+import psutil
 import pytest
 
 
@@ -67,3 +74,55 @@ def test_launch_on_slurm_with_watch_returns_when_the_run_is_done(sqlite_project,
     p.wait_for(
         lambda: not slurm_cluster.squeue(), timeout=30, what="the workers to leave"
     )  # an empty cluster for the next test
+
+
+def detached_launch(p, *args: str) -> tuple[subprocess.Popen, int]:
+    """`jq launch ... --detach` from a shell that stays; returns the shell (leader of its own process group) and the
+    pid of the launch it left in the background."""
+    command = shlex.join([sys.executable, "-m", "jobqueue", "launch", *args, "--detach"])
+    shell = subprocess.Popen(
+        ["sh", "-c", f"{command}; sleep 120"],
+        cwd=p.path,
+        env=p.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    line = shell.stdout.readline()
+    match = re.search(r"launched in the background \(pid (\d+)\); its output goes to (\S+)$", line.strip())
+    assert match, line + shell.stderr.read() if shell.poll() is not None else line
+    return shell, int(match[1])
+
+
+def test_a_detached_launch_finishes_every_job_after_its_shell_and_process_group_are_killed(sqlite_project):
+    p = sqlite_project
+    p.sweep("detached", "sh -c 'sleep 1' job", 4)
+    shell, launch_pid = detached_launch(p, "detached", "--max-parallel", "2")
+    os.killpg(shell.pid, signal.SIGKILL)  # the terminal's process group, as a closed ssh session takes it down
+    shell.wait(10)
+    assert psutil.pid_exists(launch_pid)
+    p.wait_for(lambda: p.states() == {"succeeded": 4}, timeout=60, what="the detached launch to finish")
+    log = (p.path / "train_dir" / "detached" / "jq_launch.log").read_text()
+    assert "detached: 4 new jobs enqueued" in log
+    p.wait_for(
+        lambda: not psutil.pid_exists(launch_pid) or psutil.Process(launch_pid).status() == psutil.STATUS_ZOMBIE,
+        timeout=20,
+        what="the detached launch to exit",
+    )
+
+
+def test_jq_cancel_stops_a_detached_launch(sqlite_project):
+    p = sqlite_project
+    p.sweep("stoppable", "sh -c 'sleep 60' job", 3)
+    shell, launch_pid = detached_launch(p, "stoppable", "--max-parallel", "2")
+    p.wait_for(lambda: p.states().get("running") == 2, timeout=30, what="two running jobs")
+    assert "cancelled 3 jobs (2 were running)" in p.jq("cancel", "stoppable", check=True).stdout
+    p.wait_for(
+        lambda: not psutil.pid_exists(launch_pid) or psutil.Process(launch_pid).status() == psutil.STATUS_ZOMBIE,
+        timeout=30,
+        what="the detached launch to exit",
+    )
+    assert p.states() == {"cancelled": 3}
+    os.killpg(shell.pid, signal.SIGKILL)
+    shell.wait(10)
