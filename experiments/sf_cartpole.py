@@ -7,7 +7,8 @@ makes one, .venv-sf), with Sample Factory's own launch command and `jq` for `sam
         --experiments_per_gpu=-1 --num_gpus=1 --train_dir=./train_dir
 
 Each training saves a checkpoint every five seconds, so a launch killed mid-run carries on from where its jobs
-were with `jq resume sf_cartpole`.
+were with `jq resume sf_cartpole`. Rewards are averaged over 20 episodes: SF writes none to TensorBoard until it
+has its default 100, which a run this short may never reach.
 """
 
 from sample_factory.launcher.run_description import Experiment, ParamGrid, RunDescription
@@ -23,7 +24,7 @@ _experiments = [
     Experiment(
         "cartpole",
         "python -m sf_examples.train_gym_env --env=CartPole-v1 --num_workers=2 --num_envs_per_worker=2 --device=cpu "
-        "--train_for_env_steps=4096 --save_every_sec=5",
+        "--train_for_env_steps=4096 --save_every_sec=5 --stats_avg=20",
         _params.generate_params(randomize=False),
     ),
 ]

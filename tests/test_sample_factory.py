@@ -122,7 +122,7 @@ class CrashedSweep:
     survivors_of_launch: dict[int, list[psutil.Process]]  # job processes alive 10 s after the launch was SIGKILLed
     orphans: dict[int, list[psutil.Process]]  # attempt id -> processes alive after resume and guard were SIGKILLed
     running_at_double_kill: set[int]
-    overlaps: list[psutil.Process]  # processes of a new attempt seen while an orphan still ran
+    overlaps: set[int]  # attempts that started while an orphan still ran
     orphans_left: list[psutil.Process]  # orphans still alive a minute after the second resume started
     final_exit_code: int | None  # None: still running after 10 minutes
     output: str  # everything the launch and both resumes printed
@@ -206,12 +206,10 @@ def _train_crash_and_resume(project: Project, started: list[subprocess.Popen]) -
     final = sf_jq(project, "resume", RUN)
     started.append(final)
     orphan_processes = [proc for procs in orphans.values() for proc in procs]
-    overlaps: list[psutil.Process] = []
+    overlaps: set[int] = set()
     deadline = time.monotonic() + 60
     while any(alive(proc) for proc in orphan_processes) and time.monotonic() < deadline:
-        overlaps += [
-            proc for attempt, procs in job_processes(project).items() if attempt not in orphans for proc in procs
-        ]
+        overlaps |= job_processes(project).keys() - orphans.keys()
         time.sleep(0.1)
     orphans_left = [proc for proc in orphan_processes if alive(proc)]
     try:
@@ -265,7 +263,7 @@ def test_when_jq_and_its_guard_are_both_sigkilled_the_next_resume_kills_the_orph
     s = crashed_sweep
     # With no guard left, SF trains on, unobserved, until `jq resume` finds it by its JQ_ATTEMPT_ID.
     assert set(s.orphans) == s.running_at_double_kill and len(s.running_at_double_kill) == 2
-    assert s.overlaps == []  # no new attempt started while an orphan still ran
+    assert s.overlaps == set()  # no new attempt started while an orphan still ran
     killed = re.findall(r"(\d+) orphaned job processes killed", s.output)[-1]
     assert int(killed) > 0, s.output[-3000:]  # killed, not over by themselves before the resume came
     assert s.orphans_left == []
