@@ -282,6 +282,12 @@ def test_jq_results_shows_sfs_reward_for_every_job_and_a_resumed_jobs_curve_hold
     for row in rows:
         reward = row["metrics"]["reward/reward"]
         assert reward["count"] > 0 and reward["last_step"] > 0, row
-    for job_id in s.steps_at_launch_kill:  # SIGKILLed mid-run, then resumed from their checkpoints
-        points = json.loads(s.project.jq("metrics", str(job_id), "reward/reward", "--json", check=True).stdout)
-        assert {point["attempt"] for point in points} == {1, 2}, points[:3]
+    curves = {}
+    for job in s.jobs:  # every job was SIGKILLed once, mid-run, and resumed from its checkpoint
+        points = json.loads(s.project.jq("metrics", str(job["id"]), "reward/reward", "--json", check=True).stdout)
+        curves[job["id"]] = {point["attempt"] for point in points}
+    assert all(2 in attempts for attempts in curves.values()), curves
+    # SF's TensorBoard writer holds its events --flush_summaries_interval seconds (2 here) before it writes them, so
+    # a first attempt killed early (jobs 1 and 2, with the launch) may have left none. The orphaned first attempts of
+    # jobs 3 and 4 trained on until the next resume killed them: their curves hold both attempts.
+    assert {3, 4} <= {job_id for job_id, attempts in curves.items() if attempts == {1, 2}}, curves
