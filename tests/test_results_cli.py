@@ -46,8 +46,9 @@ for step in range(start, a.steps):
         writer.add_scalar("len/len", step, 1000 * step)
     else:
         log_metrics(step=step, reward=reward, loss=loss)
-    with open(checkpoint, "w") as f:
+    with open(checkpoint + ".tmp", "w") as f:  # written whole, then renamed: a kill mid-write leaves the old one
         f.write(str(step + 1))
+    os.replace(checkpoint + ".tmp", checkpoint)
     if a.until and os.path.exists(a.until):
         break
     time.sleep(a.step_time)
