@@ -76,6 +76,11 @@ def test_launch_on_slurm_with_watch_returns_when_the_run_is_done(sqlite_project,
     )  # an empty cluster for the next test
 
 
+def enqueued(p) -> bool:
+    """The detached launch has made its DB: it returned before it did."""
+    return (p.path / "jobqueue.db").exists()
+
+
 def detached_launch(p, *args: str) -> tuple[subprocess.Popen, int]:
     """`jq launch ... --detach` from a shell that stays; returns the shell (leader of its own process group) and the
     pid of the launch it left in the background."""
@@ -102,7 +107,7 @@ def test_a_detached_launch_finishes_every_job_after_its_shell_and_process_group_
     os.killpg(shell.pid, signal.SIGKILL)  # the terminal's process group, as a closed ssh session takes it down
     shell.wait(10)
     assert psutil.pid_exists(launch_pid)
-    p.wait_for(lambda: p.states() == {"succeeded": 4}, timeout=60, what="the detached launch to finish")
+    p.wait_for(lambda: enqueued(p) and p.states() == {"succeeded": 4}, timeout=60, what="the detached launch to finish")
     log = (p.path / "train_dir" / "detached" / "jq_launch.log").read_text()
     assert "detached: 4 new jobs enqueued" in log
     p.wait_for(
@@ -116,7 +121,7 @@ def test_jq_cancel_stops_a_detached_launch(sqlite_project):
     p = sqlite_project
     p.sweep("stoppable", "sh -c 'sleep 60' job", 3)
     shell, launch_pid = detached_launch(p, "stoppable", "--max-parallel", "2")
-    p.wait_for(lambda: p.states().get("running") == 2, timeout=30, what="two running jobs")
+    p.wait_for(lambda: enqueued(p) and p.states().get("running") == 2, timeout=30, what="two running jobs")
     assert "cancelled 3 jobs (2 were running)" in p.jq("cancel", "stoppable", check=True).stdout
     p.wait_for(
         lambda: not psutil.pid_exists(launch_pid) or psutil.Process(launch_pid).status() == psutil.STATUS_ZOMBIE,
