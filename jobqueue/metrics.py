@@ -14,7 +14,7 @@ import math
 import os
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -296,22 +296,55 @@ def _shortest_float32(x: float) -> float:
 
 
 def job_sources(
-    known: dict[str, Source], attempt_id: int, experiment_dir: str | None, metrics_file: str | None
+    known: dict[str, Source],
+    attempt_id: int,
+    experiment_dir: str | None,
+    metrics_file: str | None,
+    starts: Sequence[tuple[int, float]] = (),
 ) -> tuple[list[Source], str | None]:
-    """Every file to read for a job: those read before (by any attempt), and any new ones, which belong to
-    `attempt_id`. With a message to show when event files are there but cannot be read."""
+    """Every file to read for a job: those read before (by any attempt), and any new ones. A new event file
+    belongs to the attempt that was running when its writer opened it (`starts`: the job's attempts up to this
+    one, oldest first, as (id, start in seconds since the epoch)), so an orphaned attempt's file, never read
+    before it was killed, keeps its own attempt; with no such attempt, or none given, it is `attempt_id`'s.
+    With a message to show when event files are there but cannot be read."""
     sources = dict(known)
     candidates = [(metrics_file, JSONL)] if metrics_file else []
     candidates += [(path, TFEVENTS) for path in find_event_files(experiment_dir)] if experiment_dir else []
     for path, kind in candidates:
         if path not in sources and os.path.isfile(path):
-            sources[path] = Source(path, kind, attempt_id)
+            owner = _writer_of(path, starts) if kind == TFEVENTS else None
+            sources[path] = Source(path, kind, owner or attempt_id)
     message = None
     events = [s.path for s in sources.values() if s.kind == TFEVENTS]
     if events and not event_reader_available():
         sources = {p: s for p, s in sources.items() if s.kind != TFEVENTS}
         message = event_reader_missing(experiment_dir or os.path.dirname(events[0]))
     return list(sources.values()), message
+
+
+def opened_at(path: str) -> float | None:
+    """When an event file's writer opened it: the whole seconds its name carries (tensorboardX's, PyTorch's and
+    TensorFlow's `events.out.tfevents.{time}.{host}...`), else the file's last change."""
+    stamp = os.path.basename(path)[len(EVENT_FILE_GLOB) :].split(".", 1)[0]
+    if stamp.isdigit():
+        return float(stamp)
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return None
+
+
+def _writer_of(path: str, starts: Sequence[tuple[int, float]]) -> int | None:
+    """The last attempt that had started when the file was opened; the name's time is cut to whole seconds,
+    hence the second of slack."""
+    opened = opened_at(path)
+    if opened is None:
+        return None
+    owner = None
+    for attempt_id, started in starts:
+        if started <= opened + 1:
+            owner = attempt_id
+    return owner
 
 
 def read_new(source: Source, chunk_points: int = CHUNK_POINTS) -> Iterator[Chunk]:

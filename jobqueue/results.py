@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from typing import IO
 
 from jobqueue import metrics as readers, sql
@@ -72,20 +73,27 @@ def known_sources(tx: Transaction, job_id: int) -> dict[str, Source]:
     }
 
 
-_EARLIER_ATTEMPTS = "SELECT id, log_path FROM attempts WHERE job_id = :job_id AND id < :attempt_id ORDER BY id"
+_EARLIER_ATTEMPTS = (
+    "SELECT id, log_path, started_at FROM attempts WHERE job_id = :job_id AND id <= :attempt_id ORDER BY id"
+)
 
 
-def _sources_to_read(tx: Transaction, job_id: int, attempt_id: int) -> dict[str, Source]:
+def _sources_to_read(
+    tx: Transaction, job_id: int, attempt_id: int
+) -> tuple[dict[str, Source], list[tuple[int, float]]]:
     """known_sources, and the JSON-lines files of the job's earlier attempts, each its own attempt's: a worker
     killed outright (SIGKILL, a lost node) left what its attempt logged since its last read, which the attempt
-    that runs the job next stores."""
+    that runs the job next stores. With the attempts' starts (seconds since the epoch, by the DB's clock), for
+    telling whose a new event file is."""
     known = known_sources(tx, job_id)
-    for earlier_id, log_path in tx.all(_EARLIER_ATTEMPTS, {"job_id": job_id, "attempt_id": attempt_id}):
-        if not log_path:
+    starts = []
+    for earlier_id, log_path, started_at in tx.all(_EARLIER_ATTEMPTS, {"job_id": job_id, "attempt_id": attempt_id}):
+        starts.append((earlier_id, sql.decode_time(started_at).replace(tzinfo=UTC).timestamp()))
+        if not log_path or earlier_id == attempt_id:
             continue
         path = readers.metrics_file_for(log_path)
         known.setdefault(path, Source(path, readers.JSONL, earlier_id))
-    return known
+    return known, starts
 
 
 def ingest(tx: Transaction, job_id: int, attempt_id: int, chunk: Chunk) -> bool:
@@ -166,8 +174,8 @@ def collect(
     """Read what is new in a job's files and store it, one transaction per chunk: the worker's call while an
     attempt runs (every --metrics-every seconds) and once more when it has ended. Files are read outside the
     transactions, and no more than one chunk is held at a time."""
-    known = db.transact(lambda tx: _sources_to_read(tx, job_id, attempt_id), write=False)
-    sources, message = readers.job_sources(known, attempt_id, experiment_dir, metrics_file)
+    known, starts = db.transact(lambda tx: _sources_to_read(tx, job_id, attempt_id), write=False)
+    sources, message = readers.job_sources(known, attempt_id, experiment_dir, metrics_file, starts)
     done = Collected(message=message)
     for source in sources:
         for chunk in readers.read_new(source, chunk_points):

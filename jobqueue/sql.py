@@ -76,7 +76,7 @@ def to_json(value) -> str | None:
 def row_converter(description):
     """A function from a raw row to a dict, decoding JSON and time columns (SQLite hands both over as text)."""
     names = [column[0] for column in description]
-    convert = [from_json if n in JSON_COLUMNS else _decode_time if n.endswith("_at") else None for n in names]
+    convert = [from_json if n in JSON_COLUMNS else decode_time if n.endswith("_at") else None for n in names]
 
     def to_dict(raw) -> dict:
         return {n: (c(v) if c and v is not None else v) for n, c, v in zip(names, convert, raw)}
@@ -89,7 +89,7 @@ def from_json(value):
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _decode_time(value):
+def decode_time(value):
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -474,6 +475,31 @@ def test_event_files_below_the_experiment_dir_are_ingested_per_attempt(project, 
     (row,) = results.results(db, "sweep", metrics=["reward/reward"])
     assert row["metrics"]["reward/reward"] == {"last": 3.0, "last_step": 300, "min": 1.0, "max": 3.0, "count": 4}
     assert [(p["attempt"], p["step"], p["value"]) for p in results.metrics(db, job.job_id, ["reward/reward"])] == [
+        (1, 100, 1.0),
+        (1, 200, 2.0),
+        (2, 200, 2.5),
+        (2, 300, 3.0),
+    ]
+
+
+def test_an_orphaned_attempts_event_file_read_only_by_the_next_attempt_stays_its_own(project, tmp_path):
+    """A worker killed outright never read its attempt's event file; the attempt that runs the job next finds it,
+    and gives it to the attempt that was running when the file was opened."""
+    db = open_db(project.db)
+    sweep = Sweep(db, tmp_path, [{"lr": 0.1}])
+    events = tmp_path / "sweep" / "00_j" / ".summary" / "0"
+    first = queue.claim_next_job(db, sweep.worker, slot=0, gpus=None)
+    write_events(events, {"reward/reward": [(100, 1.0), (200, 2.0)]})
+    opened = time.time()
+    queue.finish_attempt(db, first, sweep.worker.id, AttemptState.INTERRUPTED)
+    while time.time() < int(opened) + 2:  # the file's name has whole seconds
+        time.sleep(0.1)
+    second = queue.claim_next_job(db, sweep.worker, slot=0, gpus=None)
+    (events / "second").mkdir()
+    write_events(events / "second", {"reward/reward": [(200, 2.5), (300, 3.0)]})
+    assert sweep.collect(second).points == 6
+    points = results.metrics(db, second.job_id, ["reward/reward"])
+    assert [(p["attempt"], p["step"], p["value"]) for p in points] == [
         (1, 100, 1.0),
         (1, 200, 2.0),
         (2, 200, 2.5),

@@ -289,5 +289,6 @@ def test_jq_results_shows_sfs_reward_for_every_job_and_a_resumed_jobs_curve_hold
     assert all(2 in attempts for attempts in curves.values()), curves
     # SF's TensorBoard writer holds its events --flush_summaries_interval seconds (2 here) before it writes them, so
     # a first attempt killed early (jobs 1 and 2, with the launch) may have left none. The orphaned first attempts of
-    # jobs 3 and 4 trained on until the next resume killed them: their curves hold both attempts.
+    # jobs 3 and 4 trained on until the next resume killed them: their curves hold both attempts, though no worker
+    # of theirs read their files before the next attempt's did (an event file is the attempt's that opened it).
     assert {3, 4} <= {job_id for job_id, attempts in curves.items() if attempts == {1, 2}}, curves
