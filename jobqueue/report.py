@@ -1,4 +1,5 @@
-"""`jq status`: counts per run and state, failed jobs' last log lines, and the runs' submissions.
+"""`jq status`: counts per run and state, running jobs whose worker has gone silent, failed jobs' last log lines,
+and the runs' submissions.
 
 Plain SQL that runs on SQLite's stdlib driver and on PostgreSQL alike. On an up-to-date SQLite file the
 report never imports SQLAlchemy (whose import alone costs more than the query on a million jobs).
@@ -13,12 +14,24 @@ from collections import deque
 from jobqueue import sql
 from jobqueue.db import Transaction, open_db
 from jobqueue.paths import current_sqlite_file, resolve_url, sqlite_readonly_connection
-from jobqueue.sql import COUNTS_SQL, unknown_run
+from jobqueue.sql import COUNTS_SQL, decode_time, unknown_run
 from jobqueue.states import DISPLAY_ORDER
 
 STATES = tuple(state.value for state in DISPLAY_ORDER)
 
-RUNS_SQL = "SELECT name, settings FROM runs ORDER BY id"
+# A worker's default --heartbeat. The workers table does not record each worker's own, so a worker started with a
+# longer one is marked silent early, one with a shorter one late.
+HEARTBEAT_SECONDS = 5.0
+# Two missed heartbeats, not one: a heartbeat is a transaction that may wait on a busy DB.
+SILENT_AFTER_SECONDS = 2 * HEARTBEAT_SECONDS
+
+RUNS_SQL = "SELECT id, name, settings FROM runs ORDER BY id"
+# Running jobs whose worker has missed two heartbeats, by the DB's clock, per run: a range of ix_jobs_state_id
+# (running jobs are bounded by the slots of all workers, however big the run) and the workers' primary key.
+SILENT_SQL = (
+    "SELECT j.run_id, count(*), count(DISTINCT j.worker_id), min(w.heartbeat_at), max({now}) FROM jobs j "
+    "JOIN workers w ON w.id = j.worker_id WHERE j.state = 'running' AND w.heartbeat_at < {ago} GROUP BY j.run_id"
+)
 # A run's newest failed jobs: a backward walk of ix_jobs_run_state_id that stops after :shown rows, however many failed.
 FAILED_SQL = (
     "SELECT j.id, j.name, j.exit_code, j.signal, a.reason, a.log_path FROM jobs j "
@@ -68,7 +81,8 @@ def tail(path: str | None, lines: int) -> list[str]:
 
 
 def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, failed_shown: int = 5) -> dict:
-    settings = {name: _json(value) for name, value in reader.rows(RUNS_SQL)}
+    runs = reader.rows(RUNS_SQL)
+    settings = {name: _json(value) for _, name, value in runs}
     if run is not None and run not in settings:
         raise unknown_run(run, list(settings))
     names = [run] if run is not None else list(settings)
@@ -95,11 +109,13 @@ def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, f
                 }
             )
     _add_live_states([s for subs in submissions.values() for s in subs])
+    silent = _silent_workers(reader, {run_id: name for run_id, name, _ in runs})
     return {
         "runs": [
             {
                 "run": name,
                 "counts": counts[name],
+                "silent": silent.get(name, {"jobs": 0, "workers": 0, "last_heartbeat_s": None}),
                 "total": sum(counts[name].values()),
                 "failed": failed[name],
                 "submissions": submissions[name],
@@ -108,6 +124,16 @@ def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, f
             for name in names
         ]
     }
+
+
+def _silent_workers(reader: Reader, run_names: dict[int, str]) -> dict[str, dict]:
+    """Per run: its running jobs whose worker has been silent past SILENT_AFTER_SECONDS, how many workers, and how
+    long ago the most silent of them was last heard from."""
+    found = {}
+    for run_id, jobs, workers, oldest, now in reader.rows(SILENT_SQL, {"lease_seconds": SILENT_AFTER_SECONDS}):
+        ago = (decode_time(now) - decode_time(oldest)).total_seconds()
+        found[run_names[run_id]] = {"jobs": jobs, "workers": workers, "last_heartbeat_s": round(ago, 1)}
+    return found
 
 
 def _newest_failed(reader: Reader, run: str, shown: int, tail_lines: int) -> list[dict]:
@@ -159,6 +185,14 @@ def print_status(report: dict, console) -> None:
         table.add_row(r["run"], *[str(r["counts"][s]) for s in STATES], str(r["total"]))
     console.print(table)
     for r in report["runs"]:
+        silent = r["silent"]
+        if silent["jobs"]:
+            whose = "a silent worker" if silent["workers"] == 1 else f"{silent['workers']} silent workers"
+            console.print(
+                f"[yellow]{r['run']}: {r['counts']['running']} running ({silent['jobs']} with {whose}: last heartbeat "
+                f"{silent['last_heartbeat_s']:.0f} s ago — `jq resume` requeues {'it' if silent['jobs'] == 1 else 'them'} "
+                "after the lease)[/yellow]"
+            )
         for job in r["failed"]:
             why = f"exit code {job['exit_code']}" if job["signal"] is None else f"signal {job['signal']}"
             if job["reason"]:
