@@ -5,11 +5,14 @@ Recipes from shared/notes/postgres.md and shared/notes/slurm.md, checked on this
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import select
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,11 +70,12 @@ class Postgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_postgres(_tmp: Path) -> Postgres:
+def start_postgres(_tmp: Path, name: str = "pg") -> Postgres:
+    """The session's server, or (another `name`) a server of a test module's own, to cut or stop as it likes."""
     if not (PG_BIN / "initdb").exists():
         raise RuntimeError(f"{PG_BIN}/initdb not found; apt-get install postgresql")
     # A directory of its own under /tmp: pytest's tmp dirs are private to root, and postgres must enter it.
-    root = Path(f"/tmp/jq-pg-{os.getpid()}")
+    root = Path(f"/tmp/jq-{name}-{os.getpid()}")
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(mode=0o755)
     if os.geteuid() == 0:
@@ -97,6 +101,102 @@ def start_postgres(_tmp: Path) -> Postgres:
         ]
     )
     return server
+
+
+class TcpProxy:
+    """A TCP forwarder on 127.0.0.1 between clients and a server, that the test can cut: a network partition.
+
+    cut() stops forwarding and refuses new connections. Open connections are held (the default): their bytes wait
+    in the kernel's buffers, so a query in progress hangs with no error and no reset, and the kernel still
+    acknowledges what the client sends, so neither TCP keepalives nor TCP_USER_TIMEOUT notice; only the client's
+    own clock can. Or dropped (drop=True): closed at once, as a restarting router would. heal() forwards again,
+    the held bytes first. Threads, not asyncio: a blocking relay per direction is all it needs.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = False
+        self._listener: socket.socket | None = None
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._listen()
+
+    def _listen(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by cut() or close()
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
+        while not self._closed:
+            self._flowing.wait()
+            try:
+                ready, _, _ = select.select([source], [], [], 0.1)
+                if not ready or not self._flowing.is_set():
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+            except (OSError, ValueError):  # ValueError: closed under us by cut(drop=True) or close()
+                break
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self, drop: bool = False) -> None:
+        self._flowing.clear()
+        self._stop_listening()
+        if drop:
+            self._close_connections()
+
+    def _stop_listening(self) -> None:
+        if self._listener is not None:
+            # shutdown() wakes the accept() in progress; close() alone leaves the socket listening under it.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+
+    def _close_connections(self) -> None:
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for end in pair:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+    def heal(self) -> None:
+        self._listen()
+        self._flowing.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._flowing.set()
+        self._stop_listening()
+        self._close_connections()
 
 
 # --- Slurm -------------------------------------------------------------------------------------------
