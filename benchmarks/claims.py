@@ -1,8 +1,12 @@
 """Claims per second with N processes racing on one queue, SQLite and PostgreSQL side by side.
 
-    python benchmarks/claims.py [--processes 8] [--jobs 20000] [--postgres URL]
+    python benchmarks/claims.py [--processes 8] [--jobs 20000] [--rounds 3] [--baseline REV] [--only sqlite]
+                                [--postgres URL]
 
-Without --postgres it starts a throwaway PostgreSQL server itself (tests/services.py). Each claim is
+Without --postgres it starts a throwaway PostgreSQL server itself (tests/services.py). --baseline REV races the
+claim of an older commit too (its jobqueue/ from `git archive`), in the same rounds, so that a change is measured
+before and after under the same load. Each round races every contender once, one after the other, on a queue of
+its own; the summary is the median of the rounds (this machine's speed drifts from one minute to the next). Each claim is
 jobqueue's own claim_next_job, which takes the oldest queued job and opens its attempt: on PostgreSQL one
 statement outside any transaction, on SQLite an UPDATE and an INSERT in one BEGIN IMMEDIATE. Goals: SQLite
 >= 6,000 claims/s, PostgreSQL >= 5,000, 0 duplicates, 0 errors. Beside each, the reference: the same race with the
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,14 +105,17 @@ def fill(url: str, jobs: int) -> None:
     db.dispose()
 
 
-def claim_race(url: str, processes: int, jobs: int, child: str = CHILD) -> dict:
-    """Fill a queue, let `processes` processes claim it dry; return claims/s, duplicates, errors."""
+def claim_race(url: str, processes: int, jobs: int, child: str = CHILD, code_dir: Path = REPO) -> dict:
+    """Fill a queue, let `processes` processes claim it dry (importing jobqueue from code_dir); return claims/s,
+    duplicates, errors."""
     fill(url, jobs)
     with tempfile.TemporaryDirectory() as tmp:
         go = os.path.join(tmp, "go")
         outs = [os.path.join(tmp, f"ids{i}") for i in range(processes)]
         children = [
-            subprocess.Popen([sys.executable, "-c", child, url, go, out], cwd=REPO, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [sys.executable, "-c", child, url, go, out], cwd=code_dir, stderr=subprocess.PIPE, text=True
+            )
             for out in outs
         ]
         time.sleep(1.5 + 0.2 * processes)  # let every child import and connect before the start signal
@@ -120,49 +128,96 @@ def claim_race(url: str, processes: int, jobs: int, child: str = CHILD) -> dict:
     return {
         "claims_per_s": len(claimed) / elapsed,
         "claimed": len(claimed),
-        "distinct": len(set(claimed)),
         "duplicates": len(claimed) - len(set(claimed)),
         "errors": errors,
         "seconds": elapsed,
     }
 
 
+def code_at(revision: str, into: Path) -> Path:
+    """jobqueue/ as it was at `revision`, in a directory of its own, for the children to import."""
+    into.mkdir()
+    archive = subprocess.run(["git", "archive", revision, "jobqueue"], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+class Databases:
+    """A new, empty queue for every race: an SQLite file, or a database on the PostgreSQL server."""
+
+    def __init__(self, tmp: str, postgres: str | None):
+        self.tmp, self.postgres, self.server, self.made = tmp, postgres, None, 0
+        if postgres is None:
+            from tests.services import start_postgres
+
+            self.server = start_postgres(Path(tempfile.mkdtemp()))
+
+    def new(self, dialect: str) -> str:
+        self.made += 1
+        name = f"jq_bench_claims_{os.getpid()}_{self.made}"
+        if dialect == "SQLite":
+            return os.path.join(self.tmp, name + ".db")
+        if self.server is not None:
+            return self.server.create_database(name)
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.postgres)
+        with psycopg.connect(url.set(drivername="postgresql").render_as_string(False), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return url.set(database=name).render_as_string(False)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=20000)
-    parser.add_argument("--postgres", help="a postgresql+psycopg:// URL of an empty DB (default: start a server)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", metavar="REV", help="also race the claim of this git revision (before)")
+    parser.add_argument("--only", choices=["sqlite", "postgresql"], help="race on one database only")
+    parser.add_argument(
+        "--postgres", help="a postgresql+psycopg:// URL whose role may create databases (default: start a server)"
+    )
     args = parser.parse_args()
-    server = None
-    urls = [args.postgres, None]
-    if args.postgres is None:
-        from tests.services import start_postgres
-
-        server = start_postgres(Path(tempfile.mkdtemp()))
-        urls = [server.create_database("jq_bench_claims"), server.create_database("jq_bench_claims_raw")]
     print("load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} cores)")
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            races = [
-                ("SQLite", os.path.join(tmp, "claims.db"), os.path.join(tmp, "raw.db"), 6000),
-                ("PostgreSQL", *urls, 5000),
-            ]
-            for name, db, raw_db, goal in races:
-                r = claim_race(db, args.processes, args.jobs)
-                line = (
-                    f"{name:<10} {args.processes} processes, {r['claimed']} claims in {r['seconds']:.2f} s: "
-                    f"{r['claims_per_s']:,.0f} claims/s (goal >= {goal:,}), {r['duplicates']} duplicates, "
-                    f"{len(r['errors'])} errors"
+    with tempfile.TemporaryDirectory() as tmp:
+        databases = Databases(tmp, args.postgres)
+        contenders = [("jobqueue", CHILD, REPO)]
+        if args.baseline:
+            before = code_at(args.baseline, Path(tmp) / "before")
+            contenders.insert(0, (f"jobqueue at {args.baseline}", CHILD, before))
+        contenders.append(("the driver alone", RAW_CHILD, REPO))
+        try:
+            for dialect, goal in [("SQLite", 6000), ("PostgreSQL", 5000)]:
+                if args.only and args.only != dialect.lower():
+                    continue
+                print(
+                    f"{dialect}, {args.processes} processes racing on {args.jobs:,} jobs (goal >= {goal:,} claims/s):"
                 )
-                if raw_db is not None:
-                    raw = claim_race(raw_db, args.processes, args.jobs, RAW_CHILD)
-                    line += f" | the driver alone: {raw['claims_per_s']:,.0f} claims/s, {raw['duplicates']} duplicates"
-                print(line, flush=True)
-                for error in r["errors"][:3]:
-                    print("   ", error.strip().splitlines()[-1])
-    finally:
-        if server is not None:
-            server.stop()
+                results: dict[str, list[dict]] = {name: [] for name, _, _ in contenders}
+                for i in range(args.rounds):
+                    line = []
+                    for name, child, code_dir in contenders:
+                        r = claim_race(databases.new(dialect), args.processes, args.jobs, child, code_dir)
+                        results[name].append(r)
+                        line.append(f"{name} {r['claims_per_s']:,.0f}/s")
+                        for error in r["errors"][:3]:
+                            print("   ", name, error.strip().splitlines()[-1])
+                    print(f"  round {i + 1}: " + ", ".join(line), flush=True)
+                raw = statistics.median(r["claims_per_s"] for r in results["the driver alone"])
+                for name, rs in results.items():
+                    rate = statistics.median(r["claims_per_s"] for r in rs)
+                    print(
+                        f"  {name}: median {rate:,.0f} claims/s ({rate / raw:.2f}x the driver alone), "
+                        f"{sum(r['duplicates'] for r in rs)} duplicates, {sum(len(r['errors']) for r in rs)} errors"
+                    )
+        finally:
+            databases.stop()
+    print("load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + " at the end")
 
 
 if __name__ == "__main__":
