@@ -46,6 +46,58 @@ def jq(*args: str) -> list[str]:
     return [sys.executable, "-m", "jobqueue", *args]
 
 
+class Host:
+    """A process started as if on another machine: in a UTS namespace of its own (root only), so it and everything
+    it starts see `name` as the hostname, and in a session of its own. A reaper on a "host" of another name cannot
+    find its processes by PID and must go by the lease, as across real machines."""
+
+    def __init__(self, name: str, argv: list[str], **popen):
+        self.name = name
+        # Its pid is argv's: unshare and sh exec.
+        self.proc = subprocess.Popen(
+            ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', name, *argv],
+            start_new_session=True,
+            **popen,
+        )
+        ours = os.readlink("/proc/self/ns/uts")
+        self.namespace = ours
+        while self.namespace == ours:  # until unshare has made the new one: signal_host must never reach ours
+            try:
+                self.namespace = os.readlink(f"/proc/{self.proc.pid}/ns/uts")
+            except OSError:
+                raise RuntimeError(f"host {name}: {argv[0]} ended at once (exit {self.proc.wait()})") from None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"host {name}: unshare failed (exit {self.proc.returncode}); it needs root")
+            time.sleep(0.005)
+
+    def processes(self) -> list[int]:
+        """Every live process of the host, the jobs and the worker's guard included (in process groups and sessions
+        of their own), and those its worker left behind when it died."""
+        found = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    if os.readlink(f"/proc/{name}/ns/uts") == self.namespace:
+                        found.append(int(name))
+                except OSError:
+                    continue
+        return found
+
+    def signal(self, sig: int) -> int:
+        """Send `sig` to every process of the host, again until no new one appears (one may fork meanwhile)."""
+        sent: set[int] = set()
+        while True:
+            new = [pid for pid in self.processes() if pid not in sent]
+            if not new:
+                return len(sent)
+            for pid in new:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            sent.update(new)
+
+
 def job_processes(db_url: str) -> list[int]:
     import psutil
 

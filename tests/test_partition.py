@@ -1,0 +1,155 @@
+"""A worker on another host cut off from PostgreSQL by a network partition, while two others go on.
+
+The partition is a TCP proxy of the test's own between that worker and a PostgreSQL server of this module's own
+(tests/services.py), so the session's server is never cut. The cut-off worker runs in a UTS namespace of its own
+(benchmarks/chaos.py's Host): to the other workers it is on another machine, found lost by its lease, not its PID.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from itertools import count
+
+import psycopg
+import pytest
+
+from benchmarks.chaos import Host
+from tests.conftest import Project, service_unavailable
+from tests.services import TcpProxy, start_postgres
+from tests.test_worker import job_processes
+
+LEASE = 3.0
+HEARTBEAT = 0.5
+GRACE = 1.0
+JOB_SECONDS = 8  # longer than the lease: a cut-off job is still running when its lease runs out, unless fenced
+# Each attempt holds an exclusive lock on its job's file while it runs; one that finds it taken fails loudly.
+JOB = (
+    "sh -c 'exec 9>>locks/$JQ_JOB_ID; "
+    """flock -n 9 || { echo "$JQ_JOB_ID $JQ_ATTEMPT $(hostname) OVERLAP" >> overlaps; exit 3; }; """
+    """echo "$JQ_JOB_ID $JQ_ATTEMPT $(hostname) start" >> ledger; sleep $0; """
+    """echo "$JQ_JOB_ID $JQ_ATTEMPT $(hostname) end" >> ledger' """
+    f"{JOB_SECONDS}"
+)
+WORKER = [
+    "worker",
+    "--slots",
+    "2",
+    "--lease",
+    str(LEASE),
+    "--heartbeat",
+    str(HEARTBEAT),
+    "--grace",
+    str(GRACE),
+    "--reap-every",
+    "0.5",
+]
+_databases = count()
+
+
+@pytest.fixture(scope="module")
+def partition_server(tmp_path_factory):
+    """A PostgreSQL server for this module alone, reached over TCP (which the proxy can cut)."""
+    try:
+        server = start_postgres(tmp_path_factory.mktemp("pg"), name="pg-partition")
+    except Exception as exc:  # noqa: BLE001 - any failure to start is reported the same way
+        service_unavailable("PostgreSQL", str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def partition(tmp_path, partition_server):
+    """A project on the module's server, and a proxy to it: (project, the URL through the proxy, the proxy)."""
+    n = next(_databases)
+    url = partition_server.create_password_role(f"jq_partition_{n}", f"pw{n}", f"jq_partition_{n}")
+    proxy = TcpProxy(partition_server.port)
+    yield Project(tmp_path, url), url.replace(f":{partition_server.port}/", f":{proxy.port}/"), proxy
+    proxy.close()
+
+
+def wait_ended(procs, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except Exception:
+            proc.kill()
+            raise
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["held", "dropped"])
+def test_a_worker_cut_off_for_two_leases_has_its_jobs_fenced_requeued_and_its_late_results_refused(partition, drop):
+    project, proxied_url, proxy = partition
+    project.sweep("part", JOB, 8)
+    project.jq("enqueue", "part", check=True)
+    (project.path / "locks").mkdir()
+    logs = {name: open(project.path / f"{name}.log", "w") for name in ("a", "b", "cutoff")}
+    # Their output to files: Project.start's pipes, unread until the end, could fill up and stall a chatty worker.
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jobqueue", *WORKER],
+            cwd=project.path,
+            env=project.env(),
+            stdout=logs[n],
+            stderr=logs[n],
+        )
+        for n in ("a", "b")
+    ]
+    cutoff = Host(
+        "cutoff",
+        [sys.executable, "-m", "jobqueue", *WORKER],
+        cwd=project.path,
+        env=project.env(JQ_DB=proxied_url),
+        stdout=logs["cutoff"],
+        stderr=logs["cutoff"],
+    )
+
+    def log() -> str:
+        return "\n".join(f"--- {n}:\n{(project.path / f'{n}.log').read_text()[-3000:]}" for n in logs)
+
+    def cut_off_running() -> list[int]:
+        # psycopg, not `jq sql`: a subprocess takes a second on a busy machine, and these are timed.
+        with psycopg.connect(project.db.replace("postgresql+psycopg", "postgresql")) as conn:
+            query = "select id from attempts where host = 'cutoff' and state = 'running'"
+            return [r[0] for r in conn.execute(query)]
+
+    try:
+        # Both of its slots busy with jobs begun a moment ago, which run on well past the lease unless fenced.
+        project.wait_for(lambda: len(cut_off_running()) == 2, what="2 jobs on cutoff", diagnose=log)
+        assert job_processes(proxied_url), "the cut-off worker's jobs are found by the URL they were given"
+        proxy.cut(drop=drop)
+        cut_at = time.monotonic()
+        caught = cut_off_running()  # what it was running when cut: the DB cannot hear otherwise until the heal
+        assert len(caught) == 2, caught
+        # A reaper may requeue them once the cut-off worker's last heartbeat, sent before the cut, is a lease old.
+        time.sleep(max(0.0, cut_at + LEASE - 0.2 - time.monotonic()))
+        left = job_processes(proxied_url)
+        assert left == [], f"cutoff's jobs still running {time.monotonic() - cut_at:.1f} s into the cut\n{log()}"
+        time.sleep(max(0.0, cut_at + 2 * LEASE - time.monotonic()))
+        proxy.heal()
+
+        project.wait_for(lambda: project.states() == {"succeeded": 8}, timeout=120, what="all jobs", diagnose=log)
+        wait_ended([*workers, cutoff.proc], timeout=60)
+    finally:
+        for proc in [*workers, cutoff.proc]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        wait_ended([*workers, cutoff.proc], timeout=60)
+        for f in logs.values():
+            f.close()
+
+    assert not (project.path / "overlaps").exists(), (project.path / "overlaps").read_text()
+    attempts = project.sql("select id, job_id, host, state, reason, started_at, ended_at from attempts order by id")
+    succeeded = [a["job_id"] for a in attempts if a["state"] == "succeeded"]
+    assert sorted(succeeded) == sorted({a["job_id"] for a in attempts}), attempts  # each job once
+    fenced = [a for a in attempts if a["id"] in caught]
+    # Their late results were refused: lost (the reaper's word) or interrupted (the worker's, back in contact).
+    assert {a["state"] for a in fenced} <= {"lost", "interrupted"}, fenced
+    # ... and they ran elsewhere, on the two hosts that kept their contact.
+    reran = [a for a in attempts if a["job_id"] in {f["job_id"] for f in fenced} and a["state"] == "succeeded"]
+    assert len(reran) == 2 and {a["host"] for a in reran} == {os.uname().nodename}, attempts
+    ends = [line.split() for line in (project.path / "ledger").read_text().splitlines() if line.endswith(" end")]
+    assert not [e for e in ends if e[2] == "cutoff" and int(e[0]) in {f["job_id"] for f in fenced}], ends
+    assert job_processes(project.db) == [] and job_processes(proxied_url) == []
