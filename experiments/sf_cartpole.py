@@ -8,8 +8,9 @@ makes one, .venv-sf), with Sample Factory's own launch command and `jq` for `sam
 
 Each training saves a checkpoint every five seconds, so a launch killed mid-run carries on from where its jobs
 were with `jq resume sf_cartpole`. Rewards are averaged over 20 episodes: SF writes none to TensorBoard until it
-has its default 100, which a run this short may never reach; and SF writes its TensorBoard events every 2 s
-instead of every 30 s, so an attempt killed early still leaves its curve for `jq results` and `jq metrics`.
+has its default 100, which a run this short may never reach; and SF sums up its statistics every 2 s instead of
+every 10 s and writes them to TensorBoard every 2 s instead of every 30 s, so an attempt killed early still leaves
+its curve for `jq results` and `jq metrics`.
 """
 
 from sample_factory.launcher.run_description import Experiment, ParamGrid, RunDescription
@@ -25,7 +26,8 @@ _experiments = [
     Experiment(
         "cartpole",
         "python -m sf_examples.train_gym_env --env=CartPole-v1 --num_workers=2 --num_envs_per_worker=2 --device=cpu "
-        "--train_for_env_steps=4096 --save_every_sec=5 --stats_avg=20 --flush_summaries_interval=2",
+        "--train_for_env_steps=4096 --save_every_sec=5 --stats_avg=20 --experiment_summaries_interval=2 "
+        "--flush_summaries_interval=2",
         _params.generate_params(randomize=False),
     ),
 ]

@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from jobqueue.metrics import find_event_files, read_event_file
 from tests.conftest import REPO, Project, service_unavailable
 
 pytestmark = pytest.mark.sample_factory
@@ -68,6 +69,16 @@ def experiment_dir(project: Project, job: dict) -> Path:
 def checkpoint_steps(directory: Path) -> list[int]:
     """The env steps of SF's checkpoints of one training (it names them checkpoint_{train_step}_{env_steps}.pth)."""
     return sorted(int(p.stem.rsplit("_", 1)[1]) for p in (directory / "checkpoint_p0").glob("checkpoint_*_*.pth"))
+
+
+def logged_reward(directory: Path) -> bool:
+    """The training wrote its mean reward to its TensorBoard event file: its curve has begun."""
+    return any(
+        point.key == "reward/reward"
+        for path in find_event_files(str(directory))
+        for chunk in read_event_file(path)
+        for point in chunk.points
+    )
 
 
 def checkpointed_and_not_saving(directories: list[Path]) -> bool:
@@ -189,9 +200,9 @@ def _train_crash_and_resume(project: Project, started: list[subprocess.Popen]) -
     resume = sf_jq(project, "resume", RUN)
     started.append(resume)
     project.wait_for(
-        lambda: checkpointed_and_not_saving(second),
+        lambda: checkpointed_and_not_saving(second) and all(map(logged_reward, second)),
         timeout=2 * SLOW,
-        what="jobs 3 and 4 to save a checkpoint",
+        what="jobs 3 and 4 to save a checkpoint and write a reward to TensorBoard",
         diagnose=diagnose,
     )
     guard = guard_of(resume.pid)
