@@ -242,7 +242,7 @@ class Queue:
             for name, state, n in reader.rows(sql.COUNTS_SQL):
                 counts.setdefault(name, dict.fromkeys(STATES, 0))[state] = n
             to_dict = _converter(["id", "name", "sweep", "train_dir", "suffix", "cwd", "settings", "created_at"])
-            for raw in reading._stream(reader, _RUNS, {}):
+            for raw in reading.stream_rows(reader, _RUNS, {}):
                 run = to_dict(raw)
                 run["settings"] = run["settings"] or {}
                 run_counts = counts.get(run["name"], dict.fromkeys(STATES, 0))
@@ -257,10 +257,10 @@ class Queue:
         run = _run_name(run)
 
         def rows(reader: Reader) -> Rows[Job]:
-            params = {"run_id": reading._run_id(reader, run), "state": state}
+            params = {"run_id": reading.run_id_of(reader, run), "state": state}
             to_dict = _converter(_JOB_COLUMNS)
             query = _JOBS.format(state=" AND state = :state" if state else "")
-            for raw in reading._stream(reader, query, params):
+            for raw in reading.stream_rows(reader, query, params):
                 yield Job(run=run, **to_dict(raw))
 
         return self._records(rows, Job)
@@ -272,7 +272,7 @@ class Queue:
         def rows(reader: Reader) -> Rows[Attempt]:
             reading.job_metric_keys(reader, job_id)  # raises the CLI's error for a job that is not there
             to_dict = _converter(_ATTEMPT_COLUMNS)
-            for raw in reading._stream(reader, _ATTEMPTS, {"job_id": job_id}):
+            for raw in reading.stream_rows(reader, _ATTEMPTS, {"job_id": job_id}):
                 yield Attempt(**to_dict(raw))
 
         return self._records(rows, Attempt)

@@ -307,7 +307,8 @@ def show_results(
         if as_csv:
             results.write_results_csv(rows, sys.stdout, columns, group_by)
         else:
-            print(results.results_table(rows, columns, group_by))
+            every_param = lambda: results.run_param_names(reader, columns.run_id)  # noqa: E731
+            results.write_results_table(rows, sys.stdout, columns, group_by, every_param)
     finally:
         reader.close()
     if not columns.metrics and not as_csv:

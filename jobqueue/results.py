@@ -14,7 +14,7 @@ import functools
 import itertools
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
@@ -212,7 +212,7 @@ def _reading(source: Database | Reader) -> Iterator[Reader]:
 _cursors = itertools.count()
 
 
-def _stream(reader: Reader, query: str, params: dict) -> Iterator[tuple]:
+def stream_rows(reader: Reader, query: str, params: dict) -> Iterator[tuple]:
     """The rows of one query, read FETCH_ROWS at a time."""
     for page in _pages(reader, query, params):
         yield from page
@@ -236,7 +236,8 @@ def _pages(reader: Reader, query: str, params: dict) -> Iterator[list[tuple]]:
         cursor.close()
 
 
-def _run_id(reader: Reader, run: str) -> int:
+def run_id_of(reader: Reader, run: str) -> int:
+    """The id of the run named `run`; the CLI's error, naming the runs there are, if there is none."""
     row = reader.rows("SELECT id FROM runs WHERE name = :name", {"name": run})
     if not row:
         raise unknown_run(run, [name for (name,) in reader.rows("SELECT name FROM runs ORDER BY id")])
@@ -257,7 +258,7 @@ def run_metric_keys(reader: Reader, run_id: int) -> list[str]:
 def run_param_names(reader: Reader, run_id: int) -> list[str]:
     """The parameters of the run's jobs, in the order of the sweep."""
     names: dict[str, None] = {}
-    for (text,) in _stream(
+    for (text,) in stream_rows(
         reader, "SELECT CAST(params AS TEXT) FROM jobs WHERE run_id = :run_id ORDER BY id", {"run_id": run_id}
     ):
         names.update(dict.fromkeys(json.loads(text)))
@@ -280,7 +281,7 @@ def result_columns(
     finds them there, without reading every job's parameters twice), and the metrics asked for (else all the
     run's)."""
     with _reading(source) as reader:
-        run_id = _run_id(reader, run)
+        run_id = run_id_of(reader, run)
         keys = run_metric_keys(reader, run_id)
         _check_keys("--metric", run, list(metrics), keys)
         return ResultColumns(run_id, run_param_names(reader, run_id) if params else None, list(metrics) or keys)
@@ -317,12 +318,17 @@ _DURATION = {  # an attempt's seconds, a running one's until now
 # columns are read once, not once per metric. The jobs are read first and a job's metrics are stored before its
 # end is recorded, so a run being written to never shows a finished job without its last points.
 _JOBS = (
-    "SELECT j.id, j.name, j.state, CAST(j.params AS TEXT), (SELECT sum({duration}) FROM attempts a WHERE a.job_id = j.id) "
-    "FROM jobs j {sort_join}WHERE j.run_id = :run_id ORDER BY {sort_order}j.id"
+    "SELECT j.id, j.name, j.state, CAST(j.params AS TEXT), (SELECT sum({duration}) FROM attempts a WHERE a.job_id = j.id)"
+    "{lasts} FROM jobs j {sort_join}WHERE j.run_id = :run_id ORDER BY {sort_order}j.id"
 )
+# With lasts_only, each metric's last value is a column of its job's row: NULL where the job has not logged the
+# key, and a NaN stored as NULL comes back as 'NaN' (text on SQLite, which holds no NaN; a NaN on PostgreSQL).
+_LAST = ", (SELECT COALESCE(last, {nan}) FROM metric_summaries WHERE job_id = j.id AND key = :{key})"
+_NAN = {sql.SQLITE: "'NaN'", sql.POSTGRESQL: "CAST('NaN' AS DOUBLE PRECISION)"}
 # In key order (the primary key's), which is cheaper than sorting by seq here; _summaries orders each job's keys.
 _SUMMARIES = (
-    "SELECT job_id, seq, key, {columns} FROM metric_summaries WHERE job_id IN ({job_list}){key_filter} ORDER BY job_id"
+    "SELECT job_id, seq, key, last, last_step, min, max, count FROM metric_summaries WHERE job_id IN ({job_list})"
+    "{key_filter} ORDER BY job_id"
 )
 _SORT_JOIN = "LEFT JOIN metric_summaries s ON s.job_id = j.id AND s.key = :sort "
 # A NaN (NULL) or missing value sorts last, whichever the direction.
@@ -342,19 +348,19 @@ def results(
     minimize; NaN and missing last), else in sweep order:
         {"id", "name", "state", "params": {...}, "duration_s", "metrics": {KEY: {"last", "last_step", "min", "max", "count"}}}
     lasts_only: each metric's {"last"} alone, which is all the table and the CSV show, read at less cost.
-    With group_by, one row per combination of those parameters' values, over the jobs' last values:
+    With group_by, one row per combination of those parameters' values, over the jobs' last values, in the order
+    the combinations first appear (best first with `sort`):
         {"group": {...}, "jobs": N, "metrics": {KEY: {"mean", "std", "min", "max"}}}
-    Ungrouped rows stream; grouped ones are made after the last job (their memory grows with the groups)."""
+    The database sorts and aggregates: job rows stream, and groups take memory per group, never per job."""
     metrics, group_by = list(metrics), list(group_by)
     with _reading(source) as reader:
-        run_id = _run_id(reader, run)
+        run_id = run_id_of(reader, run)
         _check_run_keys(reader, run, run_id, "--metric", metrics)
         _check_run_keys(reader, run, run_id, "--sort", [sort] if sort else [])
-        rows = _job_rows(reader, run_id, None if group_by else sort, minimize, metrics, lasts_only or bool(group_by))
         if not group_by:
-            yield from rows
+            yield from _job_rows(reader, run_id, sort, minimize, metrics, lasts_only)
             return
-        groups = _group(rows, group_by, run)
+        groups = _groups(reader, run, run_id, group_by, metrics)
     if sort:
         groups.sort(key=lambda g: _order_key(g["metrics"].get(sort, {}).get("mean", NAN), minimize))
     yield from groups
@@ -363,22 +369,33 @@ def results(
 def _job_rows(
     reader: Reader, run_id: int, sort: str | None, minimize: bool, metrics: list[str], lasts_only: bool
 ) -> Iterator[dict]:
+    if lasts_only:
+        metrics = metrics or run_metric_keys(reader, run_id)
+        _, key_params = sql.expand("key", metrics)
+        lasts = "".join(_LAST.format(nan=_NAN[reader.dialect], key=key) for key in key_params)
+    else:
+        key_params, lasts = {}, ""
     query = _JOBS.format(
         duration=_DURATION[reader.dialect],
+        lasts=lasts,
         sort_join=_SORT_JOIN if sort else "",
         sort_order=_SORT_ORDER.format(direction="ASC" if minimize else "DESC") if sort else "",
     )
     loads = _decode_params
-    for page in _pages(reader, query, {"run_id": run_id, "sort": sort}):
-        summaries = _summaries(reader, [row[0] for row in page], metrics, lasts_only)
-        for job_id, name, state, params_text, seconds in page:
+    for page in _pages(reader, query, {"run_id": run_id, "sort": sort, **key_params}):
+        summaries = {} if lasts_only else _summaries(reader, [row[0] for row in page], metrics)
+        for job_id, name, state, params_text, seconds, *values in page:
             yield {
                 "id": job_id,
                 "name": name,
                 "state": state,
                 "params": loads(params_text),
                 "duration_s": seconds,
-                "metrics": summaries.get(job_id, {}),
+                "metrics": (
+                    {key: {"last": float(v)} for key, v in zip(metrics, values) if v is not None}
+                    if lasts_only
+                    else summaries.get(job_id, {})
+                ),
             }
 
 
@@ -390,21 +407,14 @@ def _decode_params(text: str) -> dict:
 _JSON = json.JSONDecoder()
 
 
-def _summaries(reader: Reader, job_ids: list[int], metrics: list[str], lasts_only: bool) -> dict[int, dict]:
+def _summaries(reader: Reader, job_ids: list[int], metrics: list[str]) -> dict[int, dict]:
     """The jobs' summaries, by job and key, each job's keys in the order it logged them. NULL is NaN: a summary
     row always has a value behind it."""
     key_list, key_params = sql.expand("key", metrics)
     key_filter = f" AND key IN ({key_list})" if metrics else ""
-    columns = "last" if lasts_only else "last, last_step, min, max, count"
     found: dict[int, list] = {}
     for job_list, params in sql.in_lists("job", job_ids):
-        rows = reader.rows(
-            _SUMMARIES.format(columns=columns, job_list=job_list, key_filter=key_filter), {**params, **key_params}
-        )
-        if lasts_only:
-            for job_id, seq, key, last in rows:
-                found.setdefault(job_id, []).append((seq, key, {"last": NAN if last is None else last}))
-            continue
+        rows = reader.rows(_SUMMARIES.format(job_list=job_list, key_filter=key_filter), {**params, **key_params})
         for job_id, seq, key, last, last_step, low, high, count in rows:
             summary = {
                 "last": NAN if last is None else last,
@@ -426,60 +436,78 @@ def _order_key(value: float, minimize: bool) -> tuple:
     return (1, 0.0) if math.isnan(value) else (0, value if minimize else -value)
 
 
-class _Stats:
-    """Mean, sample std, min and max of a stream of numbers, in constant memory (Welford's method). Infinities
-    make the mean infinite (NaN if both signs) and the std NaN."""
-
-    __slots__ = ("n", "mean", "m2", "low", "high", "infinities")
-
-    def __init__(self) -> None:
-        self.n, self.mean, self.m2, self.low, self.high = 0, 0.0, 0.0, math.inf, -math.inf
-        self.infinities: set[float] = set()
-
-    def add(self, x: float) -> None:
-        self.low, self.high = min(self.low, x), max(self.high, x)
-        if math.isinf(x):
-            self.infinities.add(x)
-            return
-        self.n += 1
-        delta = x - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (x - self.mean)
-
-    def as_dict(self) -> dict:
-        if self.infinities:
-            mean, std = (next(iter(self.infinities)) if len(self.infinities) == 1 else NAN), NAN
-        else:
-            mean, std = self.mean, math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else NAN
-        return {"mean": mean, "std": std, "min": self.low, "max": self.high}
+# A job's value of a parameter as JSON text (SQLite's `->` and PostgreSQL's jsonb both give it), 'null' where it
+# has none: what groups jobs. :group_N is the parameter (on SQLite a JSON path: `->` reads a bare 'a.b' as one).
+_PARAM_VALUE = {
+    sql.SQLITE: "j.params -> :group_{i}",
+    sql.POSTGRESQL: "CAST(CAST(j.params AS jsonb) -> :group_{i} AS TEXT)",
+}
+# Each combination's jobs, and how many of them have each parameter, the first to appear first.
+_GROUPS = (
+    "SELECT {values}, count(*), {present} FROM jobs j WHERE j.run_id = :run_id GROUP BY {positions} ORDER BY min(j.id)"
+)
+# Per combination and key, over the jobs' last values: how many are finite, their mean and the sum of squared
+# deviations from it (the mean taken first, over the same partition: two passes, as exact as Welford's), the
+# lowest and highest, and whether +inf or -inf is among them. NaN (NULL) is left out of each.
+_FINITE = "CASE WHEN s.last > :ninf AND s.last < :inf THEN s.last END"
+_GROUP_STATS = (
+    "SELECT {groups}, key, count(finite), avg(finite), sum((finite - mean) * (finite - mean)), min(last), max(last), "
+    "max(CASE WHEN last = :inf THEN 1 ELSE 0 END), max(CASE WHEN last = :ninf THEN 1 ELSE 0 END) FROM ("
+    "SELECT {values}, s.key, s.last, {finite} AS finite, avg({finite}) OVER (PARTITION BY {partition}, s.key) AS mean "
+    "FROM jobs j JOIN metric_summaries s ON s.job_id = j.id WHERE j.run_id = :run_id{key_filter}) per_job "
+    "GROUP BY {groups}, key"
+)
 
 
-def _group(rows: Iterator[dict], group_by: list[str], run: str) -> list[dict]:
-    """The jobs' last values per combination of the group_by parameters, in the order the groups first appear.
-    NaN values are left out of a group's numbers (its `jobs` still counts their jobs)."""
-    groups: dict[str, dict] = {}
-    seen_params: set[str] = set()
-    for row in rows:
-        seen_params.update(row["params"])
-        values = [row["params"].get(p) for p in group_by]
-        group = groups.setdefault(json.dumps(values), {"group": dict(zip(group_by, values)), "jobs": 0, "stats": {}})
-        group["jobs"] += 1
-        for key, summary in row["metrics"].items():
-            stats = group["stats"].setdefault(key, _Stats())
-            if not math.isnan(summary["last"]):
-                stats.add(summary["last"])
-    missing = [p for p in group_by if p not in seen_params]
-    if missing:
-        listed = ", ".join(sorted(seen_params)) or "none"
-        raise UserError(f"--group-by {missing[0]}: no job of run {run!r} has this parameter (parameters: {listed})")
-    return [
-        {
-            "group": g["group"],
-            "jobs": g["jobs"],
-            "metrics": {key: stats.as_dict() for key, stats in g["stats"].items() if stats.n or stats.infinities},
+def _groups(reader: Reader, run: str, run_id: int, group_by: list[str], metrics: list[str]) -> list[dict]:
+    """The jobs' last values per combination of the group_by parameters, in the order the combinations first
+    appear. NaN values are left out of a group's numbers (its `jobs` still counts their jobs); a metric none of
+    its jobs has a number for is left out of the group."""
+    names = [f"g{i}" for i in range(len(group_by))]
+    expressions = [f"COALESCE({_PARAM_VALUE[reader.dialect].format(i=i)}, 'null')" for i in range(len(group_by))]
+    params: dict = {"run_id": run_id, "inf": math.inf, "ninf": -math.inf}
+    for i, name in enumerate(group_by):
+        params[f"group_{i}"] = name if reader.dialect == sql.POSTGRESQL else '$."' + name + '"'
+    found = reader.rows(
+        _GROUPS.format(
+            values=", ".join(expressions),
+            present=", ".join(f"count({_PARAM_VALUE[reader.dialect].format(i=i)})" for i in range(len(group_by))),
+            positions=", ".join(str(i + 1) for i in range(len(group_by))),
+        ),
+        params,
+    )
+    for i, name in enumerate(group_by):
+        if not any(row[len(group_by) + 1 + i] for row in found):
+            listed = ", ".join(sorted(run_param_names(reader, run_id))) or "none"
+            raise UserError(f"--group-by {name}: no job of run {run!r} has this parameter (parameters: {listed})")
+    groups = {
+        tuple(row[: len(group_by)]): {
+            "group": {name: json.loads(text) for name, text in zip(group_by, row)},
+            "jobs": row[len(group_by)],
+            "metrics": {},
         }
-        for g in groups.values()
-    ]
+        for row in found
+    }
+    key_list, key_params = sql.expand("key", metrics)
+    query = _GROUP_STATS.format(
+        groups=", ".join(names),
+        values=", ".join(f"{e} AS {n}" for e, n in zip(expressions, names)),
+        partition=", ".join(expressions),
+        finite=_FINITE,
+        key_filter=f" AND s.key IN ({key_list})" if metrics else "",
+    )
+    order = {key: i for i, key in enumerate(metrics or run_metric_keys(reader, run_id))}
+    for *values, key, n, mean, m2, low, high, positive, negative in reader.rows(query, {**params, **key_params}):
+        if not n and not (positive or negative):
+            continue
+        if positive or negative:
+            mean, std = (math.inf if positive else -math.inf) if positive != negative else NAN, NAN
+        else:
+            std = math.sqrt(m2 / (n - 1)) if n > 1 else NAN
+        groups[tuple(values)]["metrics"][key] = {"mean": mean, "std": std, "min": low, "max": high}
+    for group in groups.values():
+        group["metrics"] = dict(sorted(group["metrics"].items(), key=lambda item: order[item[0]]))
+    return list(groups.values())
 
 
 _POINTS = (
@@ -498,7 +526,7 @@ def metrics(source: Database | Reader, job_id: int, keys: Iterable[str] = ()) ->
         _check_job_keys(job_id, keys, known)
         key_list, params = sql.expand("key", keys)
         query = _POINTS.format(key_filter=f" AND p.key IN ({key_list})" if keys else "")
-        for attempt, key, step, value, wall_time in _stream(reader, query, {**params, "job_id": job_id}):
+        for attempt, key, step, value, wall_time in stream_rows(reader, query, {**params, "job_id": job_id}):
             yield {"attempt": attempt, "key": key, "step": step, "value": _number(value), "wall_time": wall_time}
 
 
@@ -572,7 +600,7 @@ def runs_best(
 ) -> dict[str, dict | None]:
     """run_best of each run, by name, for `jq status`: what it costs is in the runs with metrics."""
     with _reading(source) as reader:
-        run_ids = {run: _run_id(reader, run) for run in runs}
+        run_ids = {run: run_id_of(reader, run) for run in runs}
         with_metrics = {run_id: rest for run_id, *rest in reader.rows(_RUNS_WITH_METRICS)}
         return {
             run: _best(reader, run, run_id, with_metrics.get(run_id), key, minimize, strict)
@@ -715,30 +743,51 @@ def write_results_csv(rows: Iterable[dict], out: IO[str], columns: ResultColumns
         )
 
 
-def results_table(rows: Iterable[dict], columns: ResultColumns, group_by: Sequence[str] = ()) -> str:
-    """`jq results` as plain aligned columns: numbers to 6 significant digits; grouped, each metric as mean ± std."""
-    from jobqueue.service import aligned
+def write_results_table(
+    rows: Iterable[dict],
+    out: IO[str],
+    columns: ResultColumns,
+    group_by: Sequence[str] = (),
+    run_params: Callable[[], list[str]] | None = None,
+) -> None:
+    """`jq results` as plain aligned columns: numbers to 6 significant digits; grouped, each metric as mean ± std.
+    Written a page of service.ALIGN_ROWS rows at a time, as `jq list` is: the best jobs show at once however big
+    the run, a run of one page is laid out as a whole, and on a longer one a column only ever widens. The
+    parameter columns are columns.params, else those of the rows when they fit in one page, else run_params()'s
+    (every job's, read again)."""
+    from jobqueue.service import ALIGN_ROWS, AlignedTable
 
+    pages = _pages_of(rows, ALIGN_ROWS)
     if group_by:
         header = [*group_by, "jobs", *columns.metrics]
-        cells = [
-            [
-                *(_cell(g["group"][p]) for p in group_by),
-                str(g["jobs"]),
-                *(_mean_std(g["metrics"].get(k)) for k in columns.metrics),
-            ]
-            for g in rows
-        ]
-        right = frozenset(range(len(group_by), len(header)))
-    else:
-        rows = list(rows)
-        params = columns.params
-        if params is None:
-            params = list({name: None for r in rows for name in r["params"]})
-        keys = columns.metrics
-        header = ["id", "name", "state", *params, "duration_s", *keys]
+        table = AlignedTable(out, header, right=frozenset(range(len(group_by), len(header))))
+        for page in pages:
+            table.write(
+                [
+                    [
+                        *(_cell(g["group"][p]) for p in group_by),
+                        str(g["jobs"]),
+                        *(_mean_std(g["metrics"].get(k)) for k in columns.metrics),
+                    ]
+                    for g in page
+                ]
+            )
+        table.close()
+        return
+    first, second = next(pages, []), next(pages, [])
+    params = columns.params
+    if params is None:
+        if not second or run_params is None:
+            params = list({name: None for r in first for name in r["params"]})
+        else:
+            params = run_params()
+    keys = columns.metrics
+    header = ["id", "name", "state", *params, "duration_s", *keys]
+    first_metric = 4 + len(params)
+    table = AlignedTable(out, header, right=frozenset({0, first_metric - 1, *range(first_metric, len(header))}))
+    for page in itertools.chain([first, second] if second else [first] if first else [], pages):
         cells = []
-        for r in rows:
+        for r in page:
             values, summaries, seconds = r["params"], r["metrics"], r["duration_s"]
             cells.append(
                 [str(r["id"]), r["name"], r["state"]]
@@ -746,9 +795,14 @@ def results_table(rows: Iterable[dict], columns: ResultColumns, group_by: Sequen
                 + ["" if seconds is None else f"{seconds:.1f}"]
                 + [_last_text(summaries.get(k)) for k in keys]
             )
-        first_metric = 4 + len(params)
-        right = frozenset({0, first_metric - 1, *range(first_metric, len(header))})
-    return aligned(header, cells, right=right)
+        table.write(cells)
+    table.close()
+
+
+def _pages_of(items: Iterable, size: int) -> Iterator[list]:
+    items = iter(items)
+    while page := list(itertools.islice(items, size)):
+        yield page
 
 
 def _last_text(summary: dict | None) -> str:

@@ -16,7 +16,7 @@ from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.proto.tensor_pb2 import TensorProto
 
-from jobqueue import queue, results
+from jobqueue import queue, results, service
 from jobqueue.db import open_db
 from jobqueue.metrics import (
     JSONL,
@@ -435,7 +435,9 @@ def test_results_as_json_csv_and_table(project, tmp_path):
     assert lines[0] == "id,name,state,lr,arch,duration_s,reward,loss"
     assert lines[1].startswith(f'{sweep.ids[0]},00_j,succeeded,0.1,"[64, 64]",') and lines[1].endswith(",1.25,NaN")
     assert lines[2].endswith(",Infinity,0.5")
-    table = results.results_table(results.results(db, "sweep", sort="loss", minimize=True), columns).splitlines()
+    out = io.StringIO()
+    results.write_results_table(results.results(db, "sweep", sort="loss", minimize=True), out, columns)
+    table = out.getvalue().splitlines()
     assert table[0].split() == ["id", "name", "state", "lr", "arch", "duration_s", "reward", "loss"]
     assert table[1].split()[-2:] == ["Infinity", "0.5"] and table[2].split()[-2:] == ["1.25", "NaN"]
     out = io.StringIO()
@@ -458,6 +460,72 @@ def test_results_as_json_csv_and_table(project, tmp_path):
         ["1", "loss", "5", "NaN"],
         ["1", "reward", "5", "1.25"],
     ]
+
+
+def test_groups_are_summed_up_by_the_database_infinities_nan_and_odd_parameters_included(project, tmp_path):
+    db = open_db(project.db)
+    params = [
+        {"opt.lr": 0.1, "arch": [64, 64]},
+        {"opt.lr": 0.1, "arch": [64, 64]},
+        {"opt.lr": 0.1, "arch": [32]},
+        {"opt.lr": 0.2, "arch": [32]},
+        {"arch": [32]},  # a job without the parameter groups with those whose value is null
+    ]
+    sweep = Sweep(db, tmp_path, params)
+    finals = [{"reward": INF, "loss": 1.0}, {"reward": 2.0, "loss": 3.0}, {"reward": -INF, "loss": NAN}]
+    finals += [{"reward": NAN, "loss": 0.5}, {"reward": 1.0}]
+    for i, final in enumerate(finals):
+        sweep.attempt(i, [{"step": 1, **final}])
+    by_lr = list(results.results(db, "sweep", group_by=["opt.lr"]))
+    assert [(g["group"], g["jobs"]) for g in by_lr] == [
+        ({"opt.lr": 0.1}, 3),
+        ({"opt.lr": 0.2}, 1),
+        ({"opt.lr": None}, 1),
+    ]
+    assert same(
+        by_lr[0]["metrics"],
+        {
+            "reward": {"mean": NAN, "std": NAN, "min": -INF, "max": INF},  # both infinities: no mean
+            "loss": {"mean": 2.0, "std": math.sqrt(2), "min": 1.0, "max": 3.0},  # the NaN left out
+        },
+    )
+    assert same(by_lr[1]["metrics"], {"loss": {"mean": 0.5, "std": NAN, "min": 0.5, "max": 0.5}})  # no reward number
+    assert same(by_lr[2]["metrics"], {"reward": {"mean": 1.0, "std": NAN, "min": 1.0, "max": 1.0}})
+    by_arch = list(results.results(db, "sweep", sort="reward", group_by=["arch"]))
+    assert [(g["group"], g["jobs"]) for g in by_arch] == [({"arch": [64, 64]}, 2), ({"arch": [32]}, 3)]
+    assert same(by_arch[0]["metrics"]["reward"], {"mean": INF, "std": NAN, "min": 2.0, "max": INF})
+
+
+def test_a_results_table_longer_than_a_page_is_written_a_page_at_a_time_with_every_parameter(
+    project, tmp_path, monkeypatch
+):
+    db = open_db(project.db)
+    sweep = Sweep(db, tmp_path, [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}, {"lr": 0.4, "batch": 64}, {"lr": 0.5}])
+    for i, reward in enumerate([1.0, 2.5, 1 / 3, 1e-7 / 3, 12345.678]):
+        sweep.attempt(i, [{"step": 1, "reward": reward, "loss": 0.5}])
+
+    def table() -> list[str]:
+        out = io.StringIO()
+        columns = results.result_columns(db, "sweep", params=False)
+        rows = results.results(db, "sweep", sort="reward", metrics=columns.metrics, lasts_only=True)
+        results.write_results_table(rows, out, columns, run_params=lambda: results.result_columns(db, "sweep").params)
+        return out.getvalue().splitlines()
+
+    def last_column_starts(lines: list[str]) -> list[int]:
+        return [line.rstrip().rindex(" ") for line in lines]
+
+    whole = table()
+    assert [line.split()[0] for line in whole[1:]] == [str(sweep.ids[i]) for i in (4, 1, 0, 2, 3)]
+    assert len(set(last_column_starts(whole))) == 1
+    monkeypatch.setattr(service, "ALIGN_ROWS", 2)
+    paged = table()
+    # The header comes with the first page, yet names the parameter only the last page's job has.
+    assert paged[0].split() == ["id", "name", "state", "lr", "batch", "duration_s", "reward", "loss"]
+    assert [line.split()[0] for line in paged[1:]] == [str(sweep.ids[i]) for i in (4, 1, 0, 2, 3)]
+    assert paged[5].split()[3:5] == ["0.4", "64"] and paged[5].split()[-2:] == ["3.33333e-08", "0.5"]
+    # Each page is laid out as it comes: the reward column widens for a later page's wider value, never narrows.
+    starts = last_column_starts(paged)
+    assert starts[0] == starts[1] == starts[2] < starts[3] == starts[4] < starts[5]
 
 
 def test_event_files_below_the_experiment_dir_are_ingested_per_attempt(project, tmp_path):
