@@ -10,6 +10,15 @@ SIGSTOP+SIGCONT, and a new one starts. When a round's jobs are done and fewer th
 happened, another round of jobs is enqueued. At the end `jq resume` runs until nothing is left. Prints:
 jobs lost, jobs recorded as succeeded more than once, overlapping attempts, orphaned processes,
 PRAGMA integrity_check, and attempts per job. Goal: 0, 0, 0, 0, ok.
+
+    python benchmarks/chaos.py --db postgresql+psycopg://... --hosts [--lease 3] [--freeze-whole-host]
+
+--db runs it on an empty PostgreSQL database. --hosts (root: unshare) makes every worker a host of its own, a UTS
+namespace with its own hostname, so workers judge each other by the lease as across machines, never by PID; two
+host faults join the draw: host-stop (SIGSTOP the host's worker, past its lease, and SIGCONT it a moment later) and
+host-kill (SIGKILL every process of the host, its jobs and the worker's guard included: a power cut).
+--freeze-whole-host makes host-stop stop the host's jobs too; no lease can tell a frozen job from a finished
+one, so overlaps are expected there (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -121,15 +130,29 @@ def run_chaos(
     kill_every=(1.0, 2.0),
     min_kills: int = 100,
     seed: int = 0,
+    db_url: str | None = None,
+    hosts: bool = False,
+    lease: float = 3.0,
+    freeze_whole_host: bool = False,
     say=print,
 ) -> dict:
+    """With hosts, every worker is a host of its own (Host) with a --lease of `lease`, and two more faults join
+    the draw: host-stop (SIGSTOP its worker's process group past its lease, SIGCONT it later; with
+    freeze_whole_host, every process of the host) and host-kill (SIGKILL every process of the host)."""
+    from jobqueue.db import open_db
+
     rng = random.Random(seed)
     (work / "locks").mkdir(parents=True, exist_ok=True)
-    db = str(work / "chaos.db")
-    db_url = f"sqlite:///{db}"
-    env = {**os.environ, "JQ_DB": db}
+    sqlite_file = str(work / "chaos.db") if db_url is None else None
+    db_url = db_url or f"sqlite:///{sqlite_file}"
+    env = {**os.environ, "JQ_DB": sqlite_file or db_url}
     worker_args = ["--slots", str(slots), "--grace", "2", "--reap-every", "1", "--heartbeat", "0.5", "--quiet"]
+    if hosts:  # a short lease, so that hosts stopped past it are many; a grace within the fence's margin
+        worker_args = ["--slots", str(slots), "--grace", "1", "--reap-every", "0.5", "--heartbeat", "0.5", "--quiet"]
+        worker_args += ["--lease", str(lease)]
+    faults = ["SIGKILL", "SIGTERM", "SIGSTOP"] + (["host-stop", "host-kill"] if hosts else [])
     rounds = 0
+    hosts_started = 0
 
     def enqueue_round() -> str:
         nonlocal rounds
@@ -140,37 +163,68 @@ def run_chaos(
         return run
 
     def start(run: str) -> subprocess.Popen:
+        nonlocal hosts_started
+        quiet = dict(cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if hosts:  # a new name each time: a host that comes back is judged by its lease, never by a PID
+            hosts_started += 1
+            host = Host(f"chaos-host{hosts_started}", jq("worker", *worker_args), **quiet)
+            by_pid[host.proc.pid] = host
+            return host.proc
         # A quarter of them are launchers (enqueue + in-process worker), the rest plain workers.
         args = (
             jq("launch", run, "--max-parallel", str(slots), "--grace", "2", "--no-progress")
             if rng.random() < 0.25
             else jq("worker", *worker_args)
         )
-        return subprocess.Popen(args, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(args, **quiet)
 
-    def unfinished() -> int:
-        with sqlite3.connect(db, timeout=30) as conn:
-            return conn.execute("select count(*) from jobs where state in ('queued', 'running')").fetchone()[0]
+    def signal_stopped(proc: subprocess.Popen, sig: int) -> None:
+        if freeze_whole_host:
+            by_pid[proc.pid].signal(sig)
+        else:
+            os.killpg(proc.pid, sig)  # the worker's group: its jobs and its guard sit in groups of their own
 
     run = enqueue_round()
+    db = open_db(db_url, create=False)
+
+    def unfinished() -> int:
+        query = "select count(*) from jobs where state in ('queued', 'running')"
+        return db.transact(lambda tx: tx.one(query), write=False)[0]
+
+    by_pid: dict[int, Host] = {}
     procs = [start(run) for _ in range(workers)]
-    kills = Counter()
+    stopped: dict[int, float] = {}  # host-stopped workers' pids: when they get SIGCONT
+    kills: Counter = Counter()
     started = time.monotonic()
     while True:
         time.sleep(rng.uniform(*kill_every))
+        for pid, due in list(stopped.items()):
+            if time.monotonic() >= due:
+                signal_stopped(next(p for p in procs if p.pid == pid), signal.SIGCONT)
+                del stopped[pid]
         remaining = unfinished()
-        if remaining == 0:
+        if remaining == 0 and not stopped:
             if sum(kills.values()) >= min_kills:
                 break
             run = enqueue_round()
-        victim = rng.randrange(len(procs))
+        awake = [i for i, p in enumerate(procs) if p.pid not in stopped]
+        if not awake:
+            continue
+        victim = rng.choice(awake)
         proc = procs[victim]
-        how = rng.choice(["SIGKILL", "SIGTERM", "SIGSTOP"])
+        how = rng.choice(faults)
         if proc.poll() is None:
             if how == "SIGSTOP":
                 proc.send_signal(signal.SIGSTOP)
                 time.sleep(rng.uniform(0.2, 1.5))
                 proc.send_signal(signal.SIGCONT)
+            elif how == "host-stop":
+                signal_stopped(proc, signal.SIGSTOP)
+                stopped[proc.pid] = time.monotonic() + lease + rng.uniform(0.5, 2.0)
+            elif how == "host-kill":
+                by_pid[proc.pid].signal(signal.SIGKILL)
+                proc.wait(15)
+                procs[victim] = start(run)
             else:
                 proc.send_signal(getattr(signal, how))
                 try:
@@ -181,7 +235,7 @@ def run_chaos(
             kills[how] += 1
         else:
             procs[victim] = start(run)
-        # Workers exit when the queue is drained; keep the pool full.
+        # Workers exit when the queue is drained (and a host-stopped one, found lost, when it wakes); keep the pool full.
         procs = [p if p.poll() is None else start(run) for p in procs]
         if sum(kills.values()) % 10 == 0:
             say(
@@ -189,6 +243,8 @@ def run_chaos(
             )
     for proc in procs:
         if proc.poll() is None:
+            if proc.pid in stopped:
+                signal_stopped(proc, signal.SIGCONT)
             proc.send_signal(signal.SIGCONT)
             proc.terminate()
     for proc in procs:
@@ -202,23 +258,31 @@ def run_chaos(
         subprocess.run(jq("resume", "--no-progress"), cwd=work, env=env, capture_output=True, timeout=600)
         resumes += 1
     subprocess.run(jq("resume", "--requeue-only"), cwd=work, env=env, capture_output=True, timeout=600)
-    return summarize(work, db, db_url, kills, rounds, resumes, time.monotonic() - started)
+    try:
+        return summarize(work, db, sqlite_file, kills, rounds, resumes, time.monotonic() - started)
+    finally:
+        db.dispose()
 
 
-def summarize(work: Path, db: str, db_url: str, kills: Counter, rounds: int, resumes: int, seconds: float) -> dict:
-    with sqlite3.connect(db, timeout=30) as conn:
-        states = dict(conn.execute("select state, count(*) from jobs group by state").fetchall())
-        total = conn.execute("select count(*) from jobs").fetchone()[0]
-        recorded = conn.execute(
-            "select job_id, count(*) from attempts where state = 'succeeded' group by job_id"
-        ).fetchall()
-        per_job = Counter(n for (n,) in conn.execute("select count(*) from attempts group by job_id"))
-        integrity = conn.execute("pragma integrity_check").fetchone()[0]
-        lost_detail = conn.execute(
-            "select j.id, j.state, a.number, a.state, a.exit_code, a.signal, a.reason from jobs j "
-            "left join attempts a on a.job_id = j.id where j.state != 'succeeded' order by j.id, a.number"
-        ).fetchall()
-    executions = Counter()
+def summarize(
+    work: Path, db, sqlite_file: str | None, kills: Counter, rounds: int, resumes: int, seconds: float
+) -> dict:
+    def rows(query: str) -> list:
+        return db.transact(lambda tx: tx.all(query), write=False)
+
+    states = dict(rows("select state, count(*) from jobs group by state"))
+    total = rows("select count(*) from jobs")[0][0]
+    recorded = rows("select job_id, count(*) from attempts where state = 'succeeded' group by job_id")
+    per_job = Counter(n for (n,) in rows("select count(*) from attempts group by job_id"))
+    lost_detail = rows(
+        "select j.id, j.state, a.number, a.state, a.exit_code, a.signal, a.reason from jobs j "
+        "left join attempts a on a.job_id = j.id where j.state != 'succeeded' order by j.id, a.number"
+    )
+    integrity = "-"  # PostgreSQL has no such check
+    if sqlite_file is not None:
+        with sqlite3.connect(sqlite_file, timeout=30) as conn:
+            integrity = conn.execute("pragma integrity_check").fetchone()[0]
+    executions: Counter = Counter()
     overlaps = 0
     for line in (work / "ledger").read_text().splitlines():
         parts = line.split()
@@ -235,7 +299,7 @@ def summarize(work: Path, db: str, db_url: str, kills: Counter, rounds: int, res
         "lost": total - states.get("succeeded", 0),
         "recorded_twice": sum(1 for _, n in recorded if n > 1),
         "overlapping": overlaps,
-        "orphans": len(job_processes(db_url)),
+        "orphans": len(job_processes(db.url)),
         "integrity": integrity,
         "attempts_per_job": dict(sorted(per_job.items())),
         "ran_more_than_once": sum(1 for n in executions.values() if n > 1),
@@ -252,6 +316,12 @@ def main() -> None:
     parser.add_argument("--kill-every", default="1-2", help="seconds between kills, a range like 1-2")
     parser.add_argument("--min-kills", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--db", help="a PostgreSQL URL of an empty database (default: an SQLite file of its own)")
+    parser.add_argument("--hosts", action="store_true", help="each worker a host of its own; host faults too (root)")
+    parser.add_argument("--lease", type=float, default=3.0, help="with --hosts: the workers' --lease")
+    parser.add_argument(
+        "--freeze-whole-host", action="store_true", help="host-stop stops every process of the host, jobs included"
+    )
     args = parser.parse_args()
     low, high = (float(x) for x in args.kill_every.split("-"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -263,9 +333,17 @@ def main() -> None:
             kill_every=(low, high),
             min_kills=args.min_kills,
             seed=args.seed,
+            db_url=args.db,
+            hosts=args.hosts,
+            lease=args.lease,
+            freeze_whole_host=args.freeze_whole_host,
+            say=lambda line: print(line, flush=True),
         )
+    where = ("PostgreSQL" if args.db else "SQLite") + (
+        f", each worker a host, --lease {args.lease:g}" if args.hosts else ""
+    )
     print(
-        f"{r['jobs']} jobs in {r['rounds']} rounds of {args.jobs}, {args.workers} workers x {args.slots} slots, "
+        f"{r['jobs']} jobs in {r['rounds']} rounds of {args.jobs} on {where}, {args.workers} workers x {args.slots} slots, "
         f"{r['kill_count']} kills {r['kills']} in {r['seconds']} s, {r['resumes']} resume(s) at the end"
     )
     print(f"jobs lost (never succeeded):            {r['lost']}")

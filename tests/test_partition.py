@@ -15,7 +15,7 @@ from itertools import count
 import psycopg
 import pytest
 
-from benchmarks.chaos import Host
+from benchmarks.chaos import JOB as CHAOS_JOB, Host
 from tests.conftest import Project, service_unavailable
 from tests.services import TcpProxy, start_postgres
 from tests.test_worker import job_processes
@@ -60,13 +60,24 @@ def partition_server(tmp_path_factory):
 
 
 @pytest.fixture
-def partition(tmp_path, partition_server):
-    """A project on the module's server, and a proxy to it: (project, the URL through the proxy, the proxy)."""
+def pg_project(tmp_path, partition_server) -> Project:
+    """A project on the module's server, through TCP (a role with a password: TCP asks every role for one)."""
     n = next(_databases)
-    url = partition_server.create_password_role(f"jq_partition_{n}", f"pw{n}", f"jq_partition_{n}")
+    return Project(tmp_path, partition_server.create_password_role(f"jq_part_{n}", f"pw{n}", f"jq_part_{n}"))
+
+
+@pytest.fixture
+def partition(pg_project, partition_server):
+    """The project, and a proxy to its server: (project, the URL through the proxy, the proxy)."""
     proxy = TcpProxy(partition_server.port)
-    yield Project(tmp_path, url), url.replace(f":{partition_server.port}/", f":{proxy.port}/"), proxy
+    yield pg_project, pg_project.db.replace(f":{partition_server.port}/", f":{proxy.port}/"), proxy
     proxy.close()
+
+
+def attempts_on(project: Project, host: str) -> list[int]:
+    """The attempts running on `host`, read with psycopg: `jq sql`, a subprocess, takes a second on a busy machine."""
+    with psycopg.connect(project.db.replace("postgresql+psycopg", "postgresql")) as conn:
+        return [r[0] for r in conn.execute("select id from attempts where host = %s and state = 'running'", [host])]
 
 
 def wait_ended(procs, timeout: float) -> None:
@@ -109,19 +120,15 @@ def test_a_worker_cut_off_for_two_leases_has_its_jobs_fenced_requeued_and_its_la
     def log() -> str:
         return "\n".join(f"--- {n}:\n{(project.path / f'{n}.log').read_text()[-3000:]}" for n in logs)
 
-    def cut_off_running() -> list[int]:
-        # psycopg, not `jq sql`: a subprocess takes a second on a busy machine, and these are timed.
-        with psycopg.connect(project.db.replace("postgresql+psycopg", "postgresql")) as conn:
-            query = "select id from attempts where host = 'cutoff' and state = 'running'"
-            return [r[0] for r in conn.execute(query)]
-
     try:
         # Both of its slots busy with jobs begun a moment ago, which run on well past the lease unless fenced.
-        project.wait_for(lambda: len(cut_off_running()) == 2, what="2 jobs on cutoff", diagnose=log)
+        project.wait_for(lambda: len(attempts_on(project, "cutoff")) == 2, what="2 jobs on cutoff", diagnose=log)
         assert job_processes(proxied_url), "the cut-off worker's jobs are found by the URL they were given"
         proxy.cut(drop=drop)
         cut_at = time.monotonic()
-        caught = cut_off_running()  # what it was running when cut: the DB cannot hear otherwise until the heal
+        caught = attempts_on(
+            project, "cutoff"
+        )  # what it was running when cut: the DB cannot hear otherwise until the heal
         assert len(caught) == 2, caught
         # A reaper may requeue them once the cut-off worker's last heartbeat, sent before the cut, is a lease old.
         time.sleep(max(0.0, cut_at + LEASE - 0.2 - time.monotonic()))
@@ -153,3 +160,68 @@ def test_a_worker_cut_off_for_two_leases_has_its_jobs_fenced_requeued_and_its_la
     ends = [line.split() for line in (project.path / "ledger").read_text().splitlines() if line.endswith(" end")]
     assert not [e for e in ends if e[2] == "cutoff" and int(e[0]) in {f["job_id"] for f in fenced}], ends
     assert job_processes(project.db) == [] and job_processes(proxied_url) == []
+
+
+def test_a_host_stopped_past_its_lease_is_found_lost_by_its_lease_and_its_late_results_are_refused(pg_project):
+    """benchmarks/chaos.py --hosts in small: two hosts, one SIGSTOPped past its lease and woken again."""
+    project = pg_project
+    # The chaos benchmark's job, 2 s each: shorter than the lease, so host-a's jobs end while it is stopped.
+    project.write(
+        "hosts.py",
+        f"""
+        from jobqueue import Experiment, ParamList, RunDescription
+        RUN_DESCRIPTION = RunDescription("hosts", experiments=[
+            Experiment("c", {CHAOS_JOB!r}, ParamList([{{"sleep": 2.0, "k": i}} for i in range(10)]).generate_params()),
+        ])
+        """,
+    )
+    project.jq("enqueue", "hosts", check=True)
+    (project.path / "locks").mkdir()
+    logs = {name: open(project.path / f"{name}.log", "w") for name in ("host-a", "host-b")}
+    hosts = {
+        name: Host(
+            name,
+            [sys.executable, "-m", "jobqueue", *WORKER],
+            cwd=project.path,
+            env=project.env(),
+            stdout=log,
+            stderr=log,
+        )
+        for name, log in logs.items()
+    }
+    a = hosts["host-a"].proc
+
+    def log() -> str:
+        return "\n".join(f"--- {n}:\n{(project.path / f'{n}.log').read_text()[-3000:]}" for n in logs)
+
+    try:
+        project.wait_for(lambda: len(attempts_on(project, "host-a")) == 2, what="2 jobs on host-a", diagnose=log)
+        os.killpg(a.pid, signal.SIGSTOP)  # its worker; its jobs, in groups of their own, run on to their ends
+        caught = attempts_on(project, "host-a")
+        time.sleep(LEASE + 1.5)
+        os.killpg(a.pid, signal.SIGCONT)
+        project.wait_for(lambda: project.states() == {"succeeded": 10}, timeout=120, what="all jobs", diagnose=log)
+        wait_ended([h.proc for h in hosts.values()], timeout=60)
+    finally:
+        for host in hosts.values():
+            if host.proc.poll() is None:
+                os.killpg(host.proc.pid, signal.SIGCONT)
+                host.proc.terminate()
+        wait_ended([h.proc for h in hosts.values()], timeout=60)
+        for f in logs.values():
+            f.close()
+
+    assert a.returncode == 3, log()  # woken, it found itself declared lost, stopped and said so
+    attempts = project.sql("select id, job_id, host, state, reason from attempts order by id")
+    caught_attempts = [x for x in attempts if x["id"] in caught]
+    # Found lost by its lease, from the other host: not by its PID, which host-b has no way to look at.
+    assert len(caught_attempts) == 2 and all(
+        x["state"] == "lost" and "no heartbeat for 3s" in x["reason"] for x in caught_attempts
+    ), caught_attempts
+    succeeded = sorted(x["job_id"] for x in attempts if x["state"] == "succeeded")
+    assert succeeded == list(range(1, 11)), attempts  # each job once: the late results of host-a were refused
+    rerun = [x for x in attempts if x["job_id"] in {c["job_id"] for c in caught_attempts} and x["state"] == "succeeded"]
+    assert {x["host"] for x in rerun} == {"host-b"}, attempts
+    ledger = (project.path / "ledger").read_text().splitlines()
+    assert not [line for line in ledger if line.endswith("OVERLAP")], ledger
+    assert job_processes(project.db) == []
