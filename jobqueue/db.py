@@ -198,6 +198,13 @@ class Database:
             raw = self.engine.raw_connection()
             try:
                 yield raw
+            except BaseException:
+                # A connection the server dropped goes, not back to the pool, whose rollback on it would fail and
+                # log a traceback.
+                driver = raw.dbapi_connection
+                if driver is None or driver.closed or getattr(driver, "broken", False):
+                    raw.invalidate()
+                raise
             finally:
                 raw.close()
             return
@@ -235,6 +242,93 @@ def _retry_while_busy(once: Callable[[], T], errors: type[Exception], attempts: 
                 raise
             time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+RETRY_FIRST = 0.5  # seconds before the first retry while the DB is unreachable; doubling up to RETRY_MAX
+RETRY_MAX = 5.0
+
+
+class Unreachable(Exception):
+    """The DB stayed unreachable and the caller stopped waiting for it."""
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """The error says the PostgreSQL server cannot be reached: refused, dropped, shutting down, failing over.
+    SQLite's busy file is not one of them: Database waits for it and retries, and what is left is a real error."""
+    if isinstance(exc, sqlite3.Error):
+        return False
+    sa = sys.modules.get("sqlalchemy")
+    if sa is not None and isinstance(exc, sa.exc.DBAPIError):
+        if isinstance(exc.orig, sqlite3.Error):
+            return False
+        return bool(exc.connection_invalidated) or isinstance(exc, sa.exc.OperationalError)
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
+
+
+class DbContact:
+    """One process's contact with the DB through outages: calls that wait and retry while it is unreachable, one
+    line when contact is lost and one when it is back (never a traceback), and how long contact has lasted
+    unbroken, which a reaper needs before it may judge others by their heartbeats (reaper.py)."""
+
+    def __init__(self, say: Callable[[str], None], doing: Callable[[], str] = lambda: ""):
+        self.say = say
+        self.doing = doing  # what goes on meanwhile, for the line: "4 jobs still running"
+        self._lock = threading.Lock()
+        self.down_since: float | None = None  # monotonic; None while in contact
+        self._up_since: float | None = None  # monotonic: the first success since the last failure
+
+    def once(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
+        """(True, fn()) or, if the DB is unreachable, (False, None); any other error is raised."""
+        try:
+            result = fn()
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            self._lost()
+            return False, None
+        self._reached()
+        return True, result
+
+    def call(self, fn: Callable[[], T], give_up: Callable[[], bool] | None = None) -> T:
+        """fn(), retried with backoff while the DB is unreachable; Unreachable once give_up() says so."""
+        delay = RETRY_FIRST
+        while True:
+            ok, result = self.once(fn)
+            if ok:
+                return result  # type: ignore[return-value]  # fn's own result, None included
+            if give_up is not None and give_up():
+                raise Unreachable(f"database unreachable for {self.down_for():.0f} s")
+            time.sleep(delay * (0.5 + random.random()))  # jitter: a cluster's workers must not come back in step
+            delay = min(RETRY_MAX, delay * 2)
+
+    def down_for(self) -> float:
+        down = self.down_since
+        return 0.0 if down is None else time.monotonic() - down
+
+    def in_contact_for(self) -> float:
+        """Seconds since contact was (re)gained, without a failure since; 0 while unreachable."""
+        with self._lock:
+            if self.down_since is not None or self._up_since is None:
+                return 0.0
+            return time.monotonic() - self._up_since
+
+    def _lost(self) -> None:
+        with self._lock:
+            if self.down_since is not None:
+                return
+            self.down_since = time.monotonic()
+            self._up_since = None
+        doing = self.doing()
+        self.say(f"database unreachable since {time.strftime('%H:%M:%S')}{', ' + doing if doing else ''}; retrying")
+
+    def _reached(self) -> None:
+        with self._lock:
+            down, self.down_since = self.down_since, None
+            if self._up_since is None:
+                self._up_since = time.monotonic()
+        if down is not None:
+            self.say(f"database back after {time.monotonic() - down:.0f} s")
 
 
 @dataclass
@@ -469,11 +563,15 @@ def _open_postgres(url: str) -> Database:
     return database
 
 
+CONNECT_TIMEOUT = 10  # seconds: a server that does not answer is down, not slow; its callers retry (DbContact)
+
+
 def _postgres_engine(url: str) -> sa.Engine:
     import sqlalchemy as sa
     from sqlalchemy import event
 
-    engine = sa.create_engine(url)
+    connect_args = {} if "connect_timeout=" in url else {"connect_timeout": CONNECT_TIMEOUT}
+    engine = sa.create_engine(url, connect_args=connect_args)
 
     # In place of pool_pre_ping, whose SELECT 1 is a round trip of its own before every statement (a claim is one
     # round trip): a pooled connection the server has closed -- a restart, a terminated backend, an idle timeout --

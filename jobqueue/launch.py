@@ -7,13 +7,14 @@ jobqueue.backends.base. `jq cancel` and `jq retry` live in control.py, the reape
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from jobqueue import queue
 from jobqueue.backends.base import get_backend
-from jobqueue.db import Database
+from jobqueue.db import Database, DbContact
 from jobqueue.reaper import kill_orphans, reap
 from jobqueue.service import SweepPlan, enqueue_plan
 from jobqueue.settings import FLAGS, LaunchSettings, Source, parse
@@ -66,20 +67,24 @@ def resume(
     progress: bool = True,
     lease: float = queue.DEFAULT_LEASE_SECONDS,
 ) -> int:
-    """Requeue what was lost, kill this host's orphans, then start the run's workers again."""
+    """Requeue what was lost, kill this host's orphans, then start the run's workers again.
+
+    Through a DB outage it waits, saying so in one line. Its reaper judges other hosts' workers by their heartbeats
+    at once: a person runs it, and a worker silent for a lease has stopped its jobs by then (the fence, worker.py)."""
+    call = _outage_rider().call
     if run_name is not None:
-        queue.get_run(db, run_name)  # a clear error for an unknown run, before anything changes
-    reaped = reap(db, lease, say=lambda m: print(m, flush=True))
-    orphans = reaped.killed + kill_orphans(db)
+        call(lambda: queue.get_run(db, run_name))  # a clear error for an unknown run, before anything changes
+    reaped = call(lambda: reap(db, lease, say=lambda m: print(m, flush=True)))
+    orphans = reaped.killed + call(lambda: kill_orphans(db))
     print(
         f"resume: {len(reaped.requeued)} lost jobs requeued, {orphans} orphaned job processes killed on {socket.gethostname()}"
     )
     if failed:
-        n = queue.retry_jobs(db, run_name, failed_only=False)
+        n = call(lambda: queue.retry_jobs(db, run_name, failed_only=False))
         print(f"resume: {n} failed jobs queued again")
     if requeue_only:
         return 0
-    runs = [queue.get_run(db, run_name)] if run_name else _runs_with_queued_jobs(db)
+    runs = call(lambda: [queue.get_run(db, run_name)] if run_name else _runs_with_queued_jobs(db))
     if not runs:
         print("resume: nothing is queued; all runs are finished")
         return 0
@@ -87,7 +92,8 @@ def resume(
     for run in runs:
         settings = recorded_settings(run, flags)
         backend = get_backend(settings.backend)
-        queued = {state: n for _, state, n in queue.status_counts(db, run["name"])}.get(JobState.QUEUED.value, 0)
+        counts = call(lambda: queue.status_counts(db, run["name"]))  # noqa: B023 - called here, in this iteration
+        queued = {state: n for _, state, n in counts}.get(JobState.QUEUED.value, 0)
         if not queued and not backend.reports_nothing_queued:
             print(f"resume: {run['name']}: nothing queued")
             continue
@@ -95,6 +101,11 @@ def resume(
         print(f"resume: {run['name']}: starting workers ({settings.backend})", flush=True)
         code = max(code, backend.start(db, run, settings, progress))
     return code
+
+
+def _outage_rider() -> DbContact:
+    """What `jq resume` and the watch of a run use to wait through a DB outage, telling it in one line each way."""
+    return DbContact(lambda message: print(f"jq: {message}", file=sys.stderr, flush=True))
 
 
 def _runs_with_queued_jobs(db: Database) -> list[dict]:
@@ -110,16 +121,21 @@ def watch_run(db: Database, run_name: str, *, interval: float = 2.0, progress: b
     running; for a run whose workers run elsewhere. 1 if a job failed or timed out, else 0."""
     from jobqueue.progress import ProgressView
 
-    run = queue.get_run(db, run_name)
+    contact = _outage_rider()
+    run = contact.call(lambda: queue.get_run(db, run_name))
     seen: dict[int, str] = {}
+    counts: dict[str, int] = {}
     with ProgressView(db, run_name, enabled=progress, interval=min(interval, 0.5)) as view:
         say: Callable[[str], None] = view.say if progress else print
         while True:
-            counts = {state: n for _, state, n in queue.status_counts(db, run_name)}
-            for line in _submission_changes(db, run, seen):
-                say(line)
-            if not counts.get(JobState.QUEUED.value) and not counts.get(JobState.RUNNING.value):
-                break
+            read, rows = contact.once(lambda: queue.status_counts(db, run_name))
+            if read:
+                counts = {state: n for _, state, n in rows or []}
+                _, lines = contact.once(lambda: _submission_changes(db, run, seen))
+                for line in lines or []:
+                    say(line)
+                if not counts.get(JobState.QUEUED.value) and not counts.get(JobState.RUNNING.value):
+                    break
             time.sleep(interval)
     return 1 if counts.get(JobState.FAILED.value) or counts.get(JobState.TIMEOUT.value) else 0
 

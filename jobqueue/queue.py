@@ -674,8 +674,9 @@ class LostWorker:
     why: str
 
 
-def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> list[LostWorker]:
-    """Workers not stopped cleanly that are gone: on this host by PID (and its start time), elsewhere by lease."""
+def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS, by_lease: bool = True) -> list[LostWorker]:
+    """Workers not stopped cleanly that are gone: on this host by PID (and its start time), elsewhere by lease.
+    by_lease=False: by PID alone, for a reaper that may not yet judge heartbeats (reaper.reap)."""
     rows = db.transact(
         lambda tx: tx.dicts(
             "SELECT *, heartbeat_at < {ago} AS expired FROM workers WHERE stopped_at IS NULL",
@@ -687,7 +688,7 @@ def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> lis
     dead = []
     for w in rows:
         if w["host"] != host:
-            if w["expired"]:
+            if w["expired"] and by_lease:
                 dead.append(LostWorker(w["id"], w["host"], w["pid"], f"no heartbeat for {lease:.0f}s"))
             continue
         if w["boot_id"] and this_boot and w["boot_id"] != this_boot:
@@ -697,7 +698,7 @@ def find_dead_workers(db: Database, lease: float = DEFAULT_LEASE_SECONDS) -> lis
         if started is None or (w["pid_started"] is not None and abs(started - w["pid_started"]) > 1.0):
             dead.append(LostWorker(w["id"], w["host"], w["pid"], f"process {w['pid']} is gone"))
             continue
-        if w["expired"]:
+        if w["expired"] and by_lease:
             # Alive but silent past the lease: stopped (SIGSTOP) or hung. Kill it, or its jobs would be stuck.
             import psutil
 

@@ -21,10 +21,18 @@ class Reaped:
     killed: int = 0  # job processes of dead workers killed on this host
 
 
-def reap(db: Database, lease: float, say: Callable[[str], None] | None = None) -> Reaped:
-    """Requeue the jobs of dead workers, after killing whatever they left running on this host."""
+def reap(
+    db: Database, lease: float, say: Callable[[str], None] | None = None, in_contact_for: float | None = None
+) -> Reaped:
+    """Requeue the jobs of dead workers, after killing whatever they left running on this host.
+
+    A worker silent for a lease is lost only to a reaper that has itself been in contact with the DB for a lease
+    (in_contact_for, its DbContact's; None: a reaper that does not keep one, as `jq resume`): when the DB comes
+    back from an outage every heartbeat is old at once, and the workers must not reap each other for it. Until
+    then only workers whose process is gone from this host are found. docs/reliability.md has the reasoning."""
     reaped = Reaped()
-    dead = queue.find_dead_workers(db, lease)
+    by_lease = in_contact_for is None or in_contact_for >= lease
+    dead = queue.find_dead_workers(db, lease, by_lease=by_lease)
     if not dead:
         return reaped
     local = [w for w in dead if w.host == socket.gethostname()]

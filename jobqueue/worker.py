@@ -1,13 +1,16 @@
 """The worker loop: claim jobs, run up to N at once, record how each ended, heartbeat, reap the dead.
 
 One thread per slot claims a job, starts it in its own process group and waits on a pidfd, so the
-next job starts the moment a slot frees; while it waits, it stores what the job logs (its metrics). The main
-thread owns the signals (TERM, INT, HUP from a closed terminal, USR1 for Slurm's pre-preemption warning), the
-heartbeat and the reaper.
+next job starts the moment a slot frees; while it waits, it stores what the job logs (its metrics). A heartbeat
+thread beats and runs the reaper. The main thread owns the signals (TERM, INT, HUP from a closed terminal, USR1
+for Slurm's pre-preemption warning) and the fence, and never waits on the DB: on PostgreSQL a worker cut off from
+the DB stops its jobs before its lease runs out, however long its DB calls hang (docs/reliability.md).
+Every DB call rides out an outage (db.DbContact): the jobs run on, and their ends are recorded when it is back.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import stat
@@ -16,9 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from jobqueue import queue
-from jobqueue.db import Database
+from jobqueue.db import RETRY_FIRST, Database, DbContact, Unreachable
 from jobqueue.errors import UserError
 from jobqueue.metrics import METRICS_FILE_ENV, experiment_dir_for, find_event_files, metrics_file_for
 from jobqueue.processes import Guard, crash_point, signal_group, spawn_job, stop_group, wait_exit
@@ -72,6 +76,10 @@ class _Slot:
     # by the time the notice arrives the slot may be running its next job, which must not be stopped.
     taken_attempt: int | None = None
     gpu: str | None = None
+    # The job's process group while the main thread may signal it: cleared, under Worker.lock, before the slot
+    # reaps its leader, so that the group id cannot have been reused by then.
+    pid: int | None = None
+    fenced: tuple[int, float] | None = None  # (attempt id, when it was sent TERM) once the fence stopped its job
 
 
 @dataclass
@@ -117,17 +125,33 @@ class Worker:
         self.result = WorkerResult()
         self.run_names: dict[int, str] = {}
         self.metrics_notice_given = False
+        self.contact = DbContact(self._say, lambda: f"{self.busy} jobs still running")
+        # The fence (PostgreSQL only: an SQLite DB is on this host, where reapers find the dead by PID and kill what
+        # a hung worker left). A reaper may requeue our jobs once our last heartbeat is a lease old by the DB's
+        # clock; we measure from the moment our last successful heartbeat was sent, which is earlier, and stop our
+        # jobs a margin before: their grace to stop after TERM (at most half the lease) and a heartbeat interval.
+        self.fences = not db.is_sqlite
+        self.fence_grace = min(settings.grace, settings.lease / 2)
+        self.fence_after = settings.lease - self.fence_grace - settings.heartbeat_interval
+        if self.fences and settings.lease < 4 * settings.heartbeat_interval:
+            raise UserError(
+                f"--lease {settings.lease:g}: give at least 4 x --heartbeat ({4 * settings.heartbeat_interval:g} s); "
+                "a worker cut off from the DB stops its jobs before its lease runs out"
+            )
+        self.last_beat = time.monotonic()  # when the last successful heartbeat (or the registration) was sent
+        self.cut_off = False  # the fence is up: jobs are being stopped, nothing is claimed
+        self.beats_done = threading.Event()
 
     # --- main thread -------------------------------------------------------------------------
 
     def run(self) -> WorkerResult:
-        self.info = queue.register_worker(
-            self.db,
-            slots=self.s.slots,
-            gpus=self.gpu_text,
-            backend=self.s.backend,
-            run_id=self.s.run_id,
+        sent = time.monotonic()
+        self.info = self.contact.call(
+            lambda: queue.register_worker(
+                self.db, slots=self.s.slots, gpus=self.gpu_text, backend=self.s.backend, run_id=self.s.run_id
+            )
         )
+        self.last_beat = sent  # registering records a first heartbeat
         # Its jobs die with this worker, even by SIGKILL: the guard kills whatever carries these marks.
         self.marks = {"JQ_DB": self.db.url, "JQ_WORKER_ID": str(self.info.id)}
         self.mark_bytes = {k.encode(): os.fsencode(v) for k, v in self.marks.items()}
@@ -136,8 +160,11 @@ class Worker:
         guard = None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
-            reap(self.db, self.s.lease, say=self._say)  # pick up what died before we started
-            self.run_names.update(queue.run_names(self.db))  # now, not by all slots at once for their first jobs
+            self._reap()  # pick up what died before we started
+            # Now, not by all slots at once for their first jobs.
+            self.run_names.update(self._call(lambda: queue.run_names(self.db)))
+            beats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+            beats.start()
             threads = []
             try:
                 for index in range(self.s.slots):
@@ -157,15 +184,21 @@ class Worker:
                 # All slots set off together: their first claims share a transaction, and their first jobs start
                 # together.
                 self.all_slots_started.set()
-            self._supervise(threads)
+            self._supervise()
             for thread in threads:
                 thread.join()
+            self.beats_done.set()
+            beats.join()
         finally:
+            self.beats_done.set()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if guard is not None and not self.live_slots:
                 guard.stand_down()  # every job is over; otherwise the guard kills what is left when we exit
-            queue.stop_worker(self.db, self.info.id)
+            try:
+                self._call(lambda: queue.stop_worker(self.db, self.info.id), give_up=self._gone_too_long)
+            except Unreachable:
+                self._say("not marked stopped in the DB, which stays unreachable: the reaper will find it gone")
             for slot in self.slots:
                 os.close(slot.wake_r)
                 os.close(slot.wake_w)
@@ -188,38 +221,103 @@ class Worker:
         for slot in self.slots:
             os.write(slot.wake_w, b"x")
 
-    def _supervise(self, threads: list[threading.Thread]) -> None:
-        last_beat = last_ok = last_reap = time.monotonic()
+    def _supervise(self) -> None:
+        """Wait for the slots to end (or a signal, whose handler runs here), and keep the fence."""
+        tick = min(0.5, self.s.heartbeat_interval)
         # Count slots rather than ask threads: a thread says it is done a moment before it is dead.
         while self.live_slots:
-            # Woken by a signal handler (which runs here, in the main thread) or a slot thread exiting.
-            self.slot_exited.wait(min(0.5, self.s.heartbeat_interval))
+            self.slot_exited.wait(tick)
             self.slot_exited.clear()
-            now = time.monotonic()
-            if now - last_beat >= self.s.heartbeat_interval:
-                last_beat = now
-                running = {slot.job.attempt_id: slot for slot in self.slots if slot.job is not None}
+            if self.fences:
+                self._fence()
+
+    def _fence(self) -> None:
+        """Cut off from the DB for lease - grace - heartbeat interval: TERM every job, KILL it after the grace.
+        A reaper may requeue them from a lease after our last heartbeat; by then they are gone. Done here, not by
+        the slot threads, which may be waiting on a DB call that hangs."""
+        now = time.monotonic()
+        silent = now - self.last_beat
+        if silent < self.fence_after:
+            self.cut_off = False
+            return
+        with self.lock:
+            if not self.cut_off:
+                self.cut_off = True
+                self._say(
+                    f"worker {self.info.id}: no heartbeat recorded for {silent:.0f} s: stopping its {self.busy} jobs "
+                    f"before its lease of {self.s.lease:g} s runs out; they are queued again when the database is back"
+                )
+            for slot in self.slots:
+                if slot.pid is None or slot.job is None:
+                    continue
+                if slot.fenced is None or slot.fenced[0] != slot.job.attempt_id:
+                    slot.fenced = (slot.job.attempt_id, now)
+                    signal_group(slot.pid, signal.SIGTERM)
+                elif now - slot.fenced[1] >= self.fence_grace:
+                    signal_group(slot.pid, signal.SIGKILL)
+
+    # --- heartbeat thread ----------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        """Beat every heartbeat interval, and twice a second while the DB is unreachable, so that the first beat
+        after an outage comes at most that late; reap now and then."""
+        due = self.last_beat + self.s.heartbeat_interval
+        last_reap = time.monotonic()
+        while not self.beats_done.wait(max(0.0, due - time.monotonic())):
+            sent = time.monotonic()
+            running = {slot.job.attempt_id: slot for slot in self.slots if slot.job is not None}
+            try:
+                ok, taken = self.contact.once(functools.partial(queue.heartbeat, self.db, self.info.id, list(running)))
+            except Exception as exc:  # not an outage (SQLite busy past its retries, say): keep the jobs, try again
+                self._say(f"worker {self.info.id}: heartbeat failed ({exc}); retrying")
+                ok, taken = False, []
+            if not ok:
+                due = time.monotonic() + min(self.s.heartbeat_interval, RETRY_FIRST)
+                continue
+            due = sent + self.s.heartbeat_interval
+            with self.lock:
+                self.last_beat = sent
+                self.lock.notify_all()  # slots waiting to claim until the lease is renewed
+            if taken is None:
+                self._say(f"worker {self.info.id}: declared lost by another worker; stopping its jobs")
+                self.result.fenced = True
+                self._stop_all()
+                continue
+            for attempt_id in taken:
+                slot = running[attempt_id]
+                slot.taken_attempt = attempt_id
+                os.write(slot.wake_w, b"x")
+            if sent - last_reap >= self.s.reap_interval and not self.stopping.is_set():
+                last_reap = sent
                 try:
-                    taken = queue.heartbeat(self.db, self.info.id, list(running))
-                    last_ok = now
-                except Exception as exc:  # the DB is unreachable: keep the jobs, unless the lease runs out
-                    self._say(f"worker {self.info.id}: heartbeat failed ({exc}); retrying")
-                    taken = [] if now - last_ok < 0.8 * self.s.lease else None
-                if taken is None:
-                    self._say(f"worker {self.info.id}: declared lost by another worker; stopping its jobs")
-                    self.result.fenced = True
-                    self._stop_all()
-                else:
-                    for attempt_id in taken:
-                        slot = running[attempt_id]
-                        slot.taken_attempt = attempt_id
-                        os.write(slot.wake_w, b"x")
-            if now - last_reap >= self.s.reap_interval and not self.stopping.is_set():
-                last_reap = now
-                try:
-                    reap(self.db, self.s.lease, say=self._say)
+                    self._reap()
                 except Exception as exc:
                     self._say(f"worker {self.info.id}: reaper failed ({exc})")
+
+    def _reap(self) -> None:
+        """Reap, judging others by their heartbeats only once we have been in contact with the DB for a lease."""
+        self.contact.once(
+            lambda: reap(self.db, self.s.lease, say=self._say, in_contact_for=self.contact.in_contact_for())
+        )
+
+    def _call(self, fn: Callable, give_up: Callable[[], bool] | None = None):
+        """fn(), retried while the DB is unreachable; a stopping worker gives up after a lease of outage."""
+        return self.contact.call(fn, give_up=give_up or self._stopping_and_gone_too_long)
+
+    def _gone_too_long(self) -> bool:
+        return self.contact.down_for() > self.s.lease
+
+    def _stopping_and_gone_too_long(self) -> bool:
+        """By a lease of outage a reaper may requeue what we have not recorded: our jobs are stopped by then."""
+        return self.stopping.is_set() and self._gone_too_long()
+
+    def _wait_for_lease(self) -> None:
+        """Claim nothing while the fence is up: wait for a heartbeat that renews the lease (or a stop)."""
+        if not self.fences:
+            return
+        with self.lock:
+            while not self.stopping.is_set() and time.monotonic() - self.last_beat >= self.fence_after:
+                self.lock.wait(self.s.poll_interval)
 
     # --- slot threads ------------------------------------------------------------------------
 
@@ -227,6 +325,10 @@ class Worker:
         self.all_slots_started.wait()
         try:
             self._claim_and_run(slot)
+        except Unreachable as exc:  # a stopping worker that cannot record its jobs' ends: they are stopped, and
+            self._say(f"worker {self.info.id}: slot {slot.index}: {exc}; giving up, the reaper will requeue its job")
+            self.result.crashed = True
+            self._stop_all()
         except BaseException:
             # A bug or a DB that stays unreachable: stop the whole worker loudly rather than run on with fewer slots.
             import traceback
@@ -243,23 +345,25 @@ class Worker:
         ended: queue.Finished | None = None  # recorded in the same transaction as the next claim
         try:
             while not self.stopping.is_set():
-                if ended is not None and self.s.pause_between > 0:  # the pause must not hold back the record
+                if ended is not None and (self.s.pause_between > 0 or self.cut_off):  # nothing may hold it back
                     self._record(ended)
                     ended = None
                 self._pause_before_start()
+                self._wait_for_lease()
+                if self.stopping.is_set():
+                    break
                 gpu = self._take_gpu()
                 if gpu is False:
                     continue
                 job = None
                 try:
                     gpus, run_id, job_id = gpu or self.gpu_text, self.s.run_id, self.s.job_id
+                    where: dict[str, Any] = dict(slot=slot.index, gpus=gpus, run_id=run_id, job_id=job_id)
                     if ended is None:
-                        job = queue.claim_next_job(
-                            self.db, self.info, slot=slot.index, gpus=gpus, run_id=run_id, job_id=job_id
-                        )
+                        job = self._call(functools.partial(queue.claim_next_job, self.db, self.info, **where))
                     else:
-                        state, job = queue.finish_then_claim(
-                            self.db, ended, self.info, slot=slot.index, gpus=gpus, run_id=run_id, job_id=job_id
+                        state, job = self._call(
+                            functools.partial(queue.finish_then_claim, self.db, ended, self.info, **where)
                         )
                         self._recorded(ended, state)
                         ended = None
@@ -352,6 +456,8 @@ class Worker:
         finally:
             os.close(log)
         pidfd = os.pidfd_open(proc.pid)
+        with self.lock:
+            slot.pid = proc.pid
         try:
             crash_point("after_spawn")
             if self.speaks:
@@ -361,10 +467,15 @@ class Worker:
                 )
             outcome, reason = self._wait_job(slot, job, proc, pidfd, started)
         finally:
+            with self.lock:
+                slot.pid = None
             os.close(pidfd)
         rc = proc.wait()
         crash_point("after_exit")
         exit_code, sig = (None, -rc) if rc < 0 else (rc, None)
+        if outcome is None and slot.fenced is not None and slot.fenced[0] == job.attempt_id:
+            outcome = AttemptState.INTERRUPTED
+            reason = f"stopped by its worker, cut off from the database for {time.monotonic() - self.last_beat:.0f} s"
         if outcome is None and self._stopped_with_worker(rc):
             outcome, reason = AttemptState.INTERRUPTED, "stopped together with its worker"
         if outcome is None:
@@ -401,8 +512,9 @@ class Worker:
                     stop_group(pidfd, proc.pid, self.s.grace)
                     return AttemptState.TIMEOUT, f"ran over its timeout of {job.timeout:g}s"
                 if pid_due is not None and now >= pid_due:
-                    queue.record_pid(self.db, job.attempt_id, proc.pid)
-                    pid_due = None
+                    # Not waited for while the DB is unreachable: this thread must watch its job. Its end records it.
+                    recorded, _ = self.contact.once(lambda: queue.record_pid(self.db, job.attempt_id, proc.pid))
+                    pid_due = None if recorded else now + RETRY_FIRST * 4
                 if metrics_due is not None and now >= metrics_due:
                     self._store_metrics(job, ended=False)
                     metrics_due = time.monotonic() + self.s.metrics_every
@@ -432,11 +544,15 @@ class Worker:
         from jobqueue import results
 
         try:
-            done = results.collect(
-                self.db, job.job_id, job.attempt_id, experiment_dir=experiment_dir, metrics_file=metrics_file
+            stored, done = self.contact.once(
+                lambda: results.collect(
+                    self.db, job.job_id, job.attempt_id, experiment_dir=experiment_dir, metrics_file=metrics_file
+                )
             )
-        except Exception as exc:  # the DB is unreachable, say; the job goes on
+        except Exception as exc:  # a file it cannot read, say; the job goes on
             self._say(f"job {job.job_id} {job.name}: metrics not stored ({exc})")
+            return
+        if not stored or done is None:  # the DB is unreachable (it says so once); the next read takes what this missed
             return
         if done.message and not self.metrics_notice_given:
             self.metrics_notice_given = True
@@ -471,7 +587,7 @@ class Worker:
             env.update((os.fsencode(k), os.fsencode(v)) for k, v in job.env.items())
             env.update(self.mark_bytes)  # whatever the sweep set, the guard must find its marks
         if job.run_id not in self.run_names:
-            self.run_names.update(queue.run_names(self.db))
+            self.run_names.update(self._call(lambda: queue.run_names(self.db)))
         env[b"JQ_JOB_ID"] = b"%d" % job.job_id
         env[b"JQ_RUN"] = os.fsencode(self.run_names.get(job.run_id, ""))
         env[b"JQ_ATTEMPT"] = b"%d" % job.number
@@ -485,7 +601,7 @@ class Worker:
         return env
 
     def _record(self, ended: queue.Finished) -> None:
-        self._recorded(ended, queue.record_finished(self.db, ended, self.info.id))
+        self._recorded(ended, self._call(lambda: queue.record_finished(self.db, ended, self.info.id)))
 
     def _recorded(self, ended: queue.Finished, state: JobState | None) -> None:
         """Count and tell how an attempt ended, once it is recorded."""

@@ -61,6 +61,27 @@ class Postgres:
         ) as conn:
             conn.execute(statement)
 
+    def start(self) -> None:
+        """Start the server on its data directory (again, after halt())."""
+        self.run(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.root / "data"),
+                "-l",
+                str(self.root / "pg.log"),
+                "-w",
+                "-o",
+                f"-k {self.root} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+                "start",
+            ]
+        )
+
+    def halt(self) -> None:
+        """Stop the server as a failover or a maintenance restart does (fast: its connections are cut), keeping
+        its data for start()."""
+        self.run([str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"])
+
     def stop(self) -> None:
         subprocess.run(
             _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "stop"]),
@@ -87,19 +108,7 @@ def start_postgres(_tmp: Path, name: str = "pg") -> Postgres:
     # The tests' URLs come through the Unix socket, which trusts every role. TCP, on 127.0.0.1 only, asks every
     # role for its password: the way to test one (create_password_role); `postgres` has none, so it cannot.
     (root / "data" / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
-    server.run(
-        [
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(root / "data"),
-            "-l",
-            str(root / "pg.log"),
-            "-w",
-            "-o",
-            f"-k {root} -p {server.port} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
-            "start",
-        ]
-    )
+    server.start()
     return server
 
 

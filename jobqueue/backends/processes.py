@@ -41,7 +41,10 @@ def run_local(db: Database, run: dict, settings: LaunchSettings, progress: bool 
 
 
 def _worth_showing(message: str) -> bool:
-    return any(word in message for word in ("failed", "timeout", "lost", "stopping", "cancelled", "got SIG", "metrics"))
+    return any(
+        word in message
+        for word in ("failed", "timeout", "lost", "stopping", "cancelled", "got SIG", "metrics", "database")
+    )
 
 
 class ProcessesBackend:
