@@ -128,6 +128,7 @@ def claim_race(url: str, processes: int, jobs: int, child: str = CHILD, code_dir
     return {
         "claims_per_s": len(claimed) / elapsed,
         "claimed": len(claimed),
+        "distinct": len(set(claimed)),
         "duplicates": len(claimed) - len(set(claimed)),
         "errors": errors,
         "seconds": elapsed,
