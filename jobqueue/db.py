@@ -276,6 +276,7 @@ class DbContact:
         self.doing = doing  # what goes on meanwhile, for the line: "4 jobs still running"
         self._lock = threading.Lock()
         self.down_since: float | None = None  # monotonic; None while in contact
+        self.outages = 0  # how many times contact was lost
         self._up_since: float | None = None  # monotonic: the first success since the last failure
 
     def once(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
@@ -319,6 +320,7 @@ class DbContact:
                 return
             self.down_since = time.monotonic()
             self._up_since = None
+            self.outages += 1
         doing = self.doing()
         self.say(f"database unreachable since {time.strftime('%H:%M:%S')}{', ' + doing if doing else ''}; retrying")
 

@@ -196,13 +196,25 @@ class Worker:
             if guard is not None and not self.live_slots:
                 guard.stand_down()  # every job is over; otherwise the guard kills what is left when we exit
             try:
-                self._call(lambda: queue.stop_worker(self.db, self.info.id), give_up=self._gone_too_long)
+                self._call(self._sign_off, give_up=self._gone_too_long)
             except Unreachable:
                 self._say("not marked stopped in the DB, which stays unreachable: the reaper will find it gone")
             for slot in self.slots:
                 os.close(slot.wake_r)
                 os.close(slot.wake_w)
         return self.result
+
+    def _sign_off(self) -> None:
+        """Mark this worker stopped. After an outage, once every slot is done, also requeue what the DB still counts
+        as ours: a claim that committed but whose answer the outage lost, which no slot ever ran."""
+        if not (self.contact.outages and not self.live_slots):
+            queue.stop_worker(self.db, self.info.id)
+            return
+        why = "it claimed a job during a database outage but never heard back"
+        lost = queue.LostWorker(self.info.id, self.info.host, self.info.pid, why)
+        jobs = queue.requeue_jobs_of_dead_worker(self.db, lost)
+        if jobs:
+            self._say(f"worker {self.info.id}: requeued jobs {', '.join(map(str, jobs))}: {why}")
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:

@@ -3,7 +3,8 @@
 A server of this module's own, stopped and started again (`pg_ctl stop -m fast`, as a failover or a maintenance
 restart does): the session's server is everyone else's. With --lease 10, --heartbeat 0.5 and --grace 1, a worker
 fences itself (stops its jobs) once it has recorded no heartbeat for lease - grace - heartbeat = 8.5 s, and an
-outage shorter than lease - heartbeat - (grace + heartbeat) = 8 s loses nothing (docs/reliability.md).
+outage shorter than lease - heartbeat - (grace + heartbeat) = 8 s, less the 0.5 s the first heartbeat after it may
+wait for its retry, loses nothing (docs/reliability.md). The outage is timed from the stop to the end of the start.
 Each job holds an exclusive flock on a file of its own while it runs, so two live attempts of one job would show.
 """
 
