@@ -258,6 +258,8 @@ def is_unreachable(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.Error):
         return False
     sa = sys.modules.get("sqlalchemy")
+    if sa is not None and isinstance(exc, sa.exc.DisconnectionError):  # the pool found its connections closed
+        return True
     if sa is not None and isinstance(exc, sa.exc.DBAPIError):
         if isinstance(exc.orig, sqlite3.Error):
             return False

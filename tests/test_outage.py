@@ -151,3 +151,36 @@ def test_an_outage_past_the_bound_fences_the_jobs_and_each_still_succeeds_once(o
     # took them (they were all cut off alike), and no second attempt started before the first was gone (the locks).
     assert len(stopped) == 6 and {r["state"] for r in stopped} == {"interrupted"}, rows
     assert all("cut off from the database" in r["reason"] for r in stopped), rows
+
+
+def test_jq_resume_and_the_watch_of_a_run_wait_through_an_outage_saying_so_once(own_postgres, tmp_path, capsys):
+    import threading
+
+    from jobqueue.db import open_db
+    from jobqueue.launch import resume, watch_run
+
+    project = Project(tmp_path, own_postgres.create_database(f"outage_{next(_databases)}"))
+    project.jq("enqueue", project.sweep("quick", "true", 2), check=True)
+    db = open_db(project.db)
+    try:
+        own_postgres.halt()
+        threading.Timer(2, own_postgres.start).start()
+        assert resume(db, None, requeue_only=True) == 0
+        said = capsys.readouterr()
+        assert "resume: 0 lost jobs requeued" in said.out
+        assert said.err.count("jq: database unreachable since") == 1 and "jq: database back after" in said.err
+
+        own_postgres.halt()
+
+        def back_and_run():
+            own_postgres.start()
+            project.jq("worker", "--quiet", check=True)
+
+        threading.Timer(2, back_and_run).start()
+        assert watch_run(db, "quick", interval=0.2, progress=False) == 0
+        said = capsys.readouterr()
+        assert said.err.count("jq: database unreachable since") == 1 and "jq: database back after" in said.err
+        assert "Traceback" not in said.err
+        assert project.states() == {"succeeded": 2}
+    finally:
+        db.dispose()
