@@ -4,9 +4,10 @@
 
 1. Ingestion: 1,000 jobs' JSON-lines files of 1,000 points each (500 lines of reward and loss) stored as the
    worker stores them (results.collect, SQLite), in CPU seconds; beside it, the same files read raw (a
-   json.loads loop) and read by jobqueue's reader without storing.
+   json.loads loop), read by jobqueue's reader without storing, and the same points inserted by a bare
+   executemany into jq's schema: the worker's figure against the two references' sum.
 2. `jq results` on 10,000 jobs x 5 metrics through the real CLI (Python start-up included; goal <= 0.5 s), as a
-   table, as JSON and grouped; beside it, the same query in the sqlite3 shell, and `python -c pass`.
+   table, sorted, as JSON and CSV, and grouped; beside it, the same query in the sqlite3 shell, and `python -c pass`.
 3. A real `jq worker` storing a 100,000-point file while its job runs: its RSS then, against its RSS while idle
    with the job running (goal: within 10 MB).
 """
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -93,18 +95,41 @@ def ingestion(cwd: str, jobs: int, points: int) -> None:
                 db, job.job_id, job.attempt_id, experiment_dir=os.path.join(cwd, "ingest", job.name), metrics_file=path
             )
 
+    # The same points, read, inserted by a bare executemany (a transaction per job) into a second DB with jq's
+    # schema, jobs and attempts, and the pragmas jq sets: what storing costs the database itself.
+    bare_db = open_db(os.path.join(cwd, "bare.db"))
+    bare_jobs = claimed_jobs(bare_db, "ingest", jobs, cwd)
+    bare_db.dispose()
+    rows_per_job = [
+        [(job.job_id, job.attempt_id, p.key, p.step, p.value, p.wall_time) for c in read_jsonl(path) for p in c.points]
+        for job, path in zip(bare_jobs, files)
+    ]
+
+    def bare_inserts():
+        conn = sqlite3.connect(os.path.join(cwd, "bare.db"), isolation_level=None)
+        for pragma in ("foreign_keys=ON", "synchronous=NORMAL", "journal_mode=WAL"):
+            conn.execute(f"PRAGMA {pragma}")
+        for rows in rows_per_job:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(results._INSERT_POINTS, rows)
+            conn.execute("COMMIT")
+        conn.close()
+
     raw_cpu, _ = cpu(raw)
     read_cpu, _ = cpu(reader)
+    insert_cpu, _ = cpu(bare_inserts)
     store_cpu, store_wall = cpu(store)
     (stored,) = db.transact(lambda tx: tx.first("SELECT count(*) FROM metric_points"), write=False)
     assert stored == jobs * points, stored
     print(f"ingest {jobs:,} jobs x {points:,} points ({megabytes:.0f} MB of JSON lines), SQLite:")
     print(
         f"  worker (results.collect):  {store_cpu:6.2f} CPU s ({store_wall:.2f} s wall), "
-        f"{stored / store_cpu / 1e6:.2f} M points per CPU s"
+        f"{stored / store_cpu / 1e6:.2f} M points per CPU s; "
+        f"{store_cpu / (raw_cpu + insert_cpu):.2f}x the two references together"
     )
     print(f"  jobqueue's reader alone:   {read_cpu:6.2f} CPU s")
     print(f"  raw json.loads loop:       {raw_cpu:6.2f} CPU s  (reference)")
+    print(f"  bare executemany inserts:  {insert_cpu:6.2f} CPU s  (reference: the same points, jq's schema)")
 
 
 def results_db(cwd: str, jobs: int, steps: int = 10) -> str:
@@ -169,7 +194,9 @@ def results_timing(cwd: str, jobs: int) -> None:
     print(f"jq results on {jobs:,} jobs x {len(KEYS)} metrics, whole commands (goal <= 0.5 s):")
     for what, argv in [
         ("table", run),
+        ("--sort reward", run + ["--sort", "reward"]),
         ("--json", run + ["--json"]),
+        ("--csv", run + ["--csv"]),
         ("--group-by lr --sort reward", run + ["--group-by", "lr", "--sort", "reward"]),
         ("jq status big", jq() + ["status", "big", "--db", db]),
         ("sqlite3 shell, the same query (reference)", ["sqlite3", db, REFERENCE_QUERY]),

@@ -8,9 +8,10 @@ one transaction -- are streamed by a plain sqlite3.executemany (the reference). 
 reference's time, and at most 150 MB peak RSS at 1,000,000 jobs. Then, on the 1,000,000-job DB: the same
 enqueue again (adds nothing; same goals), one job in --failed-every marked failed (an attempt with a one-line
 log each), and the readers timed with their peak RSS: `jq status`, `jq list --state failed`, `jq list`,
-`jq sql` over every job, `jq results`, `jq cancel RUN` and `jq retry RUN`; and what a job costs in the DB file,
-per column and index. Each figure is the whole command (Python start-up included), its output discarded; the
-100,000-job figures are medians of --repeat runs. The load average is printed first and last: this project's
+`jq sql` over every job, `jq cancel RUN` and `jq retry RUN`; what a job costs in the DB file, per column and
+index; then, with five metrics' summaries added to every job, `jq results` as a table (in sweep order and
+sorted), CSV, JSON and grouped. Each figure is the whole command (Python start-up included), its output
+discarded; the 100,000-job figures are medians of --repeat runs. The load average is printed first and last: this project's
 machines are shared, and a loaded one slows every figure.
 """
 
@@ -159,15 +160,48 @@ def readers(db: str, cwd: str, run: str, failed: int) -> None:
         f"jq list --state failed ({failed:,} jobs)": ["list", "--state", "failed"],
         "jq list (every job)": ["list"],
         'jq sql "select * from jobs"': ["sql", "select * from jobs"],
-        "jq results": ["results", run],
         "jq cancel RUN": ["cancel", run],
         "jq retry RUN": ["retry", run],
     }
     for what, args in commands.items():
-        if args[0] == "results" and subprocess.run(jq() + ["results", "--help"], capture_output=True).returncode:
-            print(f"{what:<40} (no such command here)")
-            continue
         seconds, mb = measured(jq() + args + ["--db", db], cwd)
+        print(f"{what:<40} {seconds:7.2f} s {mb:6.0f} MB (goal <= 150 MB)", flush=True)
+
+
+METRICS = ("reward", "loss", "fps", "entropy", "len")
+
+
+def add_metrics(db: str, every_nan: int = 97) -> None:
+    """A summary of each of METRICS for every job, as the worker keeps them (one job in `every_nan` with a NaN
+    reward, stored as NULL): what `jq results` reads."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    for seq, key in enumerate(METRICS):
+        last = (
+            f"CASE WHEN id % {every_nan} = 0 THEN NULL ELSE (id % 1009) * {seq + 1} * 0.001 END"
+            if seq == 0
+            else (f"(id % 1013) * {seq + 1} * 0.001")
+        )
+        conn.execute(
+            "INSERT INTO metric_summaries (job_id, key, seq, last, last_step, min, max, count) "
+            f"SELECT id, ?, ?, {last}, 1000, 0.0, 10.0, 11 FROM jobs",
+            (key, seq),
+        )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def results_readers(db: str, cwd: str, run: str) -> None:
+    """`jq results` in each of its forms on the run, with its time and peak RSS; the output is a row per job
+    (per lr with --group-by), written to /dev/null."""
+    for what, args in {
+        "jq results": [],
+        "jq results --sort reward": ["--sort", "reward"],
+        "jq results --csv": ["--csv"],
+        "jq results --json": ["--json"],
+        "jq results --group-by lr --sort reward": ["--group-by", "lr", "--sort", "reward"],
+    }.items():
+        seconds, mb = measured(jq() + ["results", run, *args, "--db", db], cwd)
         print(f"{what:<40} {seconds:7.2f} s {mb:6.0f} MB (goal <= 150 MB)", flush=True)
 
 
@@ -210,6 +244,9 @@ def main() -> None:
         print(f"on the {sizes[-1]:,}-job run, {failed:,} of them failed:")
         readers(db, cwd, run, failed)
         bytes_per_job(db)
+        add_metrics(db)
+        print(f"with {len(METRICS)} metrics' summaries per job added (a NaN reward in one job in 97):")
+        results_readers(db, cwd, run)
     print(load_average())
 
 

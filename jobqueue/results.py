@@ -436,78 +436,81 @@ def _order_key(value: float, minimize: bool) -> tuple:
     return (1, 0.0) if math.isnan(value) else (0, value if minimize else -value)
 
 
-# A job's value of a parameter as JSON text (SQLite's `->` and PostgreSQL's jsonb both give it), 'null' where it
-# has none: what groups jobs. :group_N is the parameter (on SQLite a JSON path: `->` reads a bare 'a.b' as one).
+# A job's value of a parameter as JSON text (SQLite's `->` and PostgreSQL's jsonb both give it), NULL where it
+# has none. :group_N is the parameter (on SQLite a JSON path: `->` reads a bare 'a.b' as a path).
 _PARAM_VALUE = {
     sql.SQLITE: "j.params -> :group_{i}",
     sql.POSTGRESQL: "CAST(CAST(j.params AS jsonb) -> :group_{i} AS TEXT)",
 }
-# Each combination's jobs, and how many of them have each parameter, the first to appear first.
-_GROUPS = (
-    "SELECT {values}, count(*), {present} FROM jobs j WHERE j.run_id = :run_id GROUP BY {positions} ORDER BY min(j.id)"
-)
-# Per combination and key, over the jobs' last values: how many are finite, their mean and the sum of squared
-# deviations from it (the mean taken first, over the same partition: two passes, as exact as Welford's), the
-# lowest and highest, and whether +inf or -inf is among them. NaN (NULL) is left out of each.
-_FINITE = "CASE WHEN s.last > :ninf AND s.last < :inf THEN s.last END"
+# Each job's group values and last value of each metric, made once (MATERIALIZED: else the planner repeats each
+# metric's lookup in every aggregate over it), then one aggregate per combination of values: its jobs, how many
+# of them have each parameter, and per metric the count, sum and sum of squares of its finite values, each less
+# :shift_N (a value of the metric from the run, so that the squares cancel no more digits than the spread between
+# groups takes), the lowest and highest, and whether +inf or -inf is among them. NaN (NULL) is left out of each.
 _GROUP_STATS = (
-    "SELECT {groups}, key, count(finite), avg(finite), sum((finite - mean) * (finite - mean)), min(last), max(last), "
-    "max(CASE WHEN last = :inf THEN 1 ELSE 0 END), max(CASE WHEN last = :ninf THEN 1 ELSE 0 END) FROM ("
-    "SELECT {values}, s.key, s.last, {finite} AS finite, avg({finite}) OVER (PARTITION BY {partition}, s.key) AS mean "
-    "FROM jobs j JOIN metric_summaries s ON s.job_id = j.id WHERE j.run_id = :run_id{key_filter}) per_job "
-    "GROUP BY {groups}, key"
+    "WITH per_job AS MATERIALIZED (SELECT j.id, {values}{lasts} FROM jobs j WHERE j.run_id = :run_id) "
+    "SELECT {groups}, count(*), {present}{stats} FROM per_job GROUP BY {positions} ORDER BY min(id)"
+)
+_LAST_OF = ", (SELECT last FROM metric_summaries WHERE job_id = j.id AND key = :key_{k}) AS l{k}"
+_SHIFTED = "CASE WHEN l{k} > :ninf AND l{k} < :inf THEN l{k} - :shift_{k} END"
+_STATS_OF = (
+    ", count({y}), sum({y}), sum(({y}) * ({y})), min(l{k}), max(l{k}), "
+    "max(CASE WHEN l{k} = :inf THEN 1 ELSE 0 END), max(CASE WHEN l{k} = :ninf THEN 1 ELSE 0 END)"
+)
+_A_FINITE_VALUE = (
+    "SELECT s.last FROM jobs j JOIN metric_summaries s ON s.job_id = j.id WHERE j.run_id = :run_id "
+    "AND s.key = :key AND s.last > :ninf AND s.last < :inf LIMIT 1"
 )
 
 
 def _groups(reader: Reader, run: str, run_id: int, group_by: list[str], metrics: list[str]) -> list[dict]:
     """The jobs' last values per combination of the group_by parameters, in the order the combinations first
     appear. NaN values are left out of a group's numbers (its `jobs` still counts their jobs); a metric none of
-    its jobs has a number for is left out of the group."""
-    names = [f"g{i}" for i in range(len(group_by))]
-    expressions = [f"COALESCE({_PARAM_VALUE[reader.dialect].format(i=i)}, 'null')" for i in range(len(group_by))]
+    its jobs has a number for is left out of the group. A job without a parameter is in the group of null."""
+    keys = metrics or run_metric_keys(reader, run_id)
     params: dict = {"run_id": run_id, "inf": math.inf, "ninf": -math.inf}
     for i, name in enumerate(group_by):
         params[f"group_{i}"] = name if reader.dialect == sql.POSTGRESQL else '$."' + name + '"'
-    found = reader.rows(
-        _GROUPS.format(
-            values=", ".join(expressions),
-            present=", ".join(f"count({_PARAM_VALUE[reader.dialect].format(i=i)})" for i in range(len(group_by))),
-            positions=", ".join(str(i + 1) for i in range(len(group_by))),
-        ),
-        params,
+    for k, key in enumerate(keys):
+        shift = reader.rows(_A_FINITE_VALUE, {**params, "key": key})
+        params[f"key_{k}"], params[f"shift_{k}"] = key, shift[0][0] if shift else 0.0
+    value = _PARAM_VALUE[reader.dialect]
+    query = _GROUP_STATS.format(
+        values=", ".join(f"{value.format(i=i)} AS p{i}" for i in range(len(group_by))),
+        lasts="".join(_LAST_OF.format(k=k) for k in range(len(keys))),
+        groups=", ".join(f"COALESCE(p{i}, 'null')" for i in range(len(group_by))),
+        present=", ".join(f"count(p{i})" for i in range(len(group_by))),
+        stats="".join(_STATS_OF.format(k=k, y=_SHIFTED.format(k=k)) for k in range(len(keys))),
+        positions=", ".join(str(i + 1) for i in range(len(group_by))),
     )
+    found = reader.rows(query, params)
+    width = len(group_by)
     for i, name in enumerate(group_by):
-        if not any(row[len(group_by) + 1 + i] for row in found):
+        if not any(row[width + 1 + i] for row in found):
             listed = ", ".join(sorted(run_param_names(reader, run_id))) or "none"
             raise UserError(f"--group-by {name}: no job of run {run!r} has this parameter (parameters: {listed})")
-    groups = {
-        tuple(row[: len(group_by)]): {
-            "group": {name: json.loads(text) for name, text in zip(group_by, row)},
-            "jobs": row[len(group_by)],
-            "metrics": {},
-        }
-        for row in found
-    }
-    key_list, key_params = sql.expand("key", metrics)
-    query = _GROUP_STATS.format(
-        groups=", ".join(names),
-        values=", ".join(f"{e} AS {n}" for e, n in zip(expressions, names)),
-        partition=", ".join(expressions),
-        finite=_FINITE,
-        key_filter=f" AND s.key IN ({key_list})" if metrics else "",
-    )
-    order = {key: i for i, key in enumerate(metrics or run_metric_keys(reader, run_id))}
-    for *values, key, n, mean, m2, low, high, positive, negative in reader.rows(query, {**params, **key_params}):
-        if not n and not (positive or negative):
-            continue
-        if positive or negative:
-            mean, std = (math.inf if positive else -math.inf) if positive != negative else NAN, NAN
-        else:
-            std = math.sqrt(m2 / (n - 1)) if n > 1 else NAN
-        groups[tuple(values)]["metrics"][key] = {"mean": mean, "std": std, "min": low, "max": high}
-    for group in groups.values():
-        group["metrics"] = dict(sorted(group["metrics"].items(), key=lambda item: order[item[0]]))
-    return list(groups.values())
+    groups = []
+    for row in found:
+        stats = row[2 * width + 1 :]
+        group_metrics = {}
+        for k, key in enumerate(keys):
+            n, total, squares, low, high, positive, negative = stats[7 * k : 7 * k + 7]
+            if positive or negative:
+                mean, std = (math.inf if positive else -math.inf) if positive != negative else NAN, NAN
+            elif n:
+                mean = params[f"shift_{k}"] + total / n
+                std = math.sqrt(max(squares - total * total / n, 0.0) / (n - 1)) if n > 1 else NAN
+            else:
+                continue  # no number for this metric in the group
+            group_metrics[key] = {"mean": mean, "std": std, "min": low, "max": high}
+        groups.append(
+            {
+                "group": {name: json.loads(text) for name, text in zip(group_by, row)},
+                "jobs": row[width],
+                "metrics": group_metrics,
+            }
+        )
+    return groups
 
 
 _POINTS = (
@@ -757,11 +760,10 @@ def write_results_table(
     (every job's, read again)."""
     from jobqueue.service import ALIGN_ROWS, AlignedTable
 
-    pages = _pages_of(rows, ALIGN_ROWS)
     if group_by:
         header = [*group_by, "jobs", *columns.metrics]
         table = AlignedTable(out, header, right=frozenset(range(len(group_by), len(header))))
-        for page in pages:
+        for page in _pages_of(rows, ALIGN_ROWS):
             table.write(
                 [
                     [
@@ -774,10 +776,12 @@ def write_results_table(
             )
         table.close()
         return
-    first, second = next(pages, []), next(pages, [])
+    rows = iter(rows)
+    first = list(itertools.islice(rows, ALIGN_ROWS))
+    following = next(rows, None)
     params = columns.params
     if params is None:
-        if not second or run_params is None:
+        if following is None or run_params is None:
             params = list({name: None for r in first for name in r["params"]})
         else:
             params = run_params()
@@ -785,18 +789,38 @@ def write_results_table(
     header = ["id", "name", "state", *params, "duration_s", *keys]
     first_metric = 4 + len(params)
     table = AlignedTable(out, header, right=frozenset({0, first_metric - 1, *range(first_metric, len(header))}))
-    for page in itertools.chain([first, second] if second else [first] if first else [], pages):
-        cells = []
-        for r in page:
-            values, summaries, seconds = r["params"], r["metrics"], r["duration_s"]
-            cells.append(
-                [str(r["id"]), r["name"], r["state"]]
-                + [_cell(values.get(p)) for p in params]
-                + ["" if seconds is None else f"{seconds:.1f}"]
-                + [_last_text(summaries.get(k)) for k in keys]
-            )
-        table.write(cells)
+    if first:
+        table.write(_job_cells(first, params, keys))
+    if following is not None:
+        for page in _pages_of(itertools.chain([following], rows), ALIGN_ROWS):
+            table.write(_job_cells(page, params, keys))
     table.close()
+
+
+_PLAIN = frozenset({int, float, str, bool, type(None)})  # parameter values whose cells can be remembered
+
+
+def _job_cells(rows: list[dict], params: list[str], keys: list[str]) -> list[list[str]]:
+    """The table's cells of a page of jobs. A sweep repeats its parameters' values, so each one's cell is made
+    once a page (by type too: 1, 1.0 and True are equal keys, and different cells)."""
+    cells: list[list[str]] = []
+    texts: dict[tuple, str] = {}
+    for r in rows:
+        values, summaries, seconds = r["params"], r["metrics"], r["duration_s"]
+        row = [str(r["id"]), r["name"], r["state"]]
+        for p in params:
+            value = values.get(p)
+            if value.__class__ not in _PLAIN:
+                row.append(_cell(value))
+                continue
+            text = texts.get(memo := (value.__class__, value))
+            if text is None:
+                text = texts[memo] = _cell(value)
+            row.append(text)
+        row.append("" if seconds is None else f"{seconds:.1f}")
+        row += [_last_text(summaries.get(k)) for k in keys]
+        cells.append(row)
+    return cells
 
 
 def _pages_of(items: Iterable, size: int) -> Iterator[list]:
