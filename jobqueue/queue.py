@@ -92,7 +92,7 @@ _JOB_COLUMNS = (
 # Rows go to the driver as tuples: per-row dicts (or SQLAlchemy's parameter processing) cost several times the insert.
 _INSERT_JOBS = f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(_JOB_COLUMNS))})"
 # Which of a chunk's names the run has, by the unique (run_id, name) index.
-_KNOWN_NAMES = "SELECT name, CAST(argv AS TEXT) FROM jobs WHERE run_id = ? AND name IN ({})"
+_KNOWN_NAMES = "SELECT name, CAST(argv AS TEXT), cmd FROM jobs WHERE run_id = ? AND name IN ({})"
 
 
 def enqueue(
@@ -145,7 +145,7 @@ def enqueue(
             for spec in chunk:
                 if spec.name in known:
                     result.existing += 1
-                    if known[spec.name] != _argv_json(spec.argv):
+                    if known[spec.name] != spec.argv:
                         result.changed += 1
                         result.first_changed = result.first_changed or spec.name
                     continue
@@ -158,7 +158,7 @@ def enqueue(
                         spec.name,
                         spec.experiment,
                         _params_json(spec.params),
-                        _argv_json(spec.argv),
+                        sql.ARGV_FROM_CMD if sql.argv_is_cmd(spec.argv, spec.cmd) else _argv_json(spec.argv),
                         spec.cmd,
                         sql.to_json(spec.env),
                         cwd,
@@ -183,7 +183,7 @@ def enqueue(
 
 
 # json.dumps' own text for the usual argv and params, at a third of its cost (its Python layer sets up an encoder
-# on every call): a re-enqueue compares the text, so it must be the same.
+# on every call).
 _JSON_SCALARS = {
     str: encode_basestring_ascii,
     int: int.__repr__,
@@ -219,12 +219,12 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _known_commands(tx: Transaction, run_id: int, names: list[str]) -> dict[str, str]:
-    """Of `names`, those the run already has, with their argv as its JSON text (decoding it would cost more than
-    comparing it)."""
-    known: dict[str, str] = {}
+def _known_commands(tx: Transaction, run_id: int, names: list[str]) -> dict[str, list[str]]:
+    """Of `names`, those the run already has, with their argv."""
+    known: dict[str, list[str]] = {}
     for listed, part in _positional_in(names):
-        known.update(tx.all(_KNOWN_NAMES.format(listed), [run_id, *part]))
+        for name, argv, cmd in tx.all(_KNOWN_NAMES.format(listed), [run_id, *part]):
+            known[name] = sql.argv_of(argv, cmd)
     return known
 
 
@@ -482,7 +482,7 @@ def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
         f"UPDATE jobs SET state = {literal(JobState.RUNNING)}, attempts = attempts + 1, worker_id = :worker_id, "
         "started_at = {now}, updated_at = {now}, ended_at = NULL, exit_code = NULL, signal = NULL "
         f"WHERE {job_state_is(Operation.CLAIM, JobState.RUNNING)} AND id = ({oldest}) "
-        "RETURNING id, run_id, name, argv, env, cwd, attempts, timeout, log_dir"
+        "RETURNING id, run_id, name, argv, cmd, env, cwd, attempts, timeout, log_dir"
     )
     if dialect == sql.SQLITE:
         return take
@@ -491,7 +491,7 @@ def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
         f"WITH claimed AS ({take}), opened AS (INSERT INTO attempts ({_ATTEMPT_COLUMNS}) "
         f"SELECT id, attempts, :worker_id, :host, :gpus, :slot, {_RUNNING}, {{now}}, {log_path} FROM claimed "
         "RETURNING id, log_path) "
-        "SELECT c.id, c.run_id, c.name, c.argv, c.env, c.cwd, c.attempts, c.timeout, o.id, o.log_path "
+        "SELECT c.id, c.run_id, c.name, c.argv, c.cmd, c.env, c.cwd, c.attempts, c.timeout, o.id, o.log_path "
         "FROM claimed c, opened o"
     )
 
@@ -554,12 +554,12 @@ def _claim(
     if row is None:
         return None
     if tx.dialect == sql.SQLITE:
-        job_id, name, number, log_dir = row[0], row[2], row[6], row[8]
+        job_id, name, number, log_dir = row[0], row[2], row[7], row[9]
         opened = {**params, "job_id": job_id, "number": number, "log_dir": log_dir, "name": name}
-        row = row[:8] + tx.one(_OPEN_ATTEMPT, opened)
-    job_id, run_id, name, argv, env, cwd, number, timeout, attempt_id, log_path = row
+        row = row[:9] + tx.one(_OPEN_ATTEMPT, opened)
+    job_id, run_id, name, argv, cmd, env, cwd, number, timeout, attempt_id, log_path = row
     return ClaimedJob(
-        job_id, run_id, name, sql.from_json(argv), sql.from_json(env), cwd, number, attempt_id, timeout, log_path
+        job_id, run_id, name, sql.argv_of(argv, cmd), sql.from_json(env), cwd, number, attempt_id, timeout, log_path
     )
 
 
