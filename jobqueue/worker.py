@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobqueue import queue
-from jobqueue.db import RETRY_FIRST, Database, DbContact, Unreachable
+from jobqueue.db import RETRY_FIRST, RETRY_MAX, Database, DbContact, Unreachable
 from jobqueue.errors import UserError
 from jobqueue.metrics import METRICS_FILE_ENV, experiment_dir_for, find_event_files, metrics_file_for
 from jobqueue.processes import Guard, crash_point, signal_group, spawn_job, stop_group, wait_exit
@@ -188,7 +188,7 @@ class Worker:
             for thread in threads:
                 thread.join()
             self.beats_done.set()
-            beats.join()
+            beats.join(timeout=RETRY_MAX)  # not for ever: its call may hang on a connection a partition holds
         finally:
             self.beats_done.set()
             for sig, handler in previous.items():
@@ -253,20 +253,20 @@ class Worker:
             self.cut_off = False
             return
         with self.lock:
-            if not self.cut_off:
-                self.cut_off = True
+            self.cut_off = True
+            running = [(slot, slot.pid, slot.job.attempt_id) for slot in self.slots if slot.pid and slot.job]
+            new = [(slot, pid, attempt) for slot, pid, attempt in running if not _fenced(slot, attempt)]
+            if new:
                 self._say(
-                    f"worker {self.info.id}: no heartbeat recorded for {silent:.0f} s: stopping its {self.busy} jobs "
+                    f"worker {self.info.id}: no heartbeat recorded for {silent:.0f} s: stopping its {len(new)} jobs "
                     f"before its lease of {self.s.lease:g} s runs out; they are queued again when the database is back"
                 )
-            for slot in self.slots:
-                if slot.pid is None or slot.job is None:
-                    continue
-                if slot.fenced is None or slot.fenced[0] != slot.job.attempt_id:
-                    slot.fenced = (slot.job.attempt_id, now)
-                    signal_group(slot.pid, signal.SIGTERM)
-                elif now - slot.fenced[1] >= self.fence_grace:
-                    signal_group(slot.pid, signal.SIGKILL)
+            for slot, pid, attempt in new:
+                slot.fenced = (attempt, now)
+                signal_group(pid, signal.SIGTERM)
+            for slot, pid, attempt in running:  # the grace is over: KILL (a fence of an earlier job does not count)
+                if slot.fenced is not None and slot.fenced[0] == attempt and now - slot.fenced[1] >= self.fence_grace:
+                    signal_group(pid, signal.SIGKILL)
 
     # --- heartbeat thread ----------------------------------------------------------------------
 
@@ -485,7 +485,7 @@ class Worker:
         rc = proc.wait()
         crash_point("after_exit")
         exit_code, sig = (None, -rc) if rc < 0 else (rc, None)
-        if outcome is None and slot.fenced is not None and slot.fenced[0] == job.attempt_id:
+        if outcome is None and _fenced(slot, job.attempt_id):
             outcome = AttemptState.INTERRUPTED
             reason = f"stopped by its worker, cut off from the database for {time.monotonic() - self.last_beat:.0f} s"
         if outcome is None and self._stopped_with_worker(rc):
@@ -650,6 +650,10 @@ def _leave_the_terminal() -> None:
         except OSError:
             pass  # closed already
     os.close(devnull)
+
+
+def _fenced(slot: _Slot, attempt_id: int) -> bool:
+    return slot.fenced is not None and slot.fenced[0] == attempt_id
 
 
 def _drain(fd: int) -> None:
