@@ -722,6 +722,21 @@ def attempt_states(db: Database, attempt_ids: list[int]) -> dict[int, str]:
     return db.transact(_states, write=False)
 
 
+_AWAITING_REAPER = (
+    "SELECT 1 FROM attempts a JOIN workers w ON w.id = a.worker_id "
+    f"WHERE {state_in('a.state', [AttemptState.RUNNING])} AND w.stopped_at IS NULL AND w.heartbeat_at < {{ago}} "
+    "AND w.id <> :worker_id LIMIT 1"
+)
+
+
+def jobs_await_reaper(db: Database, lease: float, worker_id: int) -> bool:
+    """Another worker holds running attempts but has been silent for a lease: a reaper is to requeue them."""
+    rows = db.transact(
+        lambda tx: tx.all(_AWAITING_REAPER, {"lease_seconds": lease, "worker_id": worker_id}), write=False
+    )
+    return bool(rows)
+
+
 def running_attempts_of(db: Database, worker_ids: list[int]) -> list[dict]:
     listed, params = sql.expand("worker", worker_ids)
     query = f"SELECT * FROM attempts WHERE worker_id IN ({listed}) AND {state_in('state', [AttemptState.RUNNING])}"

@@ -429,16 +429,27 @@ class Worker:
                 self.lock.notify_all()
 
     def _idle_should_exit(self) -> bool:
-        """Nothing to claim: exit once every slot is idle (unless --wait); meanwhile wait for a sibling."""
+        """Nothing to claim: exit once every slot is idle (unless --wait); meanwhile wait for a sibling. Nor while
+        a silent worker's jobs wait for a reaper: ours may judge it only after a lease in contact with the DB
+        (reaper.py), and a worker exiting before then would leave them running in the DB until a `jq resume`."""
+        with self.lock:
+            idle = not self.s.wait and self.busy == 0 and not self.drained
+        awaiting = idle and self._jobs_await_reaper()  # outside the lock: it may reap, which may take a while
         with self.lock:
             if self.drained:
                 return True
-            if not self.s.wait and self.busy == 0:
+            if idle and self.busy == 0 and not awaiting:
                 self.drained = True
                 self.lock.notify_all()
                 return True
             self.lock.wait(self.s.poll_interval)
             return self.drained
+
+    def _jobs_await_reaper(self) -> bool:
+        ok, waiting = self.contact.once(lambda: queue.jobs_await_reaper(self.db, self.s.lease, self.info.id))
+        if ok and waiting and self.contact.in_contact_for() >= self.s.lease:
+            self._reap()  # now, rather than at the next reap_interval: nothing else is left for us to do
+        return not ok or bool(waiting)  # unreachable: nothing is known, and an outage is ridden out
 
     def _run_job(self, slot: _Slot, job: queue.ClaimedJob) -> queue.Finished:
         """Run one claimed job to its end; returns how it ended, for the caller to record."""

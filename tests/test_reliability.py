@@ -201,3 +201,25 @@ def test_unknown_job_ids_and_runs_are_one_clear_line(sqlite_project):
         proc = p.jq(*args)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
     assert p.states() == {"queued": 1}
+
+
+def test_an_idle_worker_waits_out_its_lease_of_contact_to_reap_a_silent_worker_before_it_exits(project):
+    """A reaper judges others by heartbeat only after a lease in contact with the DB; a new worker with nothing to
+    claim stays that long for a silent worker's jobs, requeues them and runs them, instead of leaving them running."""
+    project.sweep("held", "sh -c 'if [ \"$JQ_ATTEMPT\" = 1 ]; then sleep 120; fi' job", 1)
+    project.jq("enqueue", "held", check=True)
+    timing = ["--heartbeat", "0.5", "--lease", "3"]
+    stopped = project.start("worker", *timing, "--quiet")
+    try:
+        project.wait_for(lambda: project.states() == {"running": 1}, what="the job to start")
+        stopped.send_signal(signal.SIGSTOP)
+        time.sleep(4)  # past its lease: silent, but its process is there, so only the lease finds it lost
+        idle = project.jq("worker", *timing, "--quiet", timeout=60)
+        assert idle.returncode == 0, idle.stderr
+        assert project.states() == {"succeeded": 1}, idle.stderr
+        attempts = project.sql("select number, state from attempts order by number")
+        assert attempts == [{"number": 1, "state": "lost"}, {"number": 2, "state": "succeeded"}]
+    finally:
+        stopped.send_signal(signal.SIGCONT)
+        stopped.kill()
+        stopped.communicate(timeout=30)
