@@ -277,14 +277,15 @@ class ResultColumns:
 def result_columns(
     source: Database | Reader, run: str, metrics: Iterable[str] = (), params: bool = True
 ) -> ResultColumns:
-    """The columns of `jq results RUN`: every parameter (unless not params: the table, which holds its rows,
-    finds them there, without reading every job's parameters twice), and the metrics asked for (else all the
+    """The columns of `jq results RUN`: every parameter (unless not params: the table finds them in its rows,
+    or asks run_param_names when the run is longer than a page), and the metrics asked for (else all the
     run's)."""
+    metrics = list(metrics)
     with _reading(source) as reader:
         run_id = run_id_of(reader, run)
-        keys = run_metric_keys(reader, run_id)
-        _check_keys("--metric", run, list(metrics), keys)
-        return ResultColumns(run_id, run_param_names(reader, run_id) if params else None, list(metrics) or keys)
+        _check_run_keys(reader, run, run_id, "--metric", metrics)
+        keys = metrics or run_metric_keys(reader, run_id)
+        return ResultColumns(run_id, run_param_names(reader, run_id) if params else None, keys)
 
 
 _HAS_KEY = (
