@@ -555,6 +555,13 @@ def launch(
         min=0,
         help="Seconds between reads of a running job's metrics into the DB. Default 30; 0: only when it ends.",
     ),
+    lease: float | None = typer.Option(
+        None,
+        "--lease",
+        min=0.1,
+        help="Seconds a silent worker keeps its jobs before they are requeued; a DB outage up to about this minus "
+        "--grace and a heartbeat loses nothing (docs/reliability.md). Default 60.",
+    ),
     ngc_job_template: str | None = typer.Option(
         None,
         "--ngc-job-template",
@@ -603,6 +610,7 @@ def launch(
         slots=slots,
         grace=grace,
         metrics_every=metrics_every,
+        lease=lease,
         ngc_job_template=ngc_job_template,
         ngc_workers=ngc_workers,
         slurm_print_only=slurm_print_only,
@@ -628,7 +636,13 @@ def resume(
     ),
     experiments_per_gpu: int | None = typer.Option(None, "--experiments-per-gpu"),
     num_gpus: int | None = typer.Option(None, "--num-gpus"),
-    lease: float = typer.Option(60.0, "--lease", help="Workers on other hosts silent this long count as lost."),
+    lease: float | None = typer.Option(
+        None,
+        "--lease",
+        min=0.1,
+        help="Workers silent this long count as lost; the workers it starts use it too. Default: the run's "
+        "recorded --lease, else 60.",
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No live progress view."),
     slurm_workers: int | None = typer.Option(
         None, "--slurm-workers", min=1, help="[slurm] Array tasks for the new submission."
@@ -655,6 +669,7 @@ def resume(
         slurm_timeout=slurm_timeout,
         slurm_time_limit=slurm_time_limit,
         slurm_print_only=slurm_print_only,
+        lease=lease,
     )
     parse(flags, FLAGS)
     code = launching.resume(
@@ -664,7 +679,6 @@ def resume(
         requeue_only=requeue_only,
         flags=flags,
         progress=not no_progress,
-        lease=lease,
     )
     raise typer.Exit(code)
 

@@ -65,15 +65,19 @@ def resume(
     requeue_only: bool = False,
     flags: Mapping[str, Any] | None = None,
     progress: bool = True,
-    lease: float = queue.DEFAULT_LEASE_SECONDS,
 ) -> int:
     """Requeue what was lost, kill this host's orphans, then start the run's workers again.
 
     Through a DB outage it waits, saying so in one line. Its reaper judges other hosts' workers by their heartbeats
-    at once: a person runs it, and a worker silent for a lease has stopped its jobs by then (the fence, worker.py)."""
+    at once: a person runs it, and a worker silent for a lease has stopped its jobs by then (the fence, worker.py).
+    The lease is --lease, else the run's recorded one, which its workers fence themselves by."""
     call = _outage_rider().call
+    lease = (flags or {}).get("lease")
     if run_name is not None:
-        call(lambda: queue.get_run(db, run_name))  # a clear error for an unknown run, before anything changes
+        run = call(lambda: queue.get_run(db, run_name))  # a clear error for an unknown run, before anything changes
+        lease = lease if lease is not None else recorded_settings(run, flags).lease
+    if lease is None:
+        lease = queue.DEFAULT_LEASE_SECONDS
     reaped = call(lambda: reap(db, lease, say=lambda m: print(m, flush=True)))
     orphans = reaped.killed + call(lambda: kill_orphans(db))
     print(

@@ -62,6 +62,7 @@ class LaunchSettings:
     slots: int = 1  # jobs at once per Slurm/NGC worker
     grace: float | None = None  # seconds after TERM before KILL; None: the backend's default
     metrics_every: float | None = None  # seconds between reads of a running job's metrics; None: the worker's default
+    lease: float | None = None  # seconds a silent worker keeps its jobs (the outage it rides out); None: the default
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     ngc: NgcSettings = field(default_factory=NgcSettings)
 
@@ -206,6 +207,7 @@ CONVERT: dict[str, Callable[[Any], Any]] = {
     "slots": _integer(1),
     "grace": _optional(_number),
     "metrics_every": _optional(_number),
+    "lease": _optional(_number),
     "slurm_gpus_per_job": _integer(0),
     "slurm_cpus_per_gpu": _integer(1),
     "slurm_partition": _optional(_text),

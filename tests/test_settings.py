@@ -6,6 +6,7 @@ import pytest
 
 from jobqueue.errors import UserError
 from jobqueue.settings import FLAGS, STORED_VERSION, LaunchSettings, Source, parse
+from tests.conftest import REPO
 
 SWEEP = Source("sweep", "experiments/x.py")
 RECORDED = Source("recorded", "x")
@@ -168,3 +169,19 @@ def test_a_bad_run_description_keyword_is_one_line_and_writes_nothing(sqlite_pro
         == "jq: error: typo.py: RunDescription(max_paralel=2): not a launch setting; did you mean max_parallel?\n"
     )
     assert not (p.path / "jobqueue.db").exists()
+
+
+def test_a_launchs_lease_reaches_every_backends_workers_and_is_recorded_for_resume():
+    from jobqueue.backends import ngc, processes, slurm
+
+    template = str(REPO / "workers" / "ngc_job.template")
+    s = merged(flags={"lease": 120, "ngc_workers": 1, "ngc_job_template": template})
+    assert merged(recorded=json.loads(json.dumps(s.to_stored()))).lease == 120.0
+    assert processes.worker_settings(s, run_id=1).lease == 120.0
+    argv = slurm.worker_argv("postgresql+psycopg://u@h/db", "r", s)
+    assert argv[argv.index("--lease") + 1] == "120"
+    ((_, words),) = ngc.plan_commands("postgresql+psycopg://u@h/db", {"name": "r"}, s, [])
+    assert "--lease 120 " in " ".join(words)
+    default = merged()
+    assert default.lease is None and "--lease" not in slurm.worker_argv("x.db", "r", default)
+    assert processes.worker_settings(default, run_id=1).lease == 60.0

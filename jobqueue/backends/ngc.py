@@ -87,8 +87,11 @@ def check_settings(db_url: str | None, settings: LaunchSettings) -> None:
         raise UserError("ngc is not on PATH: install NVIDIA's NGC CLI, or use --ngc-print-only to see the commands")
 
 
-def _worker_cmd(url: str, extra: list[str]) -> str:
-    return shlex.join(["python", "-m", "jobqueue", "worker", "--db", without_password(url), "--backend", "ngc", *extra])
+def _worker_cmd(url: str, settings: LaunchSettings, extra: list[str]) -> str:
+    lease = [] if settings.lease is None else ["--lease", f"{settings.lease:g}"]
+    return shlex.join(
+        ["python", "-m", "jobqueue", "worker", "--db", without_password(url), "--backend", "ngc", *lease, *extra]
+    )
 
 
 def plan_commands(
@@ -109,7 +112,7 @@ def plan_commands(
                         **base,
                         "name": f"jq-{run['name']}-worker-{i}",
                         "job_id": "",
-                        "experiment_cmd": _worker_cmd(db_url, ["--run", run["name"], "--slots", slots]),
+                        "experiment_cmd": _worker_cmd(db_url, settings, ["--run", run["name"], "--slots", slots]),
                     },
                 ),
             )
@@ -117,7 +120,7 @@ def plan_commands(
         ]
     commands = []
     for job in queued:
-        cmd = _worker_cmd(db_url, ["--job", str(job["id"])]) if shared else job["cmd"]
+        cmd = _worker_cmd(db_url, settings, ["--job", str(job["id"])]) if shared else job["cmd"]
         commands.append(
             (job["id"], fill(words, {**base, "name": job["name"], "job_id": str(job["id"]), "experiment_cmd": cmd}))
         )

@@ -27,6 +27,7 @@ def worker_settings(settings: LaunchSettings, run_id: int, on_event=None) -> Wor
         pause_between=settings.pause_between,
         grace=DEFAULT_GRACE if settings.grace is None else settings.grace,
         metrics_every=METRICS_EVERY if settings.metrics_every is None else settings.metrics_every,
+        lease=queue.DEFAULT_LEASE_SECONDS if settings.lease is None else settings.lease,
         backend="processes",
         on_event=on_event,
     )

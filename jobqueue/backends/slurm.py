@@ -110,6 +110,8 @@ def worker_argv(db_url: str, run: str, settings: LaunchSettings, job_id: int | N
     argv = [sys.executable, "-m", "jobqueue", "worker", *db, "--backend", "slurm", "--grace", f"{grace:g}"]
     if settings.metrics_every is not None:
         argv += ["--metrics-every", f"{settings.metrics_every:g}"]
+    if settings.lease is not None:
+        argv += ["--lease", f"{settings.lease:g}"]
     if job_id is not None:
         return argv + ["--job", str(job_id)]
     return argv + ["--run", run, "--slots", str(settings.slots)]
