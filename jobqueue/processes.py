@@ -94,8 +94,11 @@ class Guard:
         os.close(self._write_end)
 
 
-def spawn_job(argv: list[str], executable: str | None, cwd: str, env: dict[bytes, bytes], log: int) -> subprocess.Popen:
-    """Start a job in its own process group, stdin from /dev/null, its output into the descriptor `log`.
+def spawn_job(
+    argv: list[str], executable: str | None, cwd: str, env: dict[bytes, bytes], log: int, stdin: int
+) -> subprocess.Popen:
+    """Start a job in its own process group, its input from the descriptor `stdin` (the worker's /dev/null, opened
+    once rather than by Popen for every job), its output into the descriptor `log`.
 
     Popen, not os.posix_spawn: posix_spawn takes less of the worker's CPU per job, but it holds the GIL until the
     child has exec'd, where Popen (CPython 3.11.4 and later) lets go of it, so the other slot threads keep
@@ -105,7 +108,7 @@ def spawn_job(argv: list[str], executable: str | None, cwd: str, env: dict[bytes
         executable=executable,
         cwd=cwd,
         env=env,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=log,
         stderr=subprocess.STDOUT,
         process_group=0,

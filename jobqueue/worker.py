@@ -157,6 +157,7 @@ class Worker:
         self.mark_bytes = {k.encode(): os.fsencode(v) for k, v in self.marks.items()}
         self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()} | self.mark_bytes
         self.cwd = os.getcwd()
+        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # every job's stdin
         guard = None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
@@ -202,6 +203,8 @@ class Worker:
             for slot in self.slots:
                 os.close(slot.wake_r)
                 os.close(slot.wake_w)
+            if not self.live_slots:  # else a slot still starting a job may use it
+                os.close(self.devnull)
         return self.result
 
     def _sign_off(self) -> None:
@@ -471,7 +474,7 @@ class Worker:
             os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
             log = os.open(job.log_path, _LOG_FLAGS, 0o666)
         try:
-            proc = spawn_job(argv, executable, job.cwd, env, log)
+            proc = spawn_job(argv, executable, job.cwd, env, log, self.devnull)
         except OSError as exc:
             return queue.Finished(
                 job, AttemptState.FAILED, exit_code=126, reason=f"cannot start {argv[0]}: {exc.strerror}"
@@ -556,13 +559,14 @@ class Worker:
 
     def _store_metrics(self, job: queue.ClaimedJob, ended: bool) -> None:
         """Store what is new in the job's metrics files. At an attempt's end only if there is something to read,
-        so that a quick job without metrics pays a stat and a failed directory open, no transaction. Never stops
-        the worker: a read that fails is told, and what it missed is read next time (or by the job's next attempt)."""
+        so that a quick job without metrics pays two stats (its JSON-lines file, its experiment directory), no
+        transaction. Never stops the worker: a read that fails is told, and what it missed is read next time (or by
+        the job's next attempt)."""
         metrics_file = metrics_file_for(job.log_path)
         experiment_dir = experiment_dir_for(job.log_path, job.name)
         # A later attempt reads at its end whatever it finds: an earlier attempt's file may hold what its worker,
         # killed outright, never read.
-        if ended and job.number == 1 and not (os.path.exists(metrics_file) or find_event_files(experiment_dir)):
+        if ended and job.number == 1 and not (os.path.exists(metrics_file) or _has_event_files(experiment_dir)):
             return
         from jobqueue import results
 
@@ -661,6 +665,11 @@ def _leave_the_terminal() -> None:
         except OSError:
             pass  # closed already
     os.close(devnull)
+
+
+def _has_event_files(experiment_dir: str) -> bool:
+    """Whether the job wrote TensorBoard events: looked for only in an experiment directory that is there."""
+    return os.path.isdir(experiment_dir) and bool(find_event_files(experiment_dir))
 
 
 def _fenced(slot: _Slot, attempt_id: int) -> bool:
