@@ -158,15 +158,21 @@ def sqlite_project(tmp_path) -> Project:
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-@pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
-    """A throwaway PostgreSQL on a Unix socket, run as the `postgres` user when we are root."""
+def started_postgres(tmp_path_factory, name: str = "pg"):
+    """A throwaway PostgreSQL server (start_postgres), or the test skipped (failed in CI) saying why it could not
+    start."""
     from tests.services import start_postgres
 
     try:
-        server = start_postgres(tmp_path_factory.mktemp("pg"))
+        return start_postgres(tmp_path_factory.mktemp(name), name=name)
     except Exception as exc:  # noqa: BLE001 - any failure to start is reported the same way
         service_unavailable("PostgreSQL", str(exc))
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A throwaway PostgreSQL, run as the `postgres` user when we are root."""
+    server = started_postgres(tmp_path_factory)
     yield server
     server.stop()
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import Project, service_unavailable
+from tests.conftest import Project, started_postgres
 
 LEASE, HEARTBEAT, GRACE = 10.0, 0.5, 1.0
 BOUND = LEASE - HEARTBEAT - (GRACE + HEARTBEAT)  # the longest outage that loses nothing
@@ -56,12 +56,7 @@ open(f"marks/{job}-{attempt}", "w").close()
 @pytest.fixture(scope="module")
 def own_postgres(tmp_path_factory):
     """A server for this module alone, since its tests stop it."""
-    from tests.services import start_postgres
-
-    try:
-        server = start_postgres(tmp_path_factory.mktemp("pg-outage"), name="pg-outage")
-    except Exception as exc:  # noqa: BLE001 - any failure to start is reported the same way
-        service_unavailable("PostgreSQL", str(exc))
+    server = started_postgres(tmp_path_factory, "pg-outage")
     started = time.monotonic()
     server.halt()
     server.start()

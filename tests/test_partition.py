@@ -16,8 +16,8 @@ import psycopg
 import pytest
 
 from benchmarks.chaos import JOB as CHAOS_JOB, Host
-from tests.conftest import Project, service_unavailable
-from tests.services import TcpProxy, start_postgres
+from tests.conftest import Project, started_postgres
+from tests.services import TcpProxy
 from tests.test_worker import job_processes
 
 LEASE = 3.0
@@ -51,10 +51,7 @@ _databases = count()
 @pytest.fixture(scope="module")
 def partition_server(tmp_path_factory):
     """A PostgreSQL server for this module alone, reached over TCP (which the proxy can cut)."""
-    try:
-        server = start_postgres(tmp_path_factory.mktemp("pg"), name="pg-partition")
-    except Exception as exc:  # noqa: BLE001 - any failure to start is reported the same way
-        service_unavailable("PostgreSQL", str(exc))
+    server = started_postgres(tmp_path_factory, "pg-partition")
     yield server
     server.stop()
 
