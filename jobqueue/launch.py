@@ -75,7 +75,7 @@ def resume(
     lease = (flags or {}).get("lease")
     if run_name is not None:
         run = call(lambda: queue.get_run(db, run_name))  # a clear error for an unknown run, before anything changes
-        lease = lease if lease is not None else recorded_settings(run, flags).lease
+        lease = recorded_settings(run, flags).lease  # --lease over the recorded one
     if lease is None:
         lease = queue.DEFAULT_LEASE_SECONDS
     reaped = call(lambda: reap(db, lease, say=lambda m: print(m, flush=True)))

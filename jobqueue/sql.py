@@ -82,8 +82,8 @@ def row_converter(description):
 
     def to_dict(raw) -> dict:
         row = {n: (c(v) if c and v is not None else v) for n, c, v in zip(names, convert, raw)}
-        if argv_from_cmd and row["argv"] is None and row["cmd"] is not None:
-            row["argv"] = row["cmd"].split(" ")
+        if argv_from_cmd and row["cmd"] is not None:
+            row["argv"] = argv_of(row["argv"], row["cmd"])
         return row
 
     return to_dict
