@@ -132,7 +132,7 @@ def enqueue(
 
 
 def _print_plan(plan) -> None:
-    from jobqueue.service import write_aligned
+    from jobqueue.layout import write_aligned
 
     print(f"{plan.run_name}: {len(plan.specs)} jobs (dry run, nothing written)")
     rows = ([str(spec.index), spec.name, spec.cmd] for spec in plan.specs)
@@ -303,12 +303,16 @@ def show_results(
             shown = ([sort] if sort in columns.metrics else []) + [k for k in columns.metrics if k != sort]
             hidden = len(shown) - TABLE_METRICS
             columns.metrics = shown[:TABLE_METRICS]
-        rows = results.results(reader, run, sort, minimize, group_by, metric or columns.metrics, lasts_only=True)
-        if as_csv:
-            results.write_results_csv(rows, sys.stdout, columns, group_by)
+        if group_by:
+            groups = results.results(reader, run, sort, minimize, group_by, columns.metrics)
+            write_groups = results.write_groups_csv if as_csv else results.write_groups_table
+            write_groups(groups, sys.stdout, columns, group_by)
+        elif as_csv:
+            results.write_jobs_csv(results.job_pages(reader, run, columns.metrics, sort, minimize), sys.stdout, columns)
         else:
             every_param = lambda: results.run_param_names(reader, columns.run_id)  # noqa: E731
-            results.write_results_table(rows, sys.stdout, columns, group_by, every_param)
+            pages = results.job_pages(reader, run, columns.metrics, sort, minimize)
+            results.write_jobs_table(pages, sys.stdout, columns, every_param)
     finally:
         reader.close()
     if not columns.metrics and not as_csv:

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain
 from typing import Any
 
-from jobqueue import queue, settings
+from jobqueue import layout, queue, settings
 from jobqueue.db import Database
 from jobqueue.errors import UserError
 from jobqueue.loader import LoadedSweep, load_sweep
@@ -111,60 +111,6 @@ def _job_rows(
                 yield row
 
 
-# How many rows a plain listing lays out together. A listing up to this long is one table, each column as wide as
-# its widest cell; a longer one is written a page at a time, each column as wide as the widest cell so far, so its
-# columns only ever move right (where a later page holds a longer name) and no listing is held whole.
-ALIGN_ROWS = 10_000
-
-
-def aligned(columns: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> str:
-    """Plain text in columns two spaces apart (those in `right` right-aligned), the last one unpadded: a long
-    command stays whole, to be copied into a shell or grepped. Written at once as plain text, it stays fast for any
-    number of rows, where a rich Table or a print per line does work per row."""
-    return _lines([columns, *rows], _widths([len(c) for c in columns], rows), right)
-
-
-def write_aligned(out, columns: list[str], rows: Iterable[list[str]], right: frozenset[int] = frozenset()) -> None:
-    """aligned(), written ALIGN_ROWS rows at a time."""
-    table = AlignedTable(out, columns, right)
-    for page in _pages(rows, ALIGN_ROWS):
-        table.write(page)
-    table.close()
-
-
-class AlignedTable:
-    """aligned()'s columns, written a page at a time (see ALIGN_ROWS): the header with the first page."""
-
-    def __init__(self, out, columns: list[str], right: frozenset[int] = frozenset()):
-        self.out, self.right = out, right
-        self.widths = [len(c) for c in columns]
-        self._header = [columns]
-
-    def write(self, rows: list[list[str]]) -> None:
-        self.widths = _widths(self.widths, rows)
-        self.out.write(_lines(self._header + rows, self.widths, self.right) + "\n")
-        self._header = []
-
-    def close(self) -> None:
-        if self._header:  # no rows: the header alone
-            self.write([])
-
-
-def _widths(widths: list[int], rows: list[list[str]]) -> list[int]:
-    return [max(w, max((len(r[i]) for r in rows), default=0)) for i, w in enumerate(widths)]
-
-
-def _lines(rows: list[list[str]], widths: list[int], right: frozenset[int]) -> str:
-    pads = [(str.rjust if i in right else str.ljust, w) for i, w in enumerate(widths[:-1])]
-    return "\n".join("  ".join([pad(cell, w) for (pad, w), cell in zip(pads, r)] + [r[-1]]) for r in rows)
-
-
-def _pages(items: Iterable, size: int) -> Iterator[list]:
-    items = iter(items)
-    while page := list(islice(items, size)):
-        yield page
-
-
 def write_json_list(items: Iterable, out, default: Callable | None = None) -> None:
     """What print(json.dumps(list(items), indent=2, default=default)) writes, one item at a time."""
     items = iter(items)
@@ -190,8 +136,10 @@ def print_jobs(rows: Iterable[dict], console) -> None:
     if first is None:
         console.print("No jobs match.")
         return
-    table = AlignedTable(console.file, ["id", "run", "name", "state", "tries", "exit", "command"], frozenset({0, 4, 5}))
-    for page in _pages(chain([first], rows), ALIGN_ROWS):
+    table = layout.AlignedTable(
+        console.file, ["id", "run", "name", "state", "tries", "exit", "command"], frozenset({0, 4, 5})
+    )
+    for page in layout.pages(chain([first], rows), layout.ALIGN_ROWS):
         lines = []
         for r in page:
             exit_ = "" if r["exit_code"] is None else str(r["exit_code"])
@@ -327,12 +275,12 @@ def print_rows(columns: list[str], rows: Iterable[tuple], *, as_json: bool, as_c
         writer.writerow(columns)
         writer.writerows(rows)
     elif columns:
-        pages = _pages(rows, ALIGN_ROWS)
+        pages = layout.pages(rows, layout.ALIGN_ROWS)
         first = next(pages, [])
         numeric = frozenset(
             i for i in range(len(columns)) if first and all(isinstance(r[i], (int, float, type(None))) for r in first)
         )
-        table = AlignedTable(console.file, columns, numeric)
+        table = layout.AlignedTable(console.file, columns, numeric)
         for page in chain([first], pages):
             table.write([["" if v is None else str(v).replace("\n", "\\n") for v in r] for r in page])
 

@@ -12,7 +12,7 @@ from itertools import product
 
 import pytest
 
-from jobqueue import queue, service
+from jobqueue import layout, queue, service
 from jobqueue.db import open_db
 from jobqueue.sweep import Experiment, GridCombinations, ParamGrid, RunDescription, expand, set_sweep_seed
 
@@ -103,15 +103,15 @@ def test_a_runs_jobs_can_be_indexed_and_iterated_again_without_being_held():
 
 def test_a_big_dry_run_streams_columns_that_never_move_left_and_json_that_is_whole(sqlite_project):
     p = sqlite_project
-    rows = service.ALIGN_ROWS + 2_000  # names grow from 2 to 5 digits: the second page is wider
+    rows = layout.ALIGN_ROWS + 2_000  # names grow from 2 to 5 digits: the second page is wider
     p.sweep("wide", "app", rows)
     plain = p.jq("enqueue", "wide", "--dry-run", check=True).stdout.splitlines()
     jobs = json.loads(p.jq("enqueue", "wide", "--dry-run", "--json", check=True).stdout)
     assert plain[0] == f"wide: {rows} jobs (dry run, nothing written)" and len(plain) == rows + 2
     assert [line.split() for line in plain[2:]] == [[str(i), j["name"], *j["cmd"].split()] for i, j in enumerate(jobs)]
     starts = [line.index(" app ") for line in plain[2:]]
-    first_page = starts[: service.ALIGN_ROWS]
-    assert len(set(first_page)) == 1 and len(set(starts[service.ALIGN_ROWS :])) == 1 and starts[-1] > starts[0]
+    first_page = starts[: layout.ALIGN_ROWS]
+    assert len(set(first_page)) == 1 and len(set(starts[layout.ALIGN_ROWS :])) == 1 and starts[-1] > starts[0]
     assert plain[1].index("command") == starts[0] + 1
 
 
@@ -141,7 +141,7 @@ def small_pages(monkeypatch):
     """Pages, chunks and windows of a few jobs, so that a test of a few thousand jobs crosses many of each."""
     monkeypatch.setattr(queue, "ENQUEUE_CHUNK", 700)
     monkeypatch.setattr(queue, "ID_WINDOW", 300)
-    monkeypatch.setattr(service, "ALIGN_ROWS", 400)
+    monkeypatch.setattr(layout, "ALIGN_ROWS", 400)
 
 
 def run_of(n: int, cmd: str = "app", name: str = "r"):
