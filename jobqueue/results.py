@@ -18,15 +18,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
-from typing import IO
+from typing import IO, TypeVar
 
-from jobqueue import metrics as readers, sql
+from jobqueue import layout, metrics as readers, sql
 from jobqueue.db import Database, Transaction
 from jobqueue.errors import UserError
 from jobqueue.metrics import Chunk, Point, Source
 from jobqueue.report import Reader, unknown_run
 
 NAN = float("nan")
+_T = TypeVar("_T")
 FETCH_ROWS = 2000
 
 # --- storing --------------------------------------------------------------------------------------
@@ -348,18 +349,22 @@ def results(
     """`jq results RUN`: one row per job, best first by `sort`'s last value (highest first; lowest with
     minimize; NaN and missing last), else in sweep order:
         {"id", "name", "state", "params": {...}, "duration_s", "metrics": {KEY: {"last", "last_step", "min", "max", "count"}}}
-    lasts_only: each metric's {"last"} alone, which is all the table and the CSV show, read at less cost.
+    lasts_only: each metric's {"last"} alone, read at less cost.
     With group_by, one row per combination of those parameters' values, over the jobs' last values, in the order
     the combinations first appear (best first with `sort`):
         {"group": {...}, "jobs": N, "metrics": {KEY: {"mean", "std", "min", "max"}}}
     The database sorts and aggregates: job rows stream, and groups take memory per group, never per job."""
     metrics, group_by = list(metrics), list(group_by)
     with _reading(source) as reader:
-        run_id = run_id_of(reader, run)
-        _check_run_keys(reader, run, run_id, "--metric", metrics)
-        _check_run_keys(reader, run, run_id, "--sort", [sort] if sort else [])
+        run_id = _checked_run(reader, run, sort, metrics)
         if not group_by:
-            yield from _job_rows(reader, run_id, sort, minimize, metrics, lasts_only)
+            if lasts_only:
+                metrics = metrics or run_metric_keys(reader, run_id)
+                for page in _lasts_pages(reader, run_id, sort, minimize, metrics):
+                    for job_id, name, state, params_text, seconds, *values in page:
+                        yield _job_row(job_id, name, state, params_text, seconds, _lasts(metrics, values))
+            else:
+                yield from _job_rows(reader, run_id, sort, minimize, metrics)
             return
         groups = _groups(reader, run, run_id, group_by, metrics)
     if sort:
@@ -367,37 +372,68 @@ def results(
     yield from groups
 
 
-def _job_rows(
-    reader: Reader, run_id: int, sort: str | None, minimize: bool, metrics: list[str], lasts_only: bool
-) -> Iterator[dict]:
-    if lasts_only:
-        metrics = metrics or run_metric_keys(reader, run_id)
-        _, key_params = sql.expand("key", metrics)
-        lasts = "".join(_LAST.format(nan=_NAN[reader.dialect], key=key) for key in key_params)
-    else:
-        key_params, lasts = {}, ""
-    query = _JOBS.format(
+def job_pages(
+    source: Database | Reader, run: str, metrics: Sequence[str], sort: str | None = None, minimize: bool = False
+) -> Iterator[list[tuple]]:
+    """results() as the table and the CSV read it, a page of rows at a time, each row as the database gives it:
+        (id, name, state, params as JSON text, seconds over all attempts, the last value of each of `metrics`)
+    where a last value is None if the job has not logged the key, and a NaN may come as the text 'NaN'
+    (last_number() reads it). No dict per job: on a 10,000-job run they cost as much as the query."""
+    with _reading(source) as reader:
+        yield from _lasts_pages(reader, _checked_run(reader, run, sort, list(metrics)), sort, minimize, list(metrics))
+
+
+def last_number(value: float | str | None) -> float | None:
+    """A last value of job_pages() as a number (SQLite, which holds no NaN, gives the text 'NaN')."""
+    return value if value is None or value.__class__ is float else float(value)
+
+
+def _checked_run(reader: Reader, run: str, sort: str | None, metrics: list[str]) -> int:
+    run_id = run_id_of(reader, run)
+    _check_run_keys(reader, run, run_id, "--metric", metrics)
+    _check_run_keys(reader, run, run_id, "--sort", [sort] if sort else [])
+    return run_id
+
+
+def _lasts(metrics: list[str], values: list) -> dict:
+    return {key: {"last": float(v)} for key, v in zip(metrics, values) if v is not None}
+
+
+def _job_row(job_id: int, name: str, state: str, params_text: str, seconds: float | None, metrics: dict) -> dict:
+    return {
+        "id": job_id,
+        "name": name,
+        "state": state,
+        "params": _decode_params(params_text),
+        "duration_s": seconds,
+        "metrics": metrics,
+    }
+
+
+def _jobs_query(reader: Reader, sort: str | None, minimize: bool, lasts: str = "") -> str:
+    return _JOBS.format(
         duration=_DURATION[reader.dialect],
         lasts=lasts,
         sort_join=_SORT_JOIN if sort else "",
         sort_order=_SORT_ORDER.format(direction="ASC" if minimize else "DESC") if sort else "",
     )
-    loads = _decode_params
-    for page in _pages(reader, query, {"run_id": run_id, "sort": sort, **key_params}):
-        summaries = {} if lasts_only else _summaries(reader, [row[0] for row in page], metrics)
-        for job_id, name, state, params_text, seconds, *values in page:
-            yield {
-                "id": job_id,
-                "name": name,
-                "state": state,
-                "params": loads(params_text),
-                "duration_s": seconds,
-                "metrics": (
-                    {key: {"last": float(v)} for key, v in zip(metrics, values) if v is not None}
-                    if lasts_only
-                    else summaries.get(job_id, {})
-                ),
-            }
+
+
+def _lasts_pages(
+    reader: Reader, run_id: int, sort: str | None, minimize: bool, metrics: list[str]
+) -> Iterator[list[tuple]]:
+    _, key_params = sql.expand("key", metrics)
+    lasts = "".join(_LAST.format(nan=_NAN[reader.dialect], key=key) for key in key_params)
+    yield from _pages(
+        reader, _jobs_query(reader, sort, minimize, lasts), {"run_id": run_id, "sort": sort, **key_params}
+    )
+
+
+def _job_rows(reader: Reader, run_id: int, sort: str | None, minimize: bool, metrics: list[str]) -> Iterator[dict]:
+    for page in _pages(reader, _jobs_query(reader, sort, minimize), {"run_id": run_id, "sort": sort}):
+        summaries = _summaries(reader, [row[0] for row in page], metrics)
+        for job_id, name, state, params_text, seconds in page:
+            yield _job_row(job_id, name, state, params_text, seconds, summaries.get(job_id, {}))
 
 
 def _decode_params(text: str) -> dict:
@@ -692,7 +728,7 @@ def jsonable(value):
     return value
 
 
-def _started(rows: Iterable[dict]) -> Iterator[dict]:
+def _started(rows: Iterable[_T]) -> Iterator[_T]:
     """The rows, the first one already read: a bad option (found by the first read) is reported before any output."""
     rows = iter(rows)
     first = next(rows, None)
@@ -720,122 +756,119 @@ def _cell(value) -> str:
     return number_text(value)
 
 
-def write_results_csv(rows: Iterable[dict], out: IO[str], columns: ResultColumns, group_by: Sequence[str] = ()) -> None:
-    """`jq results --csv`: per job, the last value of each metric; grouped, each metric's KEY.mean, .std, .min, .max."""
-    rows, writer = _started(rows), csv.writer(out)
-    if group_by:
-        writer.writerow(
-            [*group_by, "jobs", *(f"{k}.{s}" for k in columns.metrics for s in ("mean", "std", "min", "max"))]
-        )
-        for g in rows:
-            stats = [g["metrics"].get(k, {}).get(s) for k in columns.metrics for s in ("mean", "std", "min", "max")]
-            writer.writerow([*(_cell(g["group"][p]) for p in group_by), g["jobs"], *map(_cell, stats)])
-        return
+def write_groups_csv(groups: Iterable[dict], out: IO[str], columns: ResultColumns, group_by: Sequence[str]) -> None:
+    """`jq results --csv --group-by`: per group, each metric's KEY.mean, .std, .min, .max."""
+    groups, writer = _started(groups), csv.writer(out)
+    writer.writerow([*group_by, "jobs", *(f"{k}.{s}" for k in columns.metrics for s in ("mean", "std", "min", "max"))])
+    for g in groups:
+        stats = [g["metrics"].get(k, {}).get(s) for k in columns.metrics for s in ("mean", "std", "min", "max")]
+        writer.writerow([*(_cell(g["group"][p]) for p in group_by), g["jobs"], *map(_cell, stats)])
+
+
+def write_jobs_csv(pages: Iterable[list[tuple]], out: IO[str], columns: ResultColumns) -> None:
+    """`jq results --csv`: per job of job_pages(), the last value of each metric, numbers in full."""
     assert columns.params is not None, "a CSV names every parameter of the run (result_columns with params=True)"
+    pages, writer = _started(pages), csv.writer(out)
     writer.writerow(["id", "name", "state", *columns.params, "duration_s", *columns.metrics])
-    for r in rows:
-        lasts = [r["metrics"].get(k, {}).get("last") for k in columns.metrics]
-        writer.writerow(
-            [
-                r["id"],
-                r["name"],
-                r["state"],
-                *(_cell(r["params"].get(p)) for p in columns.params),
-                _cell(r["duration_s"]),
-                *map(_cell, lasts),
-            ]
-        )
-
-
-def write_results_table(
-    rows: Iterable[dict],
-    out: IO[str],
-    columns: ResultColumns,
-    group_by: Sequence[str] = (),
-    run_params: Callable[[], list[str]] | None = None,
-) -> None:
-    """`jq results` as plain aligned columns: numbers to 6 significant digits; grouped, each metric as mean ± std.
-    Written a page of service.ALIGN_ROWS rows at a time, as `jq list` is: the best jobs show at once however big
-    the run, a run of one page is laid out as a whole, and on a longer one a column only ever widens. The
-    parameter columns are columns.params, else those of the rows when they fit in one page, else run_params()'s
-    (every job's, read again)."""
-    from jobqueue.service import ALIGN_ROWS, AlignedTable
-
-    if group_by:
-        header = [*group_by, "jobs", *columns.metrics]
-        table = AlignedTable(out, header, right=frozenset(range(len(group_by), len(header))))
-        for page in _pages_of(rows, ALIGN_ROWS):
-            table.write(
+    for page in pages:
+        for job_id, name, state, params_text, seconds, *lasts in page:
+            params = _decode_params(params_text)
+            writer.writerow(
                 [
-                    [
-                        *(_cell(g["group"][p]) for p in group_by),
-                        str(g["jobs"]),
-                        *(_mean_std(g["metrics"].get(k)) for k in columns.metrics),
-                    ]
-                    for g in page
+                    job_id,
+                    name,
+                    state,
+                    *(_cell(params.get(p)) for p in columns.params),
+                    _cell(seconds),
+                    *(_cell(last_number(v)) for v in lasts),
                 ]
             )
-        table.close()
-        return
-    rows = iter(rows)
-    first = list(itertools.islice(rows, ALIGN_ROWS))
+
+
+def write_groups_table(groups: Iterable[dict], out: IO[str], columns: ResultColumns, group_by: Sequence[str]) -> None:
+    """`jq results --group-by` as plain aligned columns, each metric as mean ± std (6 and 3 significant digits)."""
+    header = [*group_by, "jobs", *columns.metrics]
+    table = layout.AlignedTable(out, header, right=frozenset(range(len(group_by), len(header))))
+    for page in layout.pages(groups, layout.ALIGN_ROWS):
+        table.write(
+            [
+                [
+                    *(_cell(g["group"][p]) for p in group_by),
+                    str(g["jobs"]),
+                    *(_mean_std(g["metrics"].get(k)) for k in columns.metrics),
+                ]
+                for g in page
+            ]
+        )
+    table.close()
+
+
+def write_jobs_table(
+    pages: Iterable[list[tuple]],
+    out: IO[str],
+    columns: ResultColumns,
+    run_params: Callable[[], list[str]] | None = None,
+) -> None:
+    """`jq results` (job_pages()) as plain aligned columns, numbers to 6 significant digits. Written a page of
+    layout.ALIGN_ROWS rows at a time, as `jq list` is: the best jobs show at once however big the run, a run of
+    one page is laid out as a whole, and on a longer one a column only ever widens. The parameter columns are
+    columns.params, else those of the rows when they fit in one page, else run_params()'s (every job's, read
+    again)."""
+    rows = itertools.chain.from_iterable(pages)  # the first page is read before anything is written
+    first = list(itertools.islice(rows, layout.ALIGN_ROWS))
     following = next(rows, None)
+    first_params = [_decode_params(row[3]) for row in first]
     params = columns.params
     if params is None:
         if following is None or run_params is None:
-            params = list({name: None for r in first for name in r["params"]})
+            params = list({name: None for values in first_params for name in values})
         else:
             params = run_params()
-    keys = columns.metrics
-    header = ["id", "name", "state", *params, "duration_s", *keys]
+    header = ["id", "name", "state", *params, "duration_s", *columns.metrics]
     first_metric = 4 + len(params)
-    table = AlignedTable(out, header, right=frozenset({0, first_metric - 1, *range(first_metric, len(header))}))
+    table = layout.AlignedTable(out, header, right=frozenset({0, first_metric - 1, *range(first_metric, len(header))}))
     if first:
-        table.write(_job_cells(first, params, keys))
+        table.write_columns(_job_cells(first, first_params, params))
     if following is not None:
-        for page in _pages_of(itertools.chain([following], rows), ALIGN_ROWS):
-            table.write(_job_cells(page, params, keys))
+        for page in layout.pages(itertools.chain([following], rows), layout.ALIGN_ROWS):
+            table.write_columns(_job_cells(page, [_decode_params(row[3]) for row in page], params))
     table.close()
 
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})  # parameter values whose cells can be remembered
 
 
-def _job_cells(rows: list[dict], params: list[str], keys: list[str]) -> list[list[str]]:
-    """The table's cells of a page of jobs. A sweep repeats its parameters' values, so each one's cell is made
-    once a page (by type too: 1, 1.0 and True are equal keys, and different cells)."""
-    cells: list[list[str]] = []
+def _job_cells(page: list[tuple], values: list[dict], params: list[str]) -> list[Sequence[str]]:
+    """The table's columns of a page of job_pages() rows (their params decoded: `values`), made a column at a time:
+    a page's ids, durations or rewards are each one list comprehension, which costs far less than a call per
+    cell. A sweep repeats its parameters' values, so each one's cell is made once a page (by type too: 1, 1.0
+    and True are equal keys, and different cells)."""
+    ids, names, states, _, seconds, *lasts = zip(*page)
+    columns: list[Sequence[str]] = [list(map(str, ids)), names, states]
     texts: dict[tuple, str] = {}
-    for r in rows:
-        values, summaries, seconds = r["params"], r["metrics"], r["duration_s"]
-        row = [str(r["id"]), r["name"], r["state"]]
-        for p in params:
-            value = values.get(p)
+    for p in params:
+        column = []
+        for value in (v.get(p) for v in values):
             if value.__class__ not in _PLAIN:
-                row.append(_cell(value))
+                column.append(_cell(value))
                 continue
             text = texts.get(memo := (value.__class__, value))
             if text is None:
                 text = texts[memo] = _cell(value)
-            row.append(text)
-        row.append("" if seconds is None else f"{seconds:.1f}")
-        row += [_last_text(summaries.get(k)) for k in keys]
-        cells.append(row)
-    return cells
+            column.append(text)
+        columns.append(column)
+    columns.append(["" if s is None else f"{s:.1f}" for s in seconds])
+    for values_of_key in lasts:  # number_text(last, 6), a column at once
+        cells = [format(v, ".6g") if v.__class__ is float else _odd_last_text(v) for v in values_of_key]
+        if "nan" in cells or "inf" in cells or "-inf" in cells:
+            cells = [_SPELLED.get(t, t) for t in cells]
+        columns.append(cells)
+    return columns
 
 
-def _pages_of(items: Iterable, size: int) -> Iterator[list]:
-    items = iter(items)
-    while page := list(itertools.islice(items, size)):
-        yield page
-
-
-def _last_text(summary: dict | None) -> str:
-    """number_text(summary["last"], 6), at the cost a cell of a 10,000-job table can afford."""
-    if summary is None:
-        return ""
-    text = format(summary["last"], ".6g")
-    return _SPELLED.get(text, text)
+def _odd_last_text(value) -> str:
+    """The cell of a last value that is not a float: none logged, or SQLite's 'NaN'."""
+    return "" if value is None else number_text(last_number(value), 6)
 
 
 def _mean_std(stats: dict | None) -> str:

@@ -16,7 +16,7 @@ from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.proto.tensor_pb2 import TensorProto
 
-from jobqueue import queue, results, service
+from jobqueue import layout, queue, results
 from jobqueue.db import open_db
 from jobqueue.metrics import (
     JSONL,
@@ -430,13 +430,13 @@ def test_results_as_json_csv_and_table(project, tmp_path):
     columns = results.result_columns(db, "sweep")
     assert (columns.params, columns.metrics) == (["lr", "arch"], ["reward", "loss"])
     out = io.StringIO()
-    results.write_results_csv(results.results(db, "sweep"), out, columns)
+    results.write_jobs_csv(results.job_pages(db, "sweep", columns.metrics), out, columns)
     lines = out.getvalue().splitlines()
     assert lines[0] == "id,name,state,lr,arch,duration_s,reward,loss"
     assert lines[1].startswith(f'{sweep.ids[0]},00_j,succeeded,0.1,"[64, 64]",') and lines[1].endswith(",1.25,NaN")
     assert lines[2].endswith(",Infinity,0.5")
     out = io.StringIO()
-    results.write_results_table(results.results(db, "sweep", sort="loss", minimize=True), out, columns)
+    results.write_jobs_table(results.job_pages(db, "sweep", columns.metrics, sort="loss", minimize=True), out, columns)
     table = out.getvalue().splitlines()
     assert table[0].split() == ["id", "name", "state", "lr", "arch", "duration_s", "reward", "loss"]
     assert table[1].split()[-2:] == ["Infinity", "0.5"] and table[2].split()[-2:] == ["1.25", "NaN"]
@@ -507,8 +507,8 @@ def test_a_results_table_longer_than_a_page_is_written_a_page_at_a_time_with_eve
     def table() -> list[str]:
         out = io.StringIO()
         columns = results.result_columns(db, "sweep", params=False)
-        rows = results.results(db, "sweep", sort="reward", metrics=columns.metrics, lasts_only=True)
-        results.write_results_table(rows, out, columns, run_params=lambda: results.result_columns(db, "sweep").params)
+        pages = results.job_pages(db, "sweep", columns.metrics, sort="reward")
+        results.write_jobs_table(pages, out, columns, run_params=lambda: results.result_columns(db, "sweep").params)
         return out.getvalue().splitlines()
 
     def last_column_starts(lines: list[str]) -> list[int]:
@@ -517,7 +517,7 @@ def test_a_results_table_longer_than_a_page_is_written_a_page_at_a_time_with_eve
     whole = table()
     assert [line.split()[0] for line in whole[1:]] == [str(sweep.ids[i]) for i in (4, 1, 0, 2, 3)]
     assert len(set(last_column_starts(whole))) == 1
-    monkeypatch.setattr(service, "ALIGN_ROWS", 2)
+    monkeypatch.setattr(layout, "ALIGN_ROWS", 2)
     paged = table()
     # The header comes with the first page, yet names the parameter only the last page's job has.
     assert paged[0].split() == ["id", "name", "state", "lr", "batch", "duration_s", "reward", "loss"]
