@@ -145,6 +145,7 @@ metric_summaries = sa.Table(
     sa.Column("min", sa.Float, nullable=True),  # over the values that are not NaN
     sa.Column("max", sa.Float, nullable=True),
     sa.Column("count", sa.Integer, nullable=False),  # points, NaN included, over all attempts
+    sa.Index("ix_metric_summaries_lasts", "job_id", "key", "seq", "last"),  # `jq results` reads no table row
 )
 
 metric_sources = sa.Table(  # the files a job's metrics are read from, and how far
