@@ -325,8 +325,14 @@ _JOBS = (
 )
 # With lasts_only, each metric's last value is a column of its job's row: NULL where the job has not logged the
 # key, and a NaN stored as NULL comes back as 'NaN' (text on SQLite, which holds no NaN; a NaN on PostgreSQL).
-_LAST = ", (SELECT COALESCE(last, {nan}) FROM metric_summaries WHERE job_id = j.id AND key = :{key})"
+_LAST = ", (SELECT COALESCE(last, {nan}) FROM {summaries} WHERE job_id = j.id AND key = :{key})"
 _NAN = {sql.SQLITE: "'NaN'", sql.POSTGRESQL: "CAST('NaN' AS DOUBLE PRECISION)"}
+# SQLite's planner picks the primary key's index, which has no `last`, over migration 0003's, which has it: each
+# lookup would also read the table's row.
+_SUMMARIES_TABLE = {
+    sql.SQLITE: "metric_summaries INDEXED BY ix_metric_summaries_lasts",
+    sql.POSTGRESQL: "metric_summaries",
+}
 # In key order (the primary key's), which is cheaper than sorting by seq here; _summaries orders each job's keys.
 _SUMMARIES = (
     "SELECT job_id, seq, key, last, last_step, min, max, count FROM metric_summaries WHERE job_id IN ({job_list})"
@@ -423,7 +429,10 @@ def _lasts_pages(
     reader: Reader, run_id: int, sort: str | None, minimize: bool, metrics: list[str]
 ) -> Iterator[list[tuple]]:
     _, key_params = sql.expand("key", metrics)
-    lasts = "".join(_LAST.format(nan=_NAN[reader.dialect], key=key) for key in key_params)
+    lasts = "".join(
+        _LAST.format(nan=_NAN[reader.dialect], summaries=_SUMMARIES_TABLE[reader.dialect], key=key)
+        for key in key_params
+    )
     yield from _pages(
         reader, _jobs_query(reader, sort, minimize, lasts), {"run_id": run_id, "sort": sort, **key_params}
     )
@@ -771,18 +780,8 @@ def write_jobs_csv(pages: Iterable[list[tuple]], out: IO[str], columns: ResultCo
     pages, writer = _started(pages), csv.writer(out)
     writer.writerow(["id", "name", "state", *columns.params, "duration_s", *columns.metrics])
     for page in pages:
-        for job_id, name, state, params_text, seconds, *lasts in page:
-            params = _decode_params(params_text)
-            writer.writerow(
-                [
-                    job_id,
-                    name,
-                    state,
-                    *(_cell(params.get(p)) for p in columns.params),
-                    _cell(seconds),
-                    *(_cell(last_number(v)) for v in lasts),
-                ]
-            )
+        values = [_decode_params(row[3]) for row in page]
+        writer.writerows(zip(*_job_cells(page, values, columns.params, digits=None)))
 
 
 def write_groups_table(groups: Iterable[dict], out: IO[str], columns: ResultColumns, group_by: Sequence[str]) -> None:
@@ -828,21 +827,23 @@ def write_jobs_table(
     first_metric = 4 + len(params)
     table = layout.AlignedTable(out, header, right=frozenset({0, first_metric - 1, *range(first_metric, len(header))}))
     if first:
-        table.write_columns(_job_cells(first, first_params, params))
+        table.write_columns(_job_cells(first, first_params, params, digits=6))
     if following is not None:
         for page in layout.pages(itertools.chain([following], rows), layout.ALIGN_ROWS):
-            table.write_columns(_job_cells(page, [_decode_params(row[3]) for row in page], params))
+            table.write_columns(_job_cells(page, [_decode_params(row[3]) for row in page], params, digits=6))
     table.close()
 
 
 _PLAIN = frozenset({int, float, str, bool, type(None)})  # parameter values whose cells can be remembered
 
 
-def _job_cells(page: list[tuple], values: list[dict], params: list[str]) -> list[Sequence[str]]:
-    """The table's columns of a page of job_pages() rows (their params decoded: `values`), made a column at a time:
-    a page's ids, durations or rewards are each one list comprehension, which costs far less than a call per
-    cell. A sweep repeats its parameters' values, so each one's cell is made once a page (by type too: 1, 1.0
-    and True are equal keys, and different cells)."""
+def _job_cells(page: list[tuple], values: list[dict], params: list[str], digits: int | None) -> list[Sequence[str]]:
+    """The columns of cells of a page of job_pages() rows (their params decoded: `values`): numbers to `digits`
+    significant digits and durations to 0.1 s for the table, in full for the CSV (digits None). Made a column at
+    a time: a page's ids, durations or rewards are each one list comprehension of a C-level formatter, which
+    costs far less than a Python call per cell. A sweep repeats its parameters' values, so each one's cell is
+    made once a page (by type too: 1, 1.0 and True are equal keys, and different cells)."""
+    number, duration = ("{:." + str(digits) + "g}", "{:.1f}") if digits else ("{!r}", "{!r}")
     ids, names, states, _, seconds, *lasts = zip(*page)
     columns: list[Sequence[str]] = [list(map(str, ids)), names, states]
     texts: dict[tuple, str] = {}
@@ -857,18 +858,18 @@ def _job_cells(page: list[tuple], values: list[dict], params: list[str]) -> list
                 text = texts[memo] = _cell(value)
             column.append(text)
         columns.append(column)
-    columns.append(["" if s is None else f"{s:.1f}" for s in seconds])
-    for values_of_key in lasts:  # number_text(last, 6), a column at once
-        cells = [format(v, ".6g") if v.__class__ is float else _odd_last_text(v) for v in values_of_key]
+    columns.append(["" if s is None else duration.format(s) for s in seconds])
+    for values_of_key in lasts:  # number_text(last, digits), a column at once
+        cells = [number.format(v) if v.__class__ is float else _odd_last_text(v, digits) for v in values_of_key]
         if "nan" in cells or "inf" in cells or "-inf" in cells:
             cells = [_SPELLED.get(t, t) for t in cells]
         columns.append(cells)
     return columns
 
 
-def _odd_last_text(value) -> str:
+def _odd_last_text(value, digits: int | None) -> str:
     """The cell of a last value that is not a float: none logged, or SQLite's 'NaN'."""
-    return "" if value is None else number_text(last_number(value), 6)
+    return "" if value is None else number_text(last_number(value), digits)
 
 
 def _mean_std(stats: dict | None) -> str:
