@@ -1,6 +1,7 @@
 """Metrics: what the worker pays to store them, what `jq results` pays to compare them, each beside a reference.
 
     python benchmarks/results.py [--jobs 1000] [--points 1000] [--results-jobs 10000] [--big-points 100000]
+                                 [--parts ingest,results,memory]
 
 1. Ingestion: 1,000 jobs' JSON-lines files of 1,000 points each (500 lines of reward and loss) stored as the
    worker stores them (results.collect, SQLite), in CPU seconds; beside it, the same files read raw (a
@@ -258,13 +259,18 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--results-jobs", type=int, default=10_000)
     parser.add_argument("--big-points", type=int, default=100_000)
+    parser.add_argument("--parts", default="ingest,results,memory", help="which of the three to run, e.g. results")
     args = parser.parse_args()
+    parts = args.parts.split(",")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as cwd:
         keep_template_db_in(cwd)
-        ingestion(cwd, args.jobs, args.points)
-        results_timing(cwd, args.results_jobs)
-        worker_memory(cwd, args.big_points)
+        if "ingest" in parts:
+            ingestion(cwd, args.jobs, args.points)
+        if "results" in parts:
+            results_timing(cwd, args.results_jobs)
+        if "memory" in parts:
+            worker_memory(cwd, args.big_points)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
