@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+from jobqueue.paths import without_password
+
 # The guard: a tiny process (no imports) that a worker starts once and holds a pipe to. The pipe closes when the
 # worker dies, however it dies; then the guard SIGKILLs every process (and its group) whose environment says it
 # was started by that worker -- children that left their group included, which a parent-death signal misses.
@@ -150,11 +152,13 @@ def all_job_processes(db_url: str) -> dict[int, list]:
     """Every live process on this host started by a worker of this DB, by attempt id."""
     import psutil
 
+    # Jobs carry the URL without its password; those of a worker before 2026-12-02 carry it whole.
+    marks = {without_password(db_url), db_url}
     found: dict[int, list] = {}
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
-            if env.get("JQ_DB") != db_url or "JQ_ATTEMPT_ID" not in env or proc.status() == psutil.STATUS_ZOMBIE:
+            if env.get("JQ_DB") not in marks or "JQ_ATTEMPT_ID" not in env or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
         except (psutil.Error, OSError):
             continue

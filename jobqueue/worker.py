@@ -25,6 +25,7 @@ from jobqueue import queue
 from jobqueue.db import RETRY_FIRST, RETRY_MAX, Database, DbContact, Unreachable
 from jobqueue.errors import UserError
 from jobqueue.metrics import METRICS_FILE_ENV, experiment_dir_for, find_event_files, metrics_file_for
+from jobqueue.paths import without_password
 from jobqueue.processes import Guard, crash_point, signal_group, spawn_job, stop_group, wait_exit
 from jobqueue.reaper import reap
 from jobqueue.states import AttemptState, JobState
@@ -152,8 +153,9 @@ class Worker:
             )
         )
         self.last_beat = sent  # registering records a first heartbeat
-        # Its jobs die with this worker, even by SIGKILL: the guard kills whatever carries these marks.
-        self.marks = {"JQ_DB": self.db.url, "JQ_WORKER_ID": str(self.info.id)}
+        # Its jobs die with this worker, even by SIGKILL: the guard kills whatever carries these marks. The DB's URL
+        # without its password: a job that writes its environment to its log must not write the password there.
+        self.marks = {"JQ_DB": without_password(self.db.url), "JQ_WORKER_ID": str(self.info.id)}
         self.mark_bytes = {k.encode(): os.fsencode(v) for k, v in self.marks.items()}
         self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()} | self.mark_bytes
         self.cwd = os.getcwd()

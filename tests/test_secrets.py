@@ -97,6 +97,8 @@ def test_a_local_launch_and_every_command_after_it_show_the_password_nowhere(sec
         p.wait_for(lambda: len(list(p.path.glob("started*"))) == 2, timeout=60, what="both jobs to start")
         cmdlines = command_lines()
         family = psutil.Process(launch.pid).children(recursive=True)
+        # A job that writes its environment to its log: JQ_DB is there (jobqueue finds its jobs by it), not the password.
+        job_environs = [Path(f"/proc/{c.pid}/environ").read_bytes() for c in family if c.name() == "sleep"]
         stdout, stderr = launch.communicate(timeout=60)
     finally:
         launch.kill()
@@ -106,6 +108,9 @@ def test_a_local_launch_and_every_command_after_it_show_the_password_nowhere(sec
     seen = [cmdlines[c.pid].split(b"\0") for c in family if c.pid in cmdlines]
     assert [argv for argv in seen if argv[1:4] == [b"-I", b"-S", b"-c"]], "the worker's guard"
     assert len([argv for argv in seen if argv[:1] == [b"sleep"]]) == 2, seen
+    assert len(job_environs) == 2 and all(
+        f"JQ_DB={p.bare}\0".encode() in env and p.password.encode() not in env for env in job_environs
+    ), [env.replace(p.password.encode(), b"PASSWORD") for env in job_environs]
 
     assert p.states() == {"succeeded": 2}
     status = p.jq_db("status", check=True).stdout
