@@ -299,6 +299,18 @@ def list_jobs(db: Database, run: str | None = None, state: str | None = None, co
     return db.transact(lambda tx: tx.dicts(*_jobs_query(tx, run, state, columns)), write=False)
 
 
+def jobs_in_state(db: Database, run_id: int, state: str, columns: str = "id, name", page: int = 1000) -> Iterator[dict]:
+    """The run's jobs in `state`, oldest first, read a page at a time, each page in a short transaction of its own
+    (after the last id seen): no read is held open while the caller writes, as a launch records its submissions."""
+    query = (
+        f"SELECT {columns} FROM jobs WHERE run_id = :run_id AND state = :state AND id > :after ORDER BY id LIMIT {page}"
+    )
+    params = {"run_id": run_id, "state": state, "after": 0}
+    while rows := db.transact(lambda tx: tx.dicts(query, params), write=False):
+        yield from rows
+        params["after"] = rows[-1]["id"]
+
+
 def job_pages(
     tx: Transaction, run: str | None = None, state: str | None = None, columns: str = "jobs.*"
 ) -> Iterator[list[dict]]:

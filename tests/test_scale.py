@@ -61,6 +61,8 @@ def test_a_200000_job_grid_is_enqueued_listed_and_enqueued_again_in_bounded_memo
         "list": peak_rss_mb(p, "list"),
         "list --json": peak_rss_mb(p, "list", "--json"),
         "sql": peak_rss_mb(p, "sql", "select * from jobs"),
+        # A worker array per 1,001 queued jobs: the launch counts them, it does not read them.
+        "launch --backend slurm": peak_rss_mb(p, "launch", "big", "--backend", "slurm", "--slurm-print-only"),
     }
     assert all(mb < RSS_BOUND_MB for mb in peaks.values()), peaks
     assert p.sql("select count(*) as n, count(distinct name) as names, max(idx) as last from jobs") == [

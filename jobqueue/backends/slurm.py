@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -138,7 +139,11 @@ class Submission:
     env: dict[str, str] = field(default_factory=dict)  # for sbatch, which passes it on to the job
 
 
-def plan_submissions(db_url: str, run: str, settings: LaunchSettings, queued: list[dict]) -> list[Submission]:
+def plan_submissions(
+    db_url: str, run: str, settings: LaunchSettings, queued: int, jobs: Iterable[dict]
+) -> Iterator[Submission]:
+    """The sbatch submissions for `queued` jobs: arrays of workers, or in per-job mode one per job of `jobs` (each
+    with its id and name), made as they are submitted: a run of a million jobs is never held whole."""
     s = settings.slurm
     fill = functools.partial(
         fill_template,
@@ -152,44 +157,39 @@ def plan_submissions(db_url: str, run: str, settings: LaunchSettings, queued: li
     )
     env = {"JQ_DB": db_url} if has_password(db_url) else {}
     if s.mode == "per-job":
-        plans = []
-        for job in queued:
+        for job in jobs:
             path = os.path.abspath(os.path.join(s.workdir, f"sbatch_{job['name']}.sh"))
             script = fill(cmd=worker_argv(db_url, run, settings, job["id"]), filename=path)
             output = f"{s.workdir}/{os.path.basename(path)}-slurm-%j.out"
-            plans.append(Submission(path, script, sbatch_argv(settings, path, output), None, job["id"], env=env))
-        return plans
-    workers = s.workers or len(queued)
-    if workers <= 0:
-        return []
+            yield Submission(path, script, sbatch_argv(settings, path, output), None, job["id"], env=env)
+        return
+    workers = s.workers or queued
     limit = max_array_size() if not s.print_only else DEFAULT_MAX_ARRAY_SIZE
-    plans = []
     for part, start in enumerate(range(0, workers, limit)):
         tasks = min(limit, workers - start)
         array = f"0-{tasks - 1}" + (f"%{s.max_running}" if s.max_running else "")
         path = os.path.abspath(os.path.join(s.workdir, f"jq_{run}_workers{'_' + str(part) if part else ''}.sh"))
         script = fill(cmd=worker_argv(db_url, run, settings), filename=path)
         output = f"{s.workdir}/jq_{run}-%A_%a.out"
-        plans.append(
-            Submission(path, script, sbatch_argv(settings, path, output, array=array, name=f"jq-{run}"), tasks, env=env)
+        yield Submission(
+            path, script, sbatch_argv(settings, path, output, array=array, name=f"jq-{run}"), tasks, env=env
         )
-    return plans
 
 
 def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
     """Submit the run's workers (or one sbatch per queued job). Returns 0 when every submission went in."""
     s = settings.slurm
     workdir = s.workdir
-    queued = queue.list_jobs(db, run["name"], JobState.QUEUED.value)
+    counts = {state: n for _, state, n in queue.status_counts(db, run["name"])}
+    queued = counts.get(JobState.QUEUED.value, 0)
     if not queued:
         print(f"{run['name']}: nothing queued; nothing submitted")
         return 0
     if s.mode == "workers" and _live_submissions(db, run):
-        print(
-            f"{run['name']}: its Slurm workers are still queued or running and will take the {len(queued)} queued jobs"
-        )
+        print(f"{run['name']}: its Slurm workers are still queued or running and will take the {queued} queued jobs")
         return 0
-    plans = plan_submissions(db.url, run["name"], settings, queued)
+    jobs = queue.jobs_in_state(db, run["id"], JobState.QUEUED.value)
+    plans = plan_submissions(db.url, run["name"], settings, queued, jobs)
     if s.print_only:
         print_plans(plans)
         return 0
@@ -229,7 +229,7 @@ def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
     return 1 if failures else 0
 
 
-def print_plans(plans: list[Submission]) -> None:
+def print_plans(plans: Iterable[Submission]) -> None:
     for plan in plans:
         print(f"# {plan.script_path}")
         print(plan.script.rstrip("\n"))
