@@ -143,6 +143,8 @@ class Worker:
         self.slots = [_Slot(index) for index in range(settings.slots)]
         self.starts: fifo.SimpleQueue = fifo.SimpleQueue()  # claimed jobs, for the starter threads
         self.started: fifo.SimpleQueue = fifo.SimpleQueue()  # (slot, JobProcess or how it failed to start)
+        self.starters = min(STARTERS, settings.slots)
+        self.starting = 0  # jobs handed to the starters, not yet back
         # The loop's alone:
         self.next_start = 0.0  # --pause-between: no claim before
         self.claim_after = 0.0  # the queue was found empty: the next claim of a free slot waits until then
@@ -367,8 +369,7 @@ class Worker:
     def _loop_thread(self) -> None:
         self.guard_ready.wait()
         starters = [
-            threading.Thread(target=self._starter, name=f"starter-{n}", daemon=True)
-            for n in range(min(STARTERS, self.s.slots))
+            threading.Thread(target=self._starter, name=f"starter-{n}", daemon=True) for n in range(self.starters)
         ]
         for thread in starters:
             thread.start()
@@ -443,6 +444,7 @@ class Worker:
                 slot, started = self.started.get_nowait()
             except fifo.Empty:
                 return
+            self.starting -= 1
             if not isinstance(started, JobProcess):
                 self._ended(slot, started)
                 continue
@@ -597,6 +599,7 @@ class Worker:
                 self._ended(slot, queue.Finished(job, AttemptState.INTERRUPTED, reason="worker stopping"))
             else:
                 self.starts.put((slot, job))
+                self.starting += 1
 
     def _claims(self, now: float, ends: list[_Slot]) -> list[tuple[_Slot, str | None]]:
         """The slots to claim a job for now, each with its GPU in pinning mode: the free ones, and those whose end is
@@ -622,14 +625,15 @@ class Worker:
         return claims
 
     def _hold_ends(self, now: float, ends: list[_Slot], claims: list) -> bool:
-        """Whether the ends wait a moment for more to share their transaction: at most END_BATCH_WAIT, and only while
-        fewer than half the slots have ended and other jobs are running or starting. A transaction costs more than
-        the statements of one end and one claim; quick jobs end a moment apart."""
+        """Whether the ends wait a moment for more to share their transaction: while every starter thread is busy,
+        which the jobs claimed now would only wait for, at most END_BATCH_WAIT, and while fewer than half the slots
+        have ended. A transaction costs more than the statements of one end and one claim, and quick jobs end a
+        moment apart."""
         if not ends or self.stopping.is_set() or 2 * len(ends) >= len(self.slots):
             return False
-        if now >= min(slot.ended_at for slot in ends) + END_BATCH_WAIT:
+        if self.starting < self.starters or now >= min(slot.ended_at for slot in ends) + END_BATCH_WAIT:
             return False
-        return any(slot.job is not None and slot.ended is None for slot in self.slots)
+        return True
 
     def _unreachable(self, now: float, ends: int) -> None:
         """The DB is unreachable: record and claim again later, with backoff, and watch the jobs meanwhile. A stopping
