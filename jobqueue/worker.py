@@ -190,6 +190,7 @@ class Worker:
         self.cwd = os.getcwd()
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # every job's stdin
         self.wake_r, self.wake_w = os.pipe()  # a byte wakes the loop: a stop, a cancel, a started job
+        wake_w = self.wake_w
         os.set_blocking(self.wake_r, False)  # poll() says when to read; draining must never block
         os.set_blocking(self.wake_w, False)  # nor waking it, from a signal handler say
         guard = None
@@ -213,6 +214,8 @@ class Worker:
             loop.join()
             self.beats_done.set()
             beats.join(timeout=RETRY_MAX)  # not for ever: its call may hang on a connection a partition holds
+            if beats.is_alive():
+                self.wake_w = -1  # the heartbeat may yet wake a loop that is gone: not through a reused descriptor
         finally:
             self.beats_done.set()
             for sig, handler in previous.items():
@@ -224,7 +227,7 @@ class Worker:
             except Unreachable:
                 self._say("not marked stopped in the DB, which stays unreachable: the reaper will find it gone")
             os.close(self.wake_r)
-            os.close(self.wake_w)
+            os.close(wake_w)
             if not self.looping:  # else a job may still be starting with it
                 os.close(self.devnull)
         return self.result
@@ -262,7 +265,7 @@ class Worker:
     def _wake_loop(self) -> None:
         try:
             os.write(self.wake_w, b"x")
-        except BlockingIOError:  # the pipe is full of wake-ups the loop has yet to read: it will look
+        except OSError:  # full of wake-ups the loop has yet to read (it will look), or the loop is gone
             pass
 
     def _supervise(self) -> None:
@@ -680,8 +683,8 @@ class Worker:
         ends = [slot.ended_at for slot in self.slots if slot.ended is not None]
         if ends:
             dues.append(max(self.db_retry_at, min(ends) + END_BATCH_WAIT))
-        elif any(slot.job is None for slot in self.slots) and not self.stopping.is_set():
-            dues.append(max(self.db_retry_at, self.claim_after, self.next_start))
+        elif any(slot.job is None for slot in self.slots) and not (self.stopping.is_set() or self._lease_at_risk(now)):
+            dues.append(max(self.db_retry_at, self.claim_after, self.next_start))  # (a renewed lease wakes the loop)
         return max(0.0, min(dues) - now) * 1000
 
     def _jobs_await_reaper(self) -> bool:
