@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -212,30 +211,6 @@ def signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def wait_exit(pidfd: int, timeout: float | None, wake_fd: int | None = None) -> str:
-    """Block until the process exits ('exited'), wake_fd is readable ('woken') or the timeout passes ('timeout')."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    if wake_fd is not None:
-        poller.register(wake_fd, select.POLLIN)
-    events = poller.poll(None if timeout is None else max(0, timeout) * 1000)
-    fds = {fd for fd, _ in events}
-    if pidfd in fds:
-        return "exited"
-    return "woken" if fds else "timeout"
-
-
-def stop_group(pidfd: int, pgid: int, grace: float) -> bool:
-    """TERM the group, wait up to `grace` for its leader, then KILL the group. True if it needed KILL."""
-    signal_group(pgid, signal.SIGTERM)
-    if wait_exit(pidfd, grace) == "exited":
-        signal_group(pgid, signal.SIGKILL)  # whatever the leader left behind in its group
-        return False
-    signal_group(pgid, signal.SIGKILL)
-    wait_exit(pidfd, 10)
-    return True
 
 
 def all_job_processes(db_url: str) -> dict[int, list]:
