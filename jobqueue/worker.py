@@ -399,7 +399,7 @@ class Worker:
             self.loop_done.set()
 
     def _kill_jobs(self) -> None:
-        """After a crash of the loop: nothing is left to watch its jobs, which go now (the DB has them requeued)."""
+        """After a crash of the loop: nothing is left to watch its jobs, which go now (signing off requeues them)."""
         while True:
             try:
                 slot, started = self.started.get_nowait()
@@ -423,7 +423,7 @@ class Worker:
         watched: dict[int, _Slot] = {}  # by pidfd
         while True:
             now = time.monotonic()
-            self._take_started(poller, watched, now)
+            self._take_started(poller, watched)
             for slot in self.slots:
                 if slot.running is not None:
                     self._watch(slot, now)
@@ -440,7 +440,7 @@ class Worker:
                 poller.unregister(fd)
                 self._exited(slot)
 
-    def _take_started(self, poller, watched: dict[int, _Slot], now: float) -> None:
+    def _take_started(self, poller, watched: dict[int, _Slot]) -> None:
         """The starter threads' jobs: watched from now on, or ended already (they could not start)."""
         while True:
             try:
