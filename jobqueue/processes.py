@@ -9,12 +9,13 @@ What still escapes is found by the JQ_ATTEMPT_ID in its environment and killed b
 
 from __future__ import annotations
 
+import ctypes
 import os
-import select
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from jobqueue.paths import without_password
 
@@ -96,15 +97,44 @@ class Guard:
         os.close(self._write_end)
 
 
+@dataclass
+class JobProcess:
+    """A started job: its process (the leader of its group) and a pidfd that becomes readable when it exits."""
+
+    pid: int
+    pidfd: int
+    popen: subprocess.Popen | None = None  # Popen's, which reaps its own child
+
+    def reap(self) -> int:
+        """The exited leader's return code as Popen gives it (-N: killed by signal N); closes the pidfd."""
+        os.close(self.pidfd)
+        if self.popen is not None:
+            return self.popen.wait()
+        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+
+def start_job(
+    argv: list[str], executable: str | None, cwd: str, env: dict[bytes, bytes], log: int, stdin: int
+) -> JobProcess:
+    """Start a job in its own process group, in `cwd`, its input from the descriptor `stdin` (the worker's
+    /dev/null, opened once), its output into the descriptor `log`, with none of the worker's other descriptors and
+    SIGPIPE and SIGXFSZ back to their defaults (Python ignores both, and an ignored signal survives exec).
+
+    posix_spawn(3) through ctypes where the C library has what it takes (glibc 2.34 and later), else Popen. Both let
+    go of the GIL while the child execs, which takes longer than the rest of a quick job's start: the worker's loop
+    goes on meanwhile. os.posix_spawn holds the GIL throughout (docs/performance.md has the figures)."""
+    spawn = _posix_spawn()
+    if spawn is None or min(log, stdin) < 3:  # Popen also copes with a worker whose fds 0-2 were closed
+        proc = spawn_job(argv, executable, cwd, env, log, stdin)
+        return JobProcess(proc.pid, os.pidfd_open(proc.pid), proc)
+    pid = spawn.start(os.fsencode(executable or argv[0]), argv, env, cwd, log, stdin)
+    return JobProcess(pid, os.pidfd_open(pid))
+
+
 def spawn_job(
     argv: list[str], executable: str | None, cwd: str, env: dict[bytes, bytes], log: int, stdin: int
 ) -> subprocess.Popen:
-    """Start a job in its own process group, its input from the descriptor `stdin` (the worker's /dev/null, opened
-    once rather than by Popen for every job), its output into the descriptor `log`.
-
-    Popen, not os.posix_spawn: posix_spawn takes less of the worker's CPU per job, but it holds the GIL until the
-    child has exec'd, where Popen (CPython 3.11.4 and later) lets go of it, so the other slot threads keep
-    claiming and recording while a job starts (docs/performance.md has the figures)."""
+    """start_job()'s way where posix_spawn(3) lacks what a job needs: Popen, in its own process group."""
     return subprocess.Popen(
         argv,
         executable=executable,
@@ -117,35 +147,72 @@ def spawn_job(
     )
 
 
+_SPAWN_SETPGROUP, _SPAWN_SETSIGDEF = 0x02, 0x04  # <spawn.h>, the same in glibc and musl
+_OPAQUE = 1024  # bytes for posix_spawnattr_t, posix_spawn_file_actions_t, sigset_t: more than any libc's
+
+
+class _LibcSpawn:
+    """posix_spawn(3) through ctypes, which releases the GIL for the length of a foreign call. Raises AttributeError
+    where the C library lacks chdir or closefrom file actions (glibc before 2.34, musl)."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.spawn = libc.posix_spawn
+        pointer = ctypes.c_void_p
+        self.spawn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, pointer, pointer, pointer, pointer]
+        self.actions_init = libc.posix_spawn_file_actions_init
+        self.actions_destroy = libc.posix_spawn_file_actions_destroy
+        self.add_dup2 = libc.posix_spawn_file_actions_adddup2
+        self.add_chdir = libc.posix_spawn_file_actions_addchdir_np
+        self.add_chdir.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self.add_closefrom = libc.posix_spawn_file_actions_addclosefrom_np
+        # One set of attributes for every job: its own process group, SIGPIPE and SIGXFSZ back to their defaults.
+        self.attributes = ctypes.create_string_buffer(_OPAQUE)
+        default = ctypes.create_string_buffer(_OPAQUE)
+        libc.posix_spawnattr_init(self.attributes)
+        libc.sigemptyset(default)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            libc.sigaddset(default, int(sig))
+        libc.posix_spawnattr_setsigdefault(self.attributes, default)
+        libc.posix_spawnattr_setpgroup(self.attributes, 0)
+        libc.posix_spawnattr_setflags(self.attributes, ctypes.c_short(_SPAWN_SETPGROUP | _SPAWN_SETSIGDEF))
+
+    def start(self, path: bytes, argv: list[str], env: dict[bytes, bytes], cwd: str, log: int, stdin: int) -> int:
+        actions = ctypes.create_string_buffer(_OPAQUE)
+        self.actions_init(actions)
+        try:
+            for fd, target in ((stdin, 0), (log, 1), (log, 2)):
+                self.add_dup2(actions, fd, target)
+            self.add_chdir(actions, os.fsencode(cwd))
+            self.add_closefrom(actions, 3)  # as Popen's close_fds: not even what the worker inherited reaches a job
+            c_argv = (ctypes.c_char_p * (len(argv) + 1))(*map(os.fsencode, argv), None)
+            c_env = (ctypes.c_char_p * (len(env) + 1))(*[k + b"=" + v for k, v in env.items()], None)
+            pid = ctypes.c_int()
+            error = self.spawn(ctypes.byref(pid), path, actions, self.attributes, c_argv, c_env)
+        finally:
+            self.actions_destroy(actions)
+        if error:  # posix_spawn returns the error (the exec's included) rather than setting errno
+            raise OSError(error, os.strerror(error), os.fsdecode(path))
+        return pid.value
+
+
+_libc_spawn: list[_LibcSpawn | None] = []  # made at first use: [] until then
+
+
+def _posix_spawn() -> _LibcSpawn | None:
+    if not _libc_spawn:
+        try:
+            _libc_spawn.append(_LibcSpawn())
+        except (AttributeError, OSError):
+            _libc_spawn.append(None)
+    return _libc_spawn[0]
+
+
 def signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def wait_exit(pidfd: int, timeout: float | None, wake_fd: int | None = None) -> str:
-    """Block until the process exits ('exited'), wake_fd is readable ('woken') or the timeout passes ('timeout')."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    if wake_fd is not None:
-        poller.register(wake_fd, select.POLLIN)
-    events = poller.poll(None if timeout is None else max(0, timeout) * 1000)
-    fds = {fd for fd, _ in events}
-    if pidfd in fds:
-        return "exited"
-    return "woken" if fds else "timeout"
-
-
-def stop_group(pidfd: int, pgid: int, grace: float) -> bool:
-    """TERM the group, wait up to `grace` for its leader, then KILL the group. True if it needed KILL."""
-    signal_group(pgid, signal.SIGTERM)
-    if wait_exit(pidfd, grace) == "exited":
-        signal_group(pgid, signal.SIGKILL)  # whatever the leader left behind in its group
-        return False
-    signal_group(pgid, signal.SIGKILL)
-    wait_exit(pidfd, 10)
-    return True
 
 
 def all_job_processes(db_url: str) -> dict[int, list]:

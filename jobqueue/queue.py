@@ -534,21 +534,33 @@ def claim_next_job(
 
 def finish_then_claim(
     db: Database,
-    finished: Finished,
+    finished: list[Finished],
     worker: WorkerInfo,
+    slots: list[tuple[int, str | None]],
     *,
-    slot: int,
-    gpus: str | None,
     run_id: int | None = None,
     job_id: int | None = None,
-) -> tuple[JobState | None, ClaimedJob | None]:
-    """finish_attempt() and claim_next_job() in one transaction: a slot's one write per job in a busy sweep."""
+) -> tuple[list[JobState | None], list[ClaimedJob]]:
+    """Record these attempts' ends (finish_attempt()), then claim a job for each (slot, gpus) while any is queued
+    (claim_next_job()), in one transaction: a worker's one write for the jobs that end while others start. Returns
+    each end's state, in order, and the jobs claimed, in the order of `slots`: fewer than asked once the queue is
+    empty. A lone claim is claim_next_job()'s one statement on PostgreSQL."""
+    if not finished and len(slots) == 1:
+        [(slot, gpus)] = slots
+        job = claim_next_job(db, worker, slot=slot, gpus=gpus, run_id=run_id, job_id=job_id)
+        return [], [job] if job is not None else []
 
-    def _both(tx):
-        state = _finish(tx, finished, worker.id)
-        return state, _claim(tx, worker, slot, gpus, run_id, job_id)
+    def _batch(tx):
+        states = [_finish(tx, f, worker.id) for f in finished]
+        claimed = []
+        for slot, gpus in slots:
+            job = _claim(tx, worker, slot, gpus, run_id, job_id)
+            if job is None:
+                break
+            claimed.append(job)
+        return states, claimed
 
-    return db.transact(_both)
+    return db.transact(_batch)
 
 
 def _claim(

@@ -111,8 +111,9 @@ def test_slot_threads_finishing_and_claiming_at_once_each_get_their_own_job(proj
         while job is not None:
             taken[slot].append(job)
             ended = queue.Finished(job, AttemptState.SUCCEEDED, exit_code=0, pid=1000 + slot)
-            state, job = queue.finish_then_claim(db, ended, worker, slot=slot, gpus=None)
+            (state,), jobs = queue.finish_then_claim(db, [ended], worker, [(slot, None)])
             states.append(state)
+            job = jobs[0] if jobs else None
 
     threads = [threading.Thread(target=slot_loop, args=(slot,)) for slot in range(8)]
     for t in threads:

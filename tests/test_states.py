@@ -321,3 +321,37 @@ def test_two_retries_at_once_retry_a_failed_job_once(db):
     )
     assert retried == 0
     assert rows(db, job)[0]["state"] == JobState.QUEUED
+
+
+def test_one_transaction_records_several_ends_each_once_and_claims_for_their_slots(db):
+    """The worker's loop records the jobs that ended together and claims for their slots in one transaction
+    (queue.finish_then_claim). Each end is recorded once: one no longer the worker's (cancelled meanwhile) is refused
+    without holding back the others, and the same ends sent again change nothing. The ends come first: a failed job
+    with an attempt left is back in the queue, oldest first, for a claim of the same transaction; the claims stop
+    when the queue is empty."""
+    specs = [
+        JobSpec(name=f"j{i}", experiment="e", params={}, argv=["true"], cmd="true", root_dir="r", experiment_dir="r/e")
+        for i in range(4)
+    ]
+    run = queue.enqueue(db, f"run{next(_runs)}", specs, sweep="s", train_dir="t", cwd="/tmp", max_attempts=2)
+    worker = queue.register_worker(db, slots=3, gpus=None, backend="processes", run_id=run.run_id)
+    slots = [(0, None), (1, None), (2, "1")]
+    states, (a, b, c) = queue.finish_then_claim(db, [], worker, slots, run_id=run.run_id)
+    assert states == [] and [j.name for j in (a, b, c)] == ["j0", "j1", "j2"]
+    queue.cancel_jobs(db, job_ids=[c.job_id])
+    ends = [
+        queue.Finished(a, AttemptState.SUCCEEDED, exit_code=0, pid=101),
+        queue.Finished(b, AttemptState.FAILED, exit_code=1, pid=102),
+        queue.Finished(c, AttemptState.SUCCEEDED, exit_code=0, pid=103),
+    ]
+    states, claimed = queue.finish_then_claim(db, ends, worker, slots, run_id=run.run_id)
+    assert states == [JobState.SUCCEEDED, JobState.QUEUED, None]
+    assert [(j.name, j.number) for j in claimed] == [("j1", 2), ("j3", 1)]  # and nothing for the third slot
+    assert queue.finish_then_claim(db, ends, worker, [], run_id=run.run_id) == ([None, None, None], [])
+    ended = {job.name: [(r["number"], r["state"], r["pid"]) for r in rows(db, job)[1]] for job in (a, b, c)}
+    assert ended == {
+        "j0": [(1, AttemptState.SUCCEEDED, 101)],
+        "j1": [(1, AttemptState.FAILED, 102), (2, AttemptState.RUNNING, None)],
+        "j2": [(1, AttemptState.CANCELLED, None)],
+    }
+    assert [r["slot"] for r in rows(db, claimed[0])[1]] == [1, 0]  # the second attempt went to the first free slot

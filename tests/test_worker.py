@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -551,3 +552,43 @@ def test_a_worker_left_a_zombie_by_a_parent_that_never_waits_is_lost_and_resume_
 def _resume_completes_every_job_again(project) -> None:
     project.jq("resume", "--no-progress", check=True)
     assert project.states() == {"succeeded": 3}
+
+
+@pytest.mark.parametrize("libc", [True, False], ids=["posix_spawn", "popen"])
+def test_both_ways_of_starting_a_job_give_it_its_group_directory_stdin_log_and_default_signals_alone(
+    tmp_path, monkeypatch, libc
+):
+    """processes.start_job starts jobs by posix_spawn(3) where the C library has what it takes, else by Popen
+    (glibc before 2.34): the job sees the same either way, and a program that is not there is an OSError."""
+    from jobqueue import processes
+
+    if libc:
+        assert processes._posix_spawn() is not None, "this machine's C library should have posix_spawn's file actions"
+    else:
+        monkeypatch.setattr(processes, "_libc_spawn", [None])
+    probe = (
+        "read pid comm state ppid pgrp rest < /proc/$$/stat; echo pgrp=$pgrp; echo pid=$$; echo cwd=$(pwd); "
+        "echo stdin=$(readlink /proc/$$/fd/0); grep SigIgn /proc/$$/status; echo err >&2; ls /proc/$$/fd; exit 3"
+    )
+    (tmp_path / "work").mkdir()
+    log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    leak_r, leak_w = os.pipe()
+    os.set_inheritable(leak_w, True)  # as a careless parent would leave one
+    env = {b"PATH": os.environb[b"PATH"]}
+    try:
+        job = processes.start_job(["sh", "-c", probe, "probe"], "/bin/sh", str(tmp_path / "work"), env, log, stdin)
+        assert select.select([job.pidfd], [], [], 10)[0], "it never ended"
+        assert job.reap() == 3
+        with pytest.raises(OSError) as missing:
+            processes.start_job(["/no/such/program"], None, str(tmp_path), env, log, stdin)
+        assert missing.value.errno == 2  # ENOENT
+    finally:
+        for fd in (log, stdin, leak_r, leak_w):
+            os.close(fd)
+    lines = (tmp_path / "log").read_text().replace("SigIgn:\t", "sigign=").splitlines()
+    seen = {**dict(line.split("=", 1) for line in lines if "=" in line), "fds": [x for x in lines if x.isdigit()]}
+    assert seen["pgrp"] == seen["pid"] and seen["cwd"] == str(tmp_path / "work"), seen
+    assert seen["stdin"] == "/dev/null" and "err" in lines, seen
+    assert not int(seen["sigign"], 16) & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)), seen
+    assert seen["fds"] == ["0", "1", "2"], seen
