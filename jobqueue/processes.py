@@ -19,63 +19,81 @@ from dataclasses import dataclass
 
 from jobqueue.paths import without_password
 
-# The guard: a tiny process (no imports) that a worker starts once and holds a pipe to. The pipe closes when the
-# worker dies, however it dies; then the guard SIGKILLs every process (and its group) whose environment says it
-# was started by that worker -- children that left their group included, which a parent-death signal misses.
-# The worker sends the marks down the pipe, each ending in a NUL as in /proc/PID/environ: a command line can be
-# read by every user of the host, and JQ_DB may hold a password. A worker that ends normally writes "done" after
-# them. The guard ignores the signals a terminal, scancel --signal or a shutdown send, and sits in its own
-# session, so it outlives the worker to do its one job.
+# The guard: a tiny process (no imports beyond the interpreter's own modules) that a worker starts once and holds
+# a pipe to. The pipe closes when the worker dies, however it dies; then the guard SIGKILLs every process (and its
+# group) whose environment says it was started by that worker -- children that left their group included, which a
+# parent-death signal misses. The worker sends the marks down the pipe as a first line, each ending in a NUL as in
+# /proc/PID/environ: a command line can be read by every user of the host. A worker that ends normally writes
+# "done" after them. The guard ignores the signals a terminal, scancel --signal or a shutdown send, and sits in its
+# own session, so it outlives the worker to do its one job.
+# With a deadline (a worker whose DB other hosts share), the worker also writes a line after each heartbeat the
+# DB recorded, the seconds since it was sent; with none for `deadline` seconds the guard kills the jobs as if the
+# worker had died: a worker hung or frozen (SIGSTOP) cannot run its own fence, and after its lease a reaper on
+# another host requeues its jobs, which must not be running still.
 _GUARD = r"""
-import os, signal, sys, time
+import os, select, signal, sys, time
 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
     signal.signal(s, signal.SIG_IGN)
-fd = int(sys.argv[1])
-said = b""
+
+def kill(marks):
+    for _ in range(20):
+        found = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == os.getpid():
+                continue
+            try:
+                with open("/proc/" + name + "/environ", "rb") as f:
+                    env = set(f.read().split(b"\0"))
+            except OSError:
+                continue
+            if marks <= env:
+                found += 1
+                try:
+                    os.killpg(os.getpgid(int(name)), signal.SIGKILL)
+                except OSError:
+                    pass
+                try:
+                    os.kill(int(name), signal.SIGKILL)
+                except OSError:
+                    pass
+        if not found:
+            return
+        time.sleep(0.05)
+
+fd, deadline = int(sys.argv[1]), float(sys.argv[2])
+said, marks, beat = b"", None, time.monotonic()
 while True:
+    wait = None if marks is None or deadline <= 0 else max(0.0, beat + deadline - time.monotonic())
+    if not select.select([fd], [], [], wait)[0]:
+        kill(marks)  # no heartbeat for the deadline: the jobs go now, and the guard waits for the worker's next one
+        beat = time.monotonic()
+        continue
     chunk = os.read(fd, 4096)
     if not chunk:
         break
-    said += chunk
-*marks, last = said.split(b"\0")
-marks = set(marks)
-if last == b"done" or not marks:  # no marks: the worker died before it could start a job
-    sys.exit(0)
-for _ in range(20):
-    found = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open("/proc/" + name + "/environ", "rb") as f:
-                env = set(f.read().split(b"\0"))
-        except OSError:
-            continue
-        if marks <= env:
-            found += 1
-            try:
-                os.killpg(os.getpgid(int(name)), signal.SIGKILL)
-            except OSError:
-                pass
-            try:
-                os.kill(int(name), signal.SIGKILL)
-            except OSError:
-                pass
-    if not found:
-        break
-    time.sleep(0.05)
+    *lines, said = (said + chunk).split(b"\n")
+    for line in lines:
+        if marks is None:
+            marks = set(line.split(b"\0")) - {b""}
+        elif line == b"done":
+            sys.exit(0)
+        else:
+            beat = time.monotonic() - float(line)
+if marks:  # none: the worker died before it could start a job
+    kill(marks)
 """
 
 
 class Guard:
-    """Kills a worker's jobs when the worker dies. Every job must carry `marks` (KEY=value) in its environment."""
+    """Kills a worker's jobs when the worker dies, or with a deadline when it has sent no heartbeat for that long.
+    Every job must carry `marks` (KEY=value) in its environment."""
 
-    def __init__(self, marks: dict[str, str]):
+    def __init__(self, marks: dict[str, str], deadline: float = 0.0, beat_age: float = 0.0):
         read_end, self._write_end = os.pipe()
         try:
             # close_fds (the default) keeps the write end out of the guard and out of every job: only the worker holds it.
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _GUARD, str(read_end)],
+                [sys.executable, "-I", "-S", "-c", _GUARD, str(read_end), repr(deadline)],
                 pass_fds=(read_end,),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
@@ -83,7 +101,16 @@ class Guard:
         finally:
             os.close(read_end)
         # Far below a pipe's buffer, so this never waits for the guard to read.
-        os.write(self._write_end, b"".join(os.fsencode(f"{k}={v}") + b"\0" for k, v in marks.items()))
+        os.write(self._write_end, b"".join(os.fsencode(f"{k}={v}") + b"\0" for k, v in marks.items()) + b"\n")
+        os.set_blocking(self._write_end, False)  # a guard that stopped reading must not stop the heartbeat
+        self.beat(beat_age)
+
+    def beat(self, age: float) -> None:
+        """The DB recorded a heartbeat sent `age` seconds ago."""
+        try:
+            os.write(self._write_end, f"{age:.3f}\n".encode())
+        except OSError:
+            pass  # the guard is gone, or its pipe is full: it kills at its deadline, as it should
 
     def stand_down(self) -> None:
         """The worker is ending normally, its jobs are over: the guard leaves without killing anything.
@@ -91,7 +118,7 @@ class Guard:
         Not waited for: it reads "done" from the pipe whenever it gets there (a quick run ends before the guard's
         interpreter has even started), and subprocess reaps it later, or init once we have exited."""
         try:
-            os.write(self._write_end, b"done")
+            os.write(self._write_end, b"done\n")
         except OSError:
             pass  # the guard is gone already
         os.close(self._write_end)

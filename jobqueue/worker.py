@@ -173,6 +173,11 @@ class Worker:
             )
         self.last_beat = time.monotonic()  # when the last successful heartbeat (or the registration) was sent
         self.beats_done = threading.Event()
+        # The guard's deadline, where the fence's KILL falls: a worker that cannot fence (hung, or frozen by
+        # SIGSTOP while its jobs run on) has its jobs killed by its guard before a reaper elsewhere may requeue them.
+        self.guard_after = settings.lease - settings.heartbeat_interval if self.fences else 0.0
+        self.guard: Guard | None = None
+        self.guard_silence_end = 0.0  # the first beat after a silence the guard may have acted on
 
     # --- main thread -------------------------------------------------------------------------
 
@@ -209,7 +214,7 @@ class Worker:
             try:
                 # The guard's interpreter takes a core while it starts: started after the loop, whose first claims
                 # it would otherwise slow down, and before any job, which it must be there to kill.
-                guard = Guard(self.marks)
+                guard = self.guard = Guard(self.marks, self.guard_after, time.monotonic() - self.last_beat)
             finally:
                 self.guard_ready.set()
             self._supervise()
@@ -321,11 +326,16 @@ class Worker:
                 continue
             due = sent + self.s.heartbeat_interval
             with self.lock:
+                if self.guard_after and sent - self.last_beat >= self.guard_after:
+                    self.guard_silence_end = sent
                 self.last_beat = sent
+            if self.guard is not None:
+                self.guard.beat(time.monotonic() - sent)
             if self.fences:
                 self._wake_loop()  # it may be waiting for a renewed lease to claim
             if taken is None:
-                self._say(f"worker {self.info.id}: declared lost by another worker; stopping its jobs")
+                if not self.result.fenced:
+                    self._say(f"worker {self.info.id}: declared lost by another worker; stopping its jobs")
                 self.result.fenced = True
                 self._stop_all()
                 continue
@@ -528,6 +538,10 @@ class Worker:
         slot.running = None
         crash_point("after_exit")
         outcome, reason = running.stop or (None, None)
+        if outcome is None and rc == -signal.SIGKILL and self._guard_may_have_killed(slot.started):
+            # (Before the fence: a worker woken from a freeze may fence jobs its guard has killed already.)
+            outcome = AttemptState.INTERRUPTED
+            reason = f"killed by its worker's guard: no heartbeat recorded for {self.guard_after:g} s"
         if outcome is None and _fenced(slot, job.attempt_id):
             outcome = AttemptState.INTERRUPTED
             reason = f"stopped by its worker, cut off from the database for {time.monotonic() - self.last_beat:.0f} s"
@@ -535,6 +549,13 @@ class Worker:
             slot.exited = (rc, pid, time.monotonic() + 2.0)
             return
         self._finished(slot, rc, pid, outcome, reason)
+
+    def _guard_may_have_killed(self, started: float) -> bool:
+        """Whether the guard's deadline passed while a job started at `started` ran: the worker is silent that long
+        now, or was since the job started."""
+        with self.lock:
+            silent = time.monotonic() - self.last_beat
+            return bool(self.guard_after) and (silent >= self.guard_after or self.guard_silence_end > started)
 
     def _decide(self, slot: _Slot, now: float) -> None:
         """A job killed by TERM/INT/HUP (see _exited): interrupted if the worker is stopping by now, else failed."""

@@ -222,3 +222,34 @@ def test_a_host_stopped_past_its_lease_is_found_lost_by_its_lease_and_its_late_r
     ledger = (project.path / "ledger").read_text().splitlines()
     assert not [line for line in ledger if line.endswith("OVERLAP")], ledger
     assert job_processes(project.db) == []
+
+
+def test_a_worker_frozen_while_its_jobs_run_has_them_killed_by_its_guard_before_its_lease_runs_out(pg_project):
+    """SIGSTOP freezes the worker, not its jobs (process groups of their own) nor its guard (a session of its own):
+    the worker cannot run its fence, and its jobs would run on past its lease, after which a reaper on another host
+    requeues them. Its guard kills them once no heartbeat has come for lease - heartbeat. Woken, the worker records
+    them interrupted by its guard and runs them again."""
+    project = pg_project
+    project.sweep("frozen", JOB, 2)
+    project.jq("enqueue", "frozen", check=True)
+    (project.path / "locks").mkdir()
+    ledger = project.path / "ledger"
+    worker = project.start(*WORKER)
+    try:
+        project.wait_for(lambda: ledger.exists() and len(ledger.read_text().splitlines()) == 2, what="both jobs")
+        os.kill(worker.pid, signal.SIGSTOP)
+        # JOB_SECONDS is longer than the lease: without the guard's deadline the jobs run on.
+        project.wait_for(lambda: not job_processes(project.db), timeout=LEASE + 1.5, what="the guard to kill the jobs")
+        time.sleep(1)
+        os.kill(worker.pid, signal.SIGCONT)
+        assert worker.wait(120) == 0, worker.stderr.read()
+    finally:
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGCONT)
+            worker.kill()
+            worker.wait()
+    attempts = project.sql("select job_id, number, state, reason from attempts order by id")
+    assert [(a["number"], a["state"]) for a in attempts] == [(1, "interrupted")] * 2 + [(2, "succeeded")] * 2, attempts
+    assert all("killed by its worker's guard" in a["reason"] for a in attempts[:2]), attempts
+    assert project.states() == {"succeeded": 2}
+    assert not [line for line in ledger.read_text().splitlines() if line.endswith("OVERLAP")]

@@ -11,6 +11,8 @@ import time
 import psutil
 import pytest
 
+from jobqueue.paths import without_password
+
 # A job that appends "<job> start|end <time> <pid>" to a ledger around a short sleep.
 LEDGER_JOB = """sh -c 'echo "$JQ_JOB_ID start $(date +%s.%N) $$" >> ledger; sleep 0.3; echo "$JQ_JOB_ID end $(date +%s.%N) $$" >> ledger' job"""
 
@@ -42,12 +44,14 @@ def overlapping_attempts(events) -> int:
 
 
 def job_processes(db: str) -> list:
-    """Live processes on this machine that a worker of this DB started (found by their environment)."""
+    """Live processes on this machine that a worker of this DB started (found by their environment, which holds the
+    DB's URL without its password)."""
+    bare = without_password(db)
     found = []
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
-            if env.get("JQ_DB", "").endswith(db) and "JQ_ATTEMPT_ID" in env and proc.status() != psutil.STATUS_ZOMBIE:
+            if env.get("JQ_DB", "").endswith(bare) and "JQ_ATTEMPT_ID" in env and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except psutil.Error:
             continue
