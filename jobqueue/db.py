@@ -84,8 +84,8 @@ class Database:
     _engine: sa.Engine | None = None
 
     # SQLite lets one transaction write at a time, and a connection that finds the file locked sleeps (1 ms, 2 ms,
-    # 5 ms, ...) before it tries again. A worker's threads (its loop, its heartbeat) take turns on this lock instead, and each is
-    # woken the moment the one before it commits; other processes still wait in SQLite's busy handler.
+    # 5 ms, ...) before it tries again. A worker's threads (its loop, its heartbeat) take turns on this lock instead,
+    # and each is woken the moment the one before it commits; other processes still wait in SQLite's busy handler.
     _write_lock: threading.Lock = field(default_factory=threading.Lock)
     _pending: list = field(default_factory=list)  # transact()'s requests waiting for the next group commit
     _pending_lock: threading.Lock = field(default_factory=threading.Lock)

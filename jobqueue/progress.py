@@ -126,9 +126,8 @@ class ProgressView:
         self._task: TaskID | None = None
         self._last_counts = ""
         self._last_print = 0.0
-        self._print_lock = (
-            threading.Lock()
-        )  # the worker's threads report failures while the view's thread prints its line
+        # The worker's threads report failures while the view's thread prints its line.
+        self._print_lock = threading.Lock()
 
     # --- the numbers ------------------------------------------------------------------------
 
