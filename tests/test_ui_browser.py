@@ -64,7 +64,9 @@ def open_page(browser, url: str, ready_css: str):
     """Load a page, wait for an element its script draws, and return nothing the console complained about."""
     from selenium.webdriver.common.by import By
 
-    browser.get_log("browser")  # drop what earlier pages left
+    # The page before may still be polling a server its test has stopped: it goes first, then what it logged.
+    browser.get("about:blank")
+    browser.get_log("browser")
     browser.get(url)
     wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ready_css), f"{ready_css} on {url}")
 
