@@ -323,7 +323,7 @@ _JOBS = (
     "SELECT j.id, j.name, j.state, CAST(j.params AS TEXT), (SELECT sum({duration}) FROM attempts a WHERE a.job_id = j.id)"
     "{lasts} FROM jobs j {sort_join}WHERE j.run_id = :run_id ORDER BY {sort_order}j.id"
 )
-# With lasts_only, each metric's last value is a column of its job's row: NULL where the job has not logged the
+# In job_pages(), each metric's last value is a column of its job's row: NULL where the job has not logged the
 # key, and a NaN stored as NULL comes back as 'NaN' (text on SQLite, which holds no NaN; a NaN on PostgreSQL).
 _LAST = ", (SELECT COALESCE(last, {nan}) FROM {summaries} WHERE job_id = j.id AND key = :{key})"
 _NAN = {sql.SQLITE: "'NaN'", sql.POSTGRESQL: "CAST('NaN' AS DOUBLE PRECISION)"}
@@ -350,12 +350,11 @@ def results(
     minimize: bool = False,
     group_by: Iterable[str] = (),
     metrics: Iterable[str] = (),
-    lasts_only: bool = False,
 ) -> Iterator[dict]:
     """`jq results RUN`: one row per job, best first by `sort`'s last value (highest first; lowest with
     minimize; NaN and missing last), else in sweep order:
         {"id", "name", "state", "params": {...}, "duration_s", "metrics": {KEY: {"last", "last_step", "min", "max", "count"}}}
-    lasts_only: each metric's {"last"} alone, read at less cost.
+    The table and the CSV read job_pages() instead: each metric's last value alone, without a dict per job.
     With group_by, one row per combination of those parameters' values, over the jobs' last values, in the order
     the combinations first appear (best first with `sort`):
         {"group": {...}, "jobs": N, "metrics": {KEY: {"mean", "std", "min", "max"}}}
@@ -364,13 +363,7 @@ def results(
     with _reading(source) as reader:
         run_id = _checked_run(reader, run, sort, metrics)
         if not group_by:
-            if lasts_only:
-                metrics = metrics or run_metric_keys(reader, run_id)
-                for page in _lasts_pages(reader, run_id, sort, minimize, metrics):
-                    for job_id, name, state, params_text, seconds, *values in page:
-                        yield _job_row(job_id, name, state, params_text, seconds, _lasts(metrics, values))
-            else:
-                yield from _job_rows(reader, run_id, sort, minimize, metrics)
+            yield from _job_rows(reader, run_id, sort, minimize, metrics)
             return
         groups = _groups(reader, run, run_id, group_by, metrics)
     if sort:
@@ -401,21 +394,6 @@ def _checked_run(reader: Reader, run: str, sort: str | None, metrics: list[str])
     return run_id
 
 
-def _lasts(metrics: list[str], values: list) -> dict:
-    return {key: {"last": float(v)} for key, v in zip(metrics, values) if v is not None}
-
-
-def _job_row(job_id: int, name: str, state: str, params_text: str, seconds: float | None, metrics: dict) -> dict:
-    return {
-        "id": job_id,
-        "name": name,
-        "state": state,
-        "params": _decode_params(params_text),
-        "duration_s": seconds,
-        "metrics": metrics,
-    }
-
-
 def _jobs_query(reader: Reader, sort: str | None, minimize: bool, lasts: str = "") -> str:
     return _JOBS.format(
         duration=_DURATION[reader.dialect],
@@ -442,7 +420,14 @@ def _job_rows(reader: Reader, run_id: int, sort: str | None, minimize: bool, met
     for page in _pages(reader, _jobs_query(reader, sort, minimize), {"run_id": run_id, "sort": sort}):
         summaries = _summaries(reader, [row[0] for row in page], metrics)
         for job_id, name, state, params_text, seconds in page:
-            yield _job_row(job_id, name, state, params_text, seconds, summaries.get(job_id, {}))
+            yield {
+                "id": job_id,
+                "name": name,
+                "state": state,
+                "params": _decode_params(params_text),
+                "duration_s": seconds,
+                "metrics": summaries.get(job_id, {}),
+            }
 
 
 def _decode_params(text: str) -> dict:
