@@ -10,6 +10,7 @@ What still escapes is found by the JQ_ATTEMPT_ID in its environment and killed b
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -223,16 +224,12 @@ class _LibcSpawn:
         return pid.value
 
 
-_libc_spawn: list[_LibcSpawn | None] = []  # made at first use: [] until then
-
-
+@functools.cache  # made at first use, once
 def _posix_spawn() -> _LibcSpawn | None:
-    if not _libc_spawn:
-        try:
-            _libc_spawn.append(_LibcSpawn())
-        except (AttributeError, OSError):
-            _libc_spawn.append(None)
-    return _libc_spawn[0]
+    try:
+        return _LibcSpawn()
+    except (AttributeError, OSError):
+        return None
 
 
 def signal_group(pgid: int, sig: int) -> None:

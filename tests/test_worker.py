@@ -569,7 +569,7 @@ def test_both_ways_of_starting_a_job_give_it_its_group_directory_stdin_log_and_d
     if libc:
         assert processes._posix_spawn() is not None, "this machine's C library should have posix_spawn's file actions"
     else:
-        monkeypatch.setattr(processes, "_libc_spawn", [None])
+        monkeypatch.setattr(processes, "_posix_spawn", lambda: None)
     probe = (
         "read pid comm state ppid pgrp rest < /proc/$$/stat; echo pgrp=$pgrp; echo pid=$$; echo cwd=$(pwd); "
         "echo stdin=$(readlink /proc/$$/fd/0); grep SigIgn /proc/$$/status; echo err >&2; ls /proc/$$/fd; exit 3"
