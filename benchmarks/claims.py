@@ -82,6 +82,53 @@ with open(out, "w") as f:
 """
 
 
+# Between the two: the driver alone running jobqueue's own claim statements (taken from jobqueue.queue, rendered for
+# the driver), one claim per transaction, attempt opened, no pool, no retries, no ClaimedJob: what the SQL of a claim
+# costs, apart from the Python around it.
+JQ_SQL_CHILD = """
+import os, sys, time
+url, go, out = sys.argv[1:4]
+from jobqueue import queue, sql
+from jobqueue.db import open_db
+db = open_db(url, create=False)
+worker = queue.register_worker(db, slots=1, gpus=None, backend="bench", run_id=None)
+db.dispose()
+dialect = sql.POSTGRESQL if url.startswith("postgresql") else sql.SQLITE
+take = sql.render(queue._CLAIM_QUERIES[dialect, False, False], dialect)
+params = {"worker_id": worker.id, "host": worker.host, "gpus": None, "slot": 0, "run_id": None, "job_id": None}
+if dialect == sql.POSTGRESQL:
+    import psycopg
+    from sqlalchemy.engine import make_url
+    u = make_url(url)
+    conn = psycopg.connect(host=u.query["host"], port=u.query["port"], user=u.username, dbname=u.database,
+                           autocommit=True)
+else:
+    import sqlite3
+    conn = sqlite3.connect(url, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    open_attempt = sql.render(queue._OPEN_ATTEMPT, dialect)
+while not os.path.exists(go):
+    time.sleep(0.005)
+ids = []
+while True:
+    if dialect == sql.POSTGRESQL:
+        row = conn.execute(take, params).fetchone()
+    else:
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(take, params).fetchone()
+        if row is not None:
+            opened = {**params, "job_id": row[0], "number": row[7], "log_dir": row[9], "name": row[2]}
+            conn.execute(open_attempt, opened).fetchone()
+        conn.execute("COMMIT")
+    if row is None:
+        break
+    ids.append(row[0])
+with open(out, "w") as f:
+    f.write("\\n".join(map(str, ids)))
+"""
+
+
 def fill(url: str, jobs: int) -> None:
     from jobqueue import queue
     from jobqueue.db import open_db
@@ -191,6 +238,7 @@ def main() -> None:
         if args.baseline:
             before = code_at(args.baseline, Path(tmp) / "before")
             contenders.insert(0, (f"jobqueue at {args.baseline}", CHILD, before))
+        contenders.append(("the driver, jobqueue's SQL", JQ_SQL_CHILD, REPO))
         contenders.append(("the driver alone", RAW_CHILD, REPO))
         try:
             for dialect, goal in [("SQLite", 6000), ("PostgreSQL", 5000)]:
