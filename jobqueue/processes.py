@@ -295,6 +295,11 @@ _CRASH_AT = os.environ.get("JQ_CRASH_AT")  # read once: crash_point() is on ever
 
 
 def crash_point(name: str) -> None:
-    """Fault injection for the crash tests: with JQ_CRASH_AT=name, SIGKILL this process right here."""
+    """Fault injection for the crash tests: with JQ_CRASH_AT=name, SIGKILL this process right here; with
+    JQ_CRASH_AT=name:raise, raise an exception here, as a bug would."""
+    if _CRASH_AT is None:
+        return
     if _CRASH_AT == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if _CRASH_AT == f"{name}:raise":
+        raise RuntimeError(f"fault injected at {name} (JQ_CRASH_AT)")

@@ -223,3 +223,20 @@ def test_an_idle_worker_waits_out_its_lease_of_contact_to_reap_a_silent_worker_b
         stopped.send_signal(signal.SIGCONT)
         stopped.kill()
         stopped.communicate(timeout=30)
+
+
+def test_a_bug_in_the_worker_loop_stops_the_worker_kills_its_jobs_and_hands_them_back(project):
+    """The loop thread watches every job: if it dies of an exception, nothing watches them. The worker says why,
+    kills them, requeues them as it signs off and exits non-zero, long before the jobs would have ended."""
+    project.sweep("bug", """sh -c '[ "$1" = "--i=0" ] || [ -n "$QUICK" ] || sleep 60' job""", 3)
+    project.jq("enqueue", "bug", check=True)
+    start = time.monotonic()
+    worker = project.jq("worker", "--slots", "3", env=project.env(JQ_CRASH_AT="after_exit:raise"), timeout=60)
+    assert time.monotonic() - start < 30
+    assert worker.returncode == 3
+    assert "RuntimeError: fault injected at after_exit" in worker.stderr
+    assert "requeued jobs 1, 2, 3: its worker crashed" in worker.stderr, worker.stderr
+    assert job_processes(project.db) == []
+    assert project.states() == {"queued": 3}
+    project.jq("worker", "--slots", "3", env=project.env(QUICK="1"), check=True)
+    assert project.states() == {"succeeded": 3}
