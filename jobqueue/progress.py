@@ -6,7 +6,6 @@ On a terminal, a rich progress bar for the run; otherwise a plain line when the 
 from __future__ import annotations
 
 import math
-import re
 import sys
 import threading
 import time
@@ -41,10 +40,9 @@ _RUNNING_SINCE = "SELECT started_at, {now} AS now_at FROM jobs WHERE run_id = :r
 _LIVE_SLOTS = "SELECT coalesce(sum(slots), 0) FROM workers WHERE run_id = :run_id AND stopped_at IS NULL"
 # The attempt whose failure was just reported: the job's newest failed one (a retry may already be running).
 _FAILED_ATTEMPT_LOG = "SELECT log_path FROM attempts WHERE job_id = :job_id AND state IN ('failed', 'timeout') ORDER BY number DESC LIMIT 1"
+
+
 # How worker.py reports an attempt that ended badly: "job 12 lr_0.1_seed_1: failed in 3.2s; exit code 1".
-_FAILURE_EVENT = re.compile(r"^job (\d+) .*?: (failed|timeout)\b")
-
-
 def format_seconds(seconds: float | None, round_up: bool = False) -> str:
     """`mm:ss` or `h:mm:ss`; an ETA rounds up, so that `00:00` means done."""
     if seconds is None:
@@ -170,13 +168,13 @@ class ProgressView:
 
     # --- events -----------------------------------------------------------------------------
 
-    def say(self, message: str) -> None:
-        """A worker event worth showing (failures, lost workers) above the bar; a failure gets its log's last line."""
+    def say(self, message: str, failed_job: int | None = None) -> None:
+        """A worker event worth showing (failures, lost workers) above the bar; a failed job's gets the last line of
+        its log."""
         if not self.enabled:
             return
-        failure = _FAILURE_EVENT.match(message)
-        if failure:
-            message = self._with_last_log_line(message, int(failure.group(1)))
+        if failed_job is not None:
+            message = self._with_last_log_line(message, failed_job)
         if self._progress is not None:
             self._progress.console.print(message, markup=False, highlight=False)
         else:

@@ -54,6 +54,16 @@ def parse_gpus(spec: str | None) -> list[str] | None:
     return gpus
 
 
+@dataclass(frozen=True)
+class WorkerEvent:
+    """A worker's message, with what a progress view needs to know of it without reading its words (a job's name
+    may hold any of them)."""
+
+    message: str
+    notable: bool = True  # a progress view shows only these: not a job's start, success, or stop with its worker
+    failed_job: int | None = None  # a job whose attempt failed or ran out of time: a view adds its log's last line
+
+
 @dataclass
 class WorkerSettings:
     slots: int = 1
@@ -71,7 +81,7 @@ class WorkerSettings:
     metrics_every: float = METRICS_EVERY  # 0: read a job's metrics files only when its attempt ends
     backend: str = "processes"
     quiet: bool = False
-    on_event: Callable[[str], None] | None = None  # for progress lines; default: stderr unless quiet
+    on_event: Callable[[WorkerEvent], None] | None = None  # for progress lines; default: stderr unless quiet
 
 
 @dataclass
@@ -754,7 +764,8 @@ class Worker:
         if self.speaks:
             self._say(
                 f"started job {job.job_id} {job.name} (attempt {job.number}, slot {slot.index}"
-                f"{', GPU ' + env[b'CUDA_VISIBLE_DEVICES'].decode() if slot.gpu or self.s.gpus else ''}) pid {process.pid}"
+                f"{', GPU ' + env[b'CUDA_VISIBLE_DEVICES'].decode() if slot.gpu or self.s.gpus else ''}) pid {process.pid}",
+                notable=False,
             )
         return process
 
@@ -834,11 +845,17 @@ class Worker:
         if state == JobState.QUEUED and ended.outcome != AttemptState.INTERRUPTED:
             what = f"{ended.outcome.value}, queued again for another attempt"
         detail = f"; {ended.reason}" if ended.reason else (f"; exit code {ended.exit_code}" if ended.exit_code else "")
-        self._say(f"job {ended.job.job_id} {ended.job.name}: {what}{took}{detail}")
+        failed = ended.outcome in (AttemptState.FAILED, AttemptState.TIMEOUT)
+        routine = state == JobState.SUCCEEDED or (ended.outcome == AttemptState.INTERRUPTED and self.stopping.is_set())
+        self._say(
+            f"job {ended.job.job_id} {ended.job.name}: {what}{took}{detail}",
+            notable=not routine,
+            failed_job=ended.job.job_id if failed else None,
+        )
 
-    def _say(self, message: str) -> None:
+    def _say(self, message: str, notable: bool = True, failed_job: int | None = None) -> None:
         if self.s.on_event is not None:
-            self.s.on_event(message)
+            self.s.on_event(WorkerEvent(message, notable, failed_job))
         elif not self.s.quiet:
             print(f"jq worker: {message}", file=sys.stderr, flush=True)
 

@@ -97,6 +97,24 @@ def test_each_failed_attempt_is_shown_once_with_its_job_name_and_its_log_s_last_
         assert "exit code 3" in shown[1]
 
 
+def test_jobs_that_succeed_are_not_shown_whatever_words_their_names_hold(project):
+    """The view shows what went wrong, told by the worker, not found by words in the message: a job named after a
+    failure that succeeds is not a failure, and its start is not news either."""
+    project.write(
+        "words.py",
+        """
+        from jobqueue import Experiment, ParamGrid, RunDescription
+        RUN_DESCRIPTION = RunDescription("words", experiments=[
+            Experiment("failed_timeout_lost", "true", ParamGrid([("database", [0, 1])]).generate_params()),
+        ])
+    """,
+    )
+    launch = project.jq("launch", "words")
+    assert launch.returncode == 0, launch.stderr
+    assert "failed_timeout_lost" not in launch.stdout + launch.stderr
+    assert project.states() == {"succeeded": 2}
+
+
 def test_on_a_terminal_the_run_has_a_bar_with_its_counts_and_eta_and_failures_print_above_it(sqlite_project):
     project = sqlite_project
     project.sweep("mixed", """sh -c '[ "$JQ_JOB_ID" != 2 ] || { echo "disk full"; exit 1; }; sleep 0.5' job""", 4)

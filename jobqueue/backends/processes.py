@@ -36,16 +36,9 @@ def worker_settings(settings: LaunchSettings, run_id: int, on_event=None) -> Wor
 def run_local(db: Database, run: dict, settings: LaunchSettings, progress: bool = True) -> WorkerResult:
     """Run every queued job of the run here, with a live progress view; returns what the worker did."""
     with ProgressView(db, run["name"], enabled=progress) as view:
-        quiet_events = lambda message: view.say(message) if _worth_showing(message) else None  # noqa: E731
-        result = Worker(db, worker_settings(settings, run["id"], on_event=quiet_events if progress else None)).run()
+        notable = lambda event: view.say(event.message, event.failed_job) if event.notable else None  # noqa: E731
+        result = Worker(db, worker_settings(settings, run["id"], on_event=notable if progress else None)).run()
     return result
-
-
-def _worth_showing(message: str) -> bool:
-    return any(
-        word in message
-        for word in ("failed", "timeout", "lost", "stopping", "cancelled", "got SIG", "metrics", "database")
-    )
 
 
 class ProcessesBackend:
