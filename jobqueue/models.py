@@ -94,6 +94,7 @@ workers = sa.Table(
     sa.Column("started_at", sa.DateTime, nullable=False),
     sa.Column("heartbeat_at", sa.DateTime, nullable=False),
     sa.Column("stopped_at", sa.DateTime, nullable=True),
+    sa.Column("heartbeat_seconds", sa.Float, nullable=True),  # its --heartbeat; NULL before migration 0004
     sa.Index("ix_workers_stopped", "stopped_at"),
 )
 

@@ -395,13 +395,23 @@ class WorkerInfo:
 
 _REGISTER_WORKER = (
     "INSERT INTO workers (host, pid, pid_started, boot_id, gpus, slots, backend, run_id, slurm_job_id, "
-    "slurm_array_task_id, started_at, heartbeat_at) VALUES (:host, :pid, :pid_started, :boot_id, :gpus, :slots, "
-    ":backend, :run_id, :slurm_job_id, :slurm_array_task_id, {now}, {now}) RETURNING id"
+    "slurm_array_task_id, heartbeat_seconds, started_at, heartbeat_at) VALUES (:host, :pid, :pid_started, :boot_id, "
+    ":gpus, :slots, :backend, :run_id, :slurm_job_id, :slurm_array_task_id, :heartbeat_seconds, {now}, {now}) "
+    "RETURNING id"
 )
 _STOP_WORKER = "UPDATE workers SET stopped_at = {now} WHERE id = :worker_id AND stopped_at IS NULL"
 
 
-def register_worker(db: Database, *, slots: int, gpus: str | None, backend: str, run_id: int | None) -> WorkerInfo:
+def register_worker(
+    db: Database,
+    *,
+    slots: int,
+    gpus: str | None,
+    backend: str,
+    run_id: int | None,
+    heartbeat_seconds: float | None = None,
+) -> WorkerInfo:
+    """A worker's row; `heartbeat_seconds` is how often it will heartbeat (None for a worker that does not)."""
     host, pid = socket.gethostname(), os.getpid()
     values = dict(
         host=host,
@@ -414,6 +424,7 @@ def register_worker(db: Database, *, slots: int, gpus: str | None, backend: str,
         run_id=run_id,
         slurm_job_id=os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
         slurm_array_task_id=_int_or_none(os.environ.get("SLURM_ARRAY_TASK_ID")),
+        heartbeat_seconds=heartbeat_seconds,
     )
     (worker_id,) = db.transact(lambda tx: tx.one(_REGISTER_WORKER, values))
     return WorkerInfo(worker_id, host, pid)

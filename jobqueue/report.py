@@ -14,23 +14,19 @@ from collections import deque
 from jobqueue import sql
 from jobqueue.db import Transaction, open_db
 from jobqueue.paths import current_sqlite_file, resolve_url, sqlite_readonly_connection
-from jobqueue.sql import COUNTS_SQL, decode_time, unknown_run
+from jobqueue.sql import COUNTS_SQL, HEARTBEAT_SECONDS, MISSED_BEATS, decode_time, unknown_run
 from jobqueue.states import DISPLAY_ORDER
 
 STATES = tuple(state.value for state in DISPLAY_ORDER)
 
-# A worker's default --heartbeat. The workers table does not record each worker's own, so a worker started with a
-# longer one is marked silent early, one with a shorter one late.
-HEARTBEAT_SECONDS = 5.0
-# Two missed heartbeats, not one: a heartbeat is a transaction that may wait on a busy DB.
-SILENT_AFTER_SECONDS = 2 * HEARTBEAT_SECONDS
+SILENT_AFTER_SECONDS = MISSED_BEATS * HEARTBEAT_SECONDS  # with the default --heartbeat
 
 RUNS_SQL = "SELECT id, name, settings FROM runs ORDER BY id"
-# Running jobs whose worker has missed two heartbeats, by the DB's clock, per run: a range of ix_jobs_state_id
+# Running jobs whose worker has missed two of its heartbeats, by the DB's clock, per run: a range of ix_jobs_state_id
 # (running jobs are bounded by the slots of all workers, however big the run) and the workers' primary key.
 SILENT_SQL = (
     "SELECT j.run_id, count(*), count(DISTINCT j.worker_id), min(w.heartbeat_at), max({now}) FROM jobs j "
-    "JOIN workers w ON w.id = j.worker_id WHERE j.state = 'running' AND w.heartbeat_at < {ago} GROUP BY j.run_id"
+    "JOIN workers w ON w.id = j.worker_id WHERE j.state = 'running' AND w.heartbeat_at < {ago_beats} GROUP BY j.run_id"
 )
 # A run's newest failed jobs: a backward walk of ix_jobs_run_state_id that stops after :shown rows, however many failed.
 FAILED_SQL = (
@@ -127,10 +123,10 @@ def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, f
 
 
 def _silent_workers(reader: Reader, run_names: dict[int, str]) -> dict[str, dict]:
-    """Per run: its running jobs whose worker has been silent past SILENT_AFTER_SECONDS, how many workers, and how
+    """Per run: its running jobs whose worker has missed MISSED_BEATS of its heartbeats, how many workers, and how
     long ago the most silent of them was last heard from."""
     found = {}
-    for run_id, jobs, workers, oldest, now in reader.rows(SILENT_SQL, {"lease_seconds": SILENT_AFTER_SECONDS}):
+    for run_id, jobs, workers, oldest, now in reader.rows(SILENT_SQL):
         ago = (decode_time(now) - decode_time(oldest)).total_seconds()
         found[run_names[run_id]] = {"jobs": jobs, "workers": workers, "last_heartbeat_s": round(ago, 1)}
     return found

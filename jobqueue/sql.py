@@ -28,9 +28,25 @@ NOW = {
     SQLITE: "strftime('%Y-%m-%d %H:%M:%f000', 'now'{})",
     POSTGRESQL: "(clock_timestamp() at time zone 'utc'{})",
 }
-_AGO = {  # the clock minus :lease_seconds
-    SQLITE: ", '-' || :lease_seconds || ' seconds'",
-    POSTGRESQL: " - :lease_seconds * interval '1 second'",
+_AGO = {  # the clock minus {seconds}
+    SQLITE: ", '-' || ({seconds}) || ' seconds'",
+    POSTGRESQL: " - ({seconds}) * interval '1 second'",
+}
+
+
+def ago(seconds: str, dialect: str) -> str:
+    """The DB's clock minus `seconds`, an SQL expression: a parameter, or one that reads a row."""
+    return NOW[dialect].format(_AGO[dialect].format(seconds=seconds))
+
+
+# A worker's default --heartbeat: what a worker registered before its own was recorded (migration 0004) is taken to use.
+HEARTBEAT_SECONDS = 5.0
+# A worker is silent after two of its missed heartbeats, not one: a heartbeat is a transaction that may wait on a busy
+# DB.
+MISSED_BEATS = 2
+_AGO_BEATS = {
+    dialect: ago(f"{MISSED_BEATS} * COALESCE(w.heartbeat_seconds, {HEARTBEAT_SECONDS})", dialect)
+    for dialect in (SQLITE, POSTGRESQL)
 }
 
 JSON_COLUMNS = frozenset({"settings", "params", "argv", "env", "command"})
@@ -43,8 +59,10 @@ IN_LIST_CHUNK = 500
 
 @functools.lru_cache(maxsize=1024)
 def render(query: str, dialect: str) -> str:
-    """`query` for one driver: `:name` -> `%(name)s` and `?` -> `%s` on psycopg; {now} and {ago} -> the DB's clock."""
-    query = query.format(now=NOW[dialect].format(""), ago=NOW[dialect].format(_AGO[dialect]))
+    """`query` for one driver: `:name` -> `%(name)s` and `?` -> `%s` on psycopg; {now} -> the DB's clock, {ago} -> the
+    clock minus :lease_seconds, and {ago_beats} -> the clock minus the heartbeat intervals (ago_beats()) of the
+    workers `w`."""
+    query = query.format(now=NOW[dialect].format(""), ago=ago(":lease_seconds", dialect), ago_beats=_AGO_BEATS[dialect])
     if dialect == POSTGRESQL:
         query = _PARAM.sub(r"%(\1)s", query).replace("?", "%s")
     return query

@@ -195,7 +195,12 @@ class Worker:
         sent = time.monotonic()
         self.info = self.contact.call(
             lambda: queue.register_worker(
-                self.db, slots=self.s.slots, gpus=self.gpu_text, backend=self.s.backend, run_id=self.s.run_id
+                self.db,
+                slots=self.s.slots,
+                gpus=self.gpu_text,
+                backend=self.s.backend,
+                run_id=self.s.run_id,
+                heartbeat_seconds=self.s.heartbeat_interval,
             )
         )
         self.last_beat = sent  # registering records a first heartbeat

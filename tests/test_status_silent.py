@@ -45,3 +45,25 @@ def test_a_stopped_worker_s_running_job_is_marked_silent_until_it_heartbeats_aga
             w.terminate()
         for w in workers:
             w.communicate(timeout=60)
+
+
+def test_a_worker_is_silent_after_two_of_its_own_heartbeats_not_two_of_the_default(project):
+    """A worker records its --heartbeat: one that beats every second is marked two seconds after it stops, long before
+    two default intervals (10 s) would pass."""
+    project.sweep("quick_beat", "sh -c 'sleep 120' job", 1)
+    project.jq("enqueue", "quick_beat", check=True)
+    worker = project.start("worker", "--quiet", "--heartbeat", "1")
+    try:
+        project.wait_for(lambda: project.states() == {"running": 1}, what="the job running")
+        assert project.sql("select heartbeat_seconds from workers") == [{"heartbeat_seconds": 1.0}]
+        time.sleep(1.5)  # a beat or two: the mark must not come from a worker that never beat
+        assert silent_of(project)["jobs"] == 0
+        worker.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        silent = project.wait_for(lambda: silent_of(project)["jobs"] and silent_of(project), timeout=20, what="mark")
+        assert time.monotonic() - stopped < SILENT_AFTER_SECONDS - 3
+        assert 2 <= silent["last_heartbeat_s"] < SILENT_AFTER_SECONDS - 2
+    finally:
+        worker.send_signal(signal.SIGCONT)
+        worker.terminate()
+        worker.communicate(timeout=60)
