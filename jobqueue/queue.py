@@ -413,6 +413,11 @@ def register_worker(
 ) -> WorkerInfo:
     """A worker's row; `heartbeat_seconds` is how often it will heartbeat (None for a worker that does not)."""
     host, pid = socket.gethostname(), os.getpid()
+    slurm_job_id, slurm_array_task_id = None, None
+    if "SLURM_JOB_ID" in os.environ:
+        from jobqueue.backends.slurm import slurm_identity
+
+        slurm_job_id, slurm_array_task_id = slurm_identity()
     values = dict(
         host=host,
         pid=pid,
@@ -422,19 +427,12 @@ def register_worker(
         slots=slots,
         backend=backend,
         run_id=run_id,
-        slurm_job_id=os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
-        slurm_array_task_id=_int_or_none(os.environ.get("SLURM_ARRAY_TASK_ID")),
+        slurm_job_id=slurm_job_id,
+        slurm_array_task_id=slurm_array_task_id,
         heartbeat_seconds=heartbeat_seconds,
     )
     (worker_id,) = db.transact(lambda tx: tx.one(_REGISTER_WORKER, values))
     return WorkerInfo(worker_id, host, pid)
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 _NOT_RUNNING = f"state != {literal(AttemptState.RUNNING)}"

@@ -227,6 +227,24 @@ def test_resume_submits_a_new_array_when_the_old_workers_are_gone(slurm_project)
     assert [s["external_id"] for s in p.sql("select external_id from submissions order by id")] == [first, second]
 
 
+def test_a_launch_from_inside_an_array_task_gives_its_per_job_submissions_no_array_variables(slurm_project):
+    """sbatch passes on the environment it runs in: a launch run inside an array task must not hand that array's
+    SLURM_ARRAY_TASK_ID to jobs that are not array tasks, where a training script would read it as its own."""
+    p = slurm_project
+    p.sweep(
+        "inner",
+        """sh -c 'echo "$JQ_JOB_ID ${SLURM_ARRAY_TASK_ID:-none} ${SLURM_ARRAY_JOB_ID:-none}" >> ledger' job""",
+        2,
+    )
+    inside = p.env(SLURM_ARRAY_JOB_ID="4242", SLURM_ARRAY_TASK_ID="7", SLURM_ARRAY_TASK_COUNT="8")
+    p.jq("launch", "inner", "--backend", "slurm", "--slurm-mode", "per-job", *SMALL, env=inside, check=True)
+    p.wait_for(lambda: p.states() == {"succeeded": 2}, timeout=120, what="both jobs to succeed")
+    assert sorted((p.path / "ledger").read_text().splitlines()) == ["1 none none", "2 none none"]
+    workers = p.sql("select slurm_job_id, slurm_array_task_id from workers order by id")
+    assert [w["slurm_array_task_id"] for w in workers] == [None, None]
+    assert "4242" not in {w["slurm_job_id"] for w in workers}
+
+
 SF_VENV = Path(__file__).resolve().parent.parent / ".venv-sf"
 
 
@@ -282,7 +300,14 @@ def test_sample_factorys_timeout_template_resubmits_its_worker_until_every_job_s
     ends = [job for _, what, job, _, _ in rows if what == "end"]
     assert sorted(ends) == [1, 2, 3, 4], "each job ran to its end exactly once"
     assert len(starts) > 4
-    assert len(p.sql("select id from workers")) >= 2
+    workers = p.sql("select slurm_job_id, slurm_array_task_id from workers order by id")
+    assert len(workers) >= 2
+    # The first worker is task 0 of jq's array; those the template resubmitted from inside it are jobs of their own,
+    # which inherit the array's variables: each records its own job id, not the array's.
+    (submission,) = p.sql("select external_id from submissions")
+    assert workers[0] == {"slurm_job_id": submission["external_id"], "slurm_array_task_id": 0}
+    assert all(w["slurm_array_task_id"] is None for w in workers[1:]), workers
+    assert len({w["slurm_job_id"] for w in workers}) == len(workers), workers
     # The resubmitted workers write `$FILENAME-slurm-%j.out`, as the template says.
     assert list((p.path / "slurm").glob("jq_chained_workers.sh-slurm-*.out")), "the template submitted its worker again"
     p.wait_for(lambda: not p.cluster.squeue(), timeout=30, what="the last worker to leave")
