@@ -487,7 +487,7 @@ _ATTEMPT_COLUMNS = "job_id, number, worker_id, host, gpus, slot, state, started_
 _RUNNING = literal(AttemptState.RUNNING)
 
 
-def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
+def _claim_query(dialect: str, by_run: bool, by_job: bool, many: bool = False) -> str:
     """Take the oldest queued job, guarded by its state so that two claimers never share one. On PostgreSQL the
     same statement opens its attempt (an UPDATE and an INSERT in one WITH), so that a claim is one round trip; on
     SQLite, where a statement changes one table, _OPEN_ATTEMPT follows it in the transaction."""
@@ -496,13 +496,13 @@ def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
         oldest += " AND run_id = :run_id"
     if by_job:
         oldest += " AND id = :job_id"
-    oldest += " ORDER BY id LIMIT 1"
+    oldest += " ORDER BY id LIMIT :count" if many else " ORDER BY id LIMIT 1"
     if dialect == sql.POSTGRESQL:
         oldest += " FOR UPDATE SKIP LOCKED"  # SQLite's BEGIN IMMEDIATE already serializes
     take = (
         f"UPDATE jobs SET state = {literal(JobState.RUNNING)}, attempts = attempts + 1, worker_id = :worker_id, "
         "started_at = {now}, updated_at = {now}, ended_at = NULL, exit_code = NULL, signal = NULL "
-        f"WHERE {job_state_is(Operation.CLAIM, JobState.RUNNING)} AND id = ({oldest}) "
+        f"WHERE {job_state_is(Operation.CLAIM, JobState.RUNNING)} AND id {'IN' if many else '='} ({oldest}) "
         "RETURNING id, run_id, name, argv, cmd, env, cwd, attempts, timeout, log_dir"
     )
     if dialect == sql.SQLITE:
@@ -520,6 +520,8 @@ def _claim_query(dialect: str, by_run: bool, by_job: bool) -> str:
 _CLAIM_QUERIES = {
     (d, r, j): _claim_query(d, r, j) for d in (sql.SQLITE, sql.POSTGRESQL) for r in (False, True) for j in (False, True)
 }
+# SQLite: the oldest :count queued jobs at once (a worker's free slots), their attempts opened by one INSERT.
+_CLAIM_MANY = {(r, j): _claim_query(sql.SQLITE, r, j, many=True) for r in (False, True) for j in (False, True)}
 _OPEN_ATTEMPT = (
     f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES (:job_id, :number, :worker_id, :host, :gpus, :slot, {_RUNNING}, "
     f"{{now}}, {_LOG_PATH.format(dir=':log_dir', name=':name', number=':number')}) RETURNING id, log_path"
@@ -561,6 +563,8 @@ def finish_then_claim(
 
     def _batch(tx):
         states = [_finish(tx, f, worker.id) for f in finished]
+        if tx.dialect == sql.SQLITE and len(slots) > 1:
+            return states, _claim_many(tx, worker, slots, run_id, job_id)
         claimed = []
         for slot, gpus in slots:
             job = _claim(tx, worker, slot, gpus, run_id, job_id)
@@ -594,6 +598,34 @@ def _claim(
     return ClaimedJob(
         job_id, run_id, name, sql.argv_of(argv, cmd), sql.from_json(env), cwd, number, attempt_id, timeout, log_path
     )
+
+
+def _claim_many(
+    tx: Transaction, worker: WorkerInfo, slots: list[tuple[int, str | None]], run_id: int | None, job_id: int | None
+) -> list[ClaimedJob]:
+    """_claim() for each of `slots` in two statements (SQLite): the oldest queued jobs, the oldest to the first slot."""
+    params = {"worker_id": worker.id, "run_id": run_id, "job_id": job_id, "count": len(slots)}
+    rows = sorted(tx.all(_CLAIM_MANY[run_id is not None, job_id is not None], params))
+    if not rows:
+        return []
+    values: list = []
+    for (job, _, name, *_, number, _, log_dir), (slot, gpus) in zip(rows, slots):
+        values += [job, number, worker.id, worker.host, gpus, slot, log_dir, name, number]
+    opened = {job: (attempt_id, log_path) for attempt_id, job, log_path in tx.all(_open_attempts(len(rows)), values)}
+    claimed = []
+    for job, run, name, argv, cmd, env, cwd, number, timeout, _ in rows:
+        attempt_id, log_path = opened[job]
+        argv = sql.argv_of(argv, cmd)
+        claimed.append(ClaimedJob(job, run, name, argv, sql.from_json(env), cwd, number, attempt_id, timeout, log_path))
+    return claimed
+
+
+@functools.lru_cache(maxsize=64)
+def _open_attempts(count: int) -> str:
+    """_OPEN_ATTEMPT for `count` attempts in one statement, with positional parameters: SQLite looks a named one up
+    by a linear search."""
+    row = f"(?, ?, ?, ?, ?, ?, {_RUNNING}, {{now}}, {_LOG_PATH.format(dir='?', name='?', number='?')})"
+    return f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES {', '.join([row] * count)} RETURNING id, job_id, log_path"
 
 
 def record_pid(db: Database, attempt_id: int, pid: int) -> None:

@@ -338,6 +338,17 @@ def test_one_transaction_records_several_ends_each_once_and_claims_for_their_slo
     slots = [(0, None), (1, None), (2, "1")]
     states, (a, b, c) = queue.finish_then_claim(db, [], worker, slots, run_id=run.run_id)
     assert states == [] and [j.name for j in (a, b, c)] == ["j0", "j1", "j2"]
+    opened = [rows(db, job)[1][0] for job in (a, b, c)]  # each slot's GPU and log, where its job's attempt says
+    assert [(r["slot"], r["gpus"], r["id"]) for r in opened] == [
+        (0, None, a.attempt_id),
+        (1, None, b.attempt_id),
+        (2, "1", c.attempt_id),
+    ]
+    assert (
+        [r["log_path"] for r in opened]
+        == [j.log_path for j in (a, b, c)]
+        == [f"/tmp/r/e/jq_logs/j{i}.attempt-1.log" for i in range(3)]
+    )
     queue.cancel_jobs(db, job_ids=[c.job_id])
     ends = [
         queue.Finished(a, AttemptState.SUCCEEDED, exit_code=0, pid=101),
