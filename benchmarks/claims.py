@@ -11,7 +11,9 @@ jobqueue's own claim_next_job, which takes the oldest queued job and opens its a
 statement outside any transaction, on SQLite an UPDATE and an INSERT in one BEGIN IMMEDIATE. Goals: SQLite
 >= 6,000 claims/s, PostgreSQL >= 5,000, 0 duplicates, 0 errors. Beside each, the reference: the same race with the
 driver alone, each claim one UPDATE ... RETURNING in its own transaction and no attempt (shared/notes: ~28,000/s
-on SQLite, ~9,000/s on PostgreSQL on a quiet machine). The load average is printed: a loaded machine slows both.
+on SQLite, ~9,000/s on PostgreSQL on a quiet machine); and between the two, the driver alone running jobqueue's own
+claim statements, which tells the cost of the SQL from that of the Python around it. The load average is printed: a
+loaded machine slows them all.
 """
 
 from __future__ import annotations
