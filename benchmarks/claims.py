@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 CHILD = """
-import sys, time, os
+import contextlib, sys, time, os
 from jobqueue.db import open_db
 from jobqueue import queue
 db = open_db(sys.argv[1], create=False)
@@ -39,11 +39,12 @@ worker = queue.register_worker(db, slots=1, gpus=None, backend="bench", run_id=N
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.005)
 ids = []
-while True:
-    job = queue.claim_next_job(db, worker, slot=0, gpus=None)
-    if job is None:
-        break
-    ids.append(job.job_id)
+with getattr(db, "kept_connection", contextlib.nullcontext)():  # as a worker's loop thread claims (older code: none)
+    while True:
+        job = queue.claim_next_job(db, worker, slot=0, gpus=None)
+        if job is None:
+            break
+        ids.append(job.job_id)
 with open(sys.argv[3], "w") as f:
     f.write("\\n".join(map(str, ids)))
 """

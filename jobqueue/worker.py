@@ -404,7 +404,8 @@ class Worker:
         for thread in starters:
             thread.start()
         try:
-            self._loop()
+            with self.db.kept_connection():  # it records and claims every job of the worker
+                self._loop()
         except BaseException as exc:
             # A bug or a DB that stays unreachable: stop the whole worker loudly rather than run on unwatched.
             if isinstance(exc, Unreachable):

@@ -64,3 +64,36 @@ def test_a_live_pooled_connection_is_kept_from_claim_to_claim(postgres_server):
         assert _backend_pids(db) == pids
     finally:
         db.dispose()
+
+
+def _terminate(postgres_server, pids) -> None:
+    with psycopg.connect(
+        host=str(postgres_server.root), port=postgres_server.port, user="postgres", dbname="postgres"
+    ) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (list(pids),))
+
+
+def test_a_kept_connection_serves_every_claim_of_its_thread_is_replaced_when_dropped_and_goes_back(postgres_server):
+    """A worker's loop thread claims on one connection it keeps (no checkout and return per claim); one the server
+    closed is replaced at the next claim, and when the block ends the connection waits in the pool again."""
+    db, worker = _queue_of(postgres_server.create_database(f"jq_claims_thread_{os.getpid()}"), 4)
+    try:
+        with db.kept_connection():
+            queue.claim_next_job(db, worker, slot=0, gpus=None)
+            kept = db._kept.conn
+            pid = kept.dbapi_connection.info.backend_pid
+            assert db.engine.pool.checkedout() == 1
+            queue.claim_next_job(db, worker, slot=0, gpus=None)
+            assert db._kept.conn is kept and db.engine.pool.checkedout() == 1
+            _terminate(postgres_server, [pid])
+            deadline = time.monotonic() + 10
+            while not _closed_by_server(kept.dbapi_connection):
+                assert time.monotonic() < deadline, "the terminated backend did not hang up"
+                time.sleep(0.01)
+            third = queue.claim_next_job(db, worker, slot=0, gpus=None)
+            assert third is not None and third.job_id == 3
+            assert db._kept.conn.dbapi_connection.info.backend_pid != pid
+        assert db.engine.pool.checkedout() == 0
+        assert queue.claim_next_job(db, worker, slot=0, gpus=None).job_id == 4  # from the pool, as before
+    finally:
+        db.dispose()
