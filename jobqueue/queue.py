@@ -964,3 +964,64 @@ def update_submission(db: Database, submission_id: int, **values) -> None:
     assignments = ", ".join(f"{k} = :{k}" for k in values)
     query = f"UPDATE submissions SET {assignments} WHERE id = :submission_id"
     db.transact(lambda tx: tx.execute(query, {**values, "submission_id": submission_id}))
+
+
+# --- a run's submissions, a page at a time: NGC's per-job launch, refresh and cancel on runs too big to hold ---------
+
+# The queued jobs without a job-by-job submission to the backend still standing. submissions is indexed by run only,
+# so each database gets the form it answers in one pass over the run's submissions: SQLite reads a NOT IN list once
+# per statement but runs a correlated NOT EXISTS once per job, while PostgreSQL hashes NOT EXISTS into an anti-join
+# and searches a NOT IN list too big for work_mem once per job.
+_NOT_SUBMITTED = {
+    sql.SQLITE: "jobs.id NOT IN (SELECT job_id FROM submissions WHERE run_id = :run_id AND backend = :backend "
+    "AND state = 'submitted' AND job_id IS NOT NULL)",
+    sql.POSTGRESQL: "NOT EXISTS (SELECT 1 FROM submissions s WHERE s.run_id = :run_id AND s.job_id = jobs.id "
+    "AND s.backend = :backend AND s.state = 'submitted')",
+}
+_UNSUBMITTED = "FROM jobs WHERE run_id = :run_id AND state = :state AND {not_submitted}"
+
+
+def count_unsubmitted_jobs(db: Database, run_id: int, state: str, backend: str) -> int:
+    """How many of the run's jobs in `state` have no submission of their own to `backend` in state 'submitted'."""
+    query = "SELECT count(*) " + _UNSUBMITTED.format(not_submitted=_NOT_SUBMITTED[db.dialect])
+    params = {"run_id": run_id, "state": state, "backend": backend}
+    return db.transact(lambda tx: tx.one(query, params)[0], write=False)
+
+
+def unsubmitted_jobs(
+    db: Database, run_id: int, state: str, backend: str, columns: str = "id, name", page: int = 1000
+) -> Iterator[dict]:
+    """The jobs count_unsubmitted_jobs() counts, oldest first, paged as jobs_in_state() pages: a page is read after
+    the caller has recorded the submissions of the page before."""
+    query = (
+        f"SELECT {columns} {_UNSUBMITTED.format(not_submitted=_NOT_SUBMITTED[db.dialect])} "
+        f"AND id > :after ORDER BY id LIMIT {page}"
+    )
+    return _pages_by_id(db, query, {"run_id": run_id, "state": state, "backend": backend})
+
+
+def submissions_of_run(
+    db: Database, run_id: int, backend: str, where: str = "1 = 1", columns: str = "*", page: int = 1000
+) -> Iterator[dict]:
+    """run_submissions() (those that match `where`) a page at a time, each page in a short transaction of its own."""
+    query = (
+        f"SELECT {columns} FROM submissions WHERE run_id = :run_id AND backend = :backend AND {where} "
+        f"AND id > :after ORDER BY id LIMIT {page}"
+    )
+    return _pages_by_id(db, query, {"run_id": run_id, "backend": backend})
+
+
+def _pages_by_id(db: Database, query: str, params: dict) -> Iterator[dict]:
+    """The rows of `query`, which reads a page of them after the id :after, a page at a time."""
+    params = {**params, "after": 0}
+    while rows := db.transact(lambda tx: tx.dicts(query, params), write=False):
+        yield from rows
+        params["after"] = rows[-1]["id"]
+
+
+def set_submissions_state(db: Database, submission_ids: list[int], state: str) -> None:
+    def _set(tx: Transaction) -> None:
+        for listed, params in sql.in_lists("submission", submission_ids):
+            tx.execute(f"UPDATE submissions SET state = :state WHERE id IN ({listed})", {**params, "state": state})
+
+    db.transact(_set)

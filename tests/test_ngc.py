@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from jobqueue import queue
+from jobqueue.backends import ngc
+from jobqueue.db import open_db
+from jobqueue.settings import LaunchSettings, NgcSettings
+from jobqueue.sweep import Experiment, ParamGrid, RunDescription, expand
 from tests.conftest import refused as assert_refused
 
 FAKE_NGC = Path(__file__).parent / "fake_ngc"
@@ -227,3 +232,118 @@ def test_generated_command_lines_parse_with_nvidias_own_ngc_parser(ngc_project, 
             assert proc.returncode == 2 and "unrecognized arguments: --bogus-flag" in proc.stderr  # the check can fail
         else:
             assert proc.returncode == 0 and "parsed" in proc.stdout, proc.stderr
+
+
+# --- big runs, a page at a time: in-process, so that pages of a few jobs can stand for pages of a thousand ---------
+
+
+@pytest.fixture
+def paged(ngc_project, monkeypatch, request):
+    """A run of 30 jobs, read 7 jobs or submissions at a time and killed 4 NGC ids at a time; in an SQLite file, or
+    in PostgreSQL (param "postgres"), whose query for the jobs not yet submitted is another."""
+    p = ngc_project
+    if getattr(request, "param", "sqlite") == "postgres":
+        p.db = request.getfixturevalue("postgres_server").create_database(f"jq_ngc_paged_{os.getpid()}")
+    for name, value in p.env().items():
+        monkeypatch.setenv(name, value)  # the fake ngc first on PATH, and its log
+    monkeypatch.setattr(ngc, "PAGE", 7)
+    monkeypatch.setattr(ngc, "KILL_CHUNK", 4)
+    p.names = [j.name for j in _thirty_jobs()]
+    p.handle = open_db(p.db)
+    queue.enqueue(p.handle, "big", _thirty_jobs(), sweep="s", train_dir="t")
+    p.run = queue.get_run(p.handle, "big")
+    p.settings = lambda **ngc_settings: LaunchSettings(
+        backend="ngc", max_parallel=3, ngc=NgcSettings(job_template=str(p.path / "ngc.template"), **ngc_settings)
+    )
+    yield p
+    p.handle.dispose()
+
+
+def _thirty_jobs():
+    return expand(
+        RunDescription("big", [Experiment("j", "app", ParamGrid([("i", list(range(30)))]).generate_params())])
+    )
+
+
+def _names(calls: list[list[str]]) -> list[str]:
+    return [argv[argv.index("--name") + 1] for argv in calls if argv[:2] == ["batch", "run"]]
+
+
+@pytest.mark.parametrize("paged", ["sqlite", "postgres"], indirect=True)
+def test_a_run_of_many_pages_is_submitted_job_by_job_in_order_and_never_twice(paged, capsys, monkeypatch):
+    p = paged
+    assert ngc.launch(p.handle, p.run, p.settings(print_only=True)) == 0
+    printed = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert [argv[argv.index("--name") + 1] for argv in printed] == p.names and p.calls() == []
+
+    monkeypatch.setenv("FAKE_NGC_FAIL_ON", "05_j_i_5")
+    assert ngc.launch(p.handle, p.run, p.settings()) == 1
+    out, err = capsys.readouterr()
+    progress = [line.split(" as NGC job")[0] for line in out.splitlines() if line.startswith("[")]
+    assert progress == [f"[{i}/30] submitted job {i}" for i in range(1, 31) if i != 6]
+    assert "[6/30] NGC submission of job 6 failed (exit 1)" in err and "29 of 30 NGC jobs submitted" in out
+    assert sorted(_names(p.calls())) == p.names
+    recorded = p.sql("select job_id, state from submissions order by id")
+    assert recorded == [{"job_id": i, "state": "failed" if i == 6 else "submitted"} for i in range(1, 31)]
+
+    monkeypatch.delenv("FAKE_NGC_FAIL_ON")
+    assert ngc.launch(p.handle, p.run, p.settings()) == 0
+    assert "[1/1] submitted job 6 as NGC job" in capsys.readouterr().out and _names(p.calls()[30:]) == [p.names[5]]
+    assert ngc.launch(p.handle, p.run, p.settings()) == 0
+    assert "nothing to do" in capsys.readouterr().out and len(p.calls()) == 31
+    per_job = p.sql("select job_id, count(*) as n from submissions where state = 'submitted' group by job_id")
+    assert per_job == [{"job_id": i, "n": 1} for i in range(1, 31)]
+
+
+def test_a_launch_hands_the_pool_a_window_of_submissions_not_the_whole_run(paged):
+    taken = []
+
+    def commands():
+        for i in range(20):
+            taken.append(i)
+            yield i, ["ngc", "batch", "run", "--name", f"n{i}"]
+
+    with ngc.ThreadPoolExecutor(max_workers=2) as pool:
+        for answered, ((i, _), (code, _, _)) in enumerate(ngc._answers(pool, commands(), window=4)):
+            assert i == answered and code == 0 and len(taken) <= answered + 4
+    assert taken == list(range(20))
+
+
+def test_refresh_and_cancel_page_through_the_submissions_and_kill_a_chunk_of_ids_a_call(paged, monkeypatch):
+    p = paged
+    monkeypatch.setenv("FAKE_NGC_FAIL_ON", "05_j_i_5")
+    ngc.launch(p.handle, p.run, p.settings())
+    monkeypatch.delenv("FAKE_NGC_FAIL_ON")
+    ngc.launch(p.handle, p.run, p.settings())  # job 6's second submission, the 31st, the one of it that stands
+    ngc_ids = [
+        s["external_id"] for s in p.sql("select external_id from submissions where state = 'submitted' order by id")
+    ]
+    assert len(ngc_ids) == 30
+
+    ngc.refresh_states(p.handle, "big")
+    infos = [argv[2] for argv in p.calls() if argv[:2] == ["batch", "info"]]
+    assert infos == ngc_ids and p.sql("select distinct state from submissions order by state") == [
+        {"state": "RUNNING"},
+        {"state": "failed"},
+    ]
+
+    assert ngc.cancel_run(p.handle, p.run) == ["ngc batch kill: 30 NGC jobs in 8 calls of up to 4"]
+    kills = [argv for argv in p.calls() if argv[:2] == ["batch", "kill"]]
+    assert kills == [["batch", "kill", ",".join(ngc_ids[start : start + 4])] for start in range(0, 30, 4)]
+    assert p.sql("select distinct state from submissions order by state") == [
+        {"state": "cancelled"},
+        {"state": "failed"},
+    ]
+    assert ngc.cancel_run(p.handle, p.run) == [] and len(p.calls()) == 31 + 30 + 8
+
+
+def test_a_cancel_without_ngc_lists_the_first_ids_to_kill_and_the_query_that_lists_them_all(paged, monkeypatch):
+    p = paged
+    ngc.launch(p.handle, p.run, p.settings())
+    ngc_ids = [s["external_id"] for s in p.sql("select external_id from submissions order by id")]
+    monkeypatch.setattr(ngc, "SHOWN", 5)
+    monkeypatch.setenv("PATH", os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d != str(FAKE_NGC)))
+    (message,) = ngc.cancel_run(p.handle, p.run)
+    assert message.startswith(f"ngc is not on PATH: kill NGC jobs {','.join(ngc_ids[:5])} by hand, and 25 more: ")
+    query = message.split('`jq sql "')[1].split('"`')[0]
+    assert [s["external_id"] for s in p.sql(query)] == ngc_ids

@@ -54,6 +54,7 @@ def peak_rss_mb(project, *args: str) -> int:
 def test_a_200000_job_grid_is_enqueued_listed_and_enqueued_again_in_bounded_memory(sqlite_project):
     p = sqlite_project
     p.write("big.py", GRID_SWEEP.format(run="big", seeds=200))
+    p.write("ngc.template", 'ngc batch run --name "{{ name }}" --commandline "{{ experiment_cmd }}"\n')
     peaks = {
         "enqueue --dry-run --json": peak_rss_mb(p, "enqueue", "big", "--dry-run", "--json"),
         "enqueue": peak_rss_mb(p, "enqueue", "big"),
@@ -63,6 +64,10 @@ def test_a_200000_job_grid_is_enqueued_listed_and_enqueued_again_in_bounded_memo
         "sql": peak_rss_mb(p, "sql", "select * from jobs"),
         # A worker array per 1,001 queued jobs: the launch counts them, it does not read them.
         "launch --backend slurm": peak_rss_mb(p, "launch", "big", "--backend", "slurm", "--slurm-print-only"),
+        # An NGC job per queued job: the launch reads them a page at a time.
+        "launch --backend ngc": peak_rss_mb(
+            p, "launch", "big", "--backend", "ngc", "--ngc-job-template", "ngc.template", "--ngc-print-only"
+        ),
     }
     assert all(mb < RSS_BOUND_MB for mb in peaks.values()), peaks
     assert p.sql("select count(*) as n, count(distinct name) as names, max(idx) as last from jobs") == [

@@ -18,7 +18,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 from jobqueue import queue
@@ -31,6 +34,12 @@ from jobqueue.states import JobState
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 KNOWN = {"name", "experiment_cmd", "job_id", "run", "db"}
 SUBMIT_TIMEOUT = 120  # the real CLI waits 30 s per request on a silent host
+PAGE = 1000  # jobs or submissions read from the DB at a time
+KILL_CHUNK = 100  # NGC job ids in one `ngc batch kill`, whose command line would otherwise grow with the run
+SHOWN = 100  # NGC ids a message lists before it says how many more there are
+FAILED_KILLS_SHOWN = 3  # a cancel's messages show the first few failed kills, then how many failed
+# Submissions no longer under way: nothing to ask NGC about, nothing to kill.
+_LIVE = "external_id IS NOT NULL AND state NOT IN ('failed', 'cancelled')"
 
 
 def load_template(path: str | None) -> list[str]:
@@ -95,36 +104,21 @@ def _worker_cmd(url: str, settings: LaunchSettings, extra: list[str]) -> str:
 
 
 def plan_commands(
-    db_url: str, run: dict, settings: LaunchSettings, queued: list[dict]
-) -> list[tuple[int | None, list[str]]]:
-    """(job id or None for a worker, argv) for every NGC job to submit."""
+    db_url: str, run: dict, settings: LaunchSettings, queued: Iterable[dict]
+) -> Iterator[tuple[int | None, list[str]]]:
+    """(job id or None for a worker, argv) for each NGC job to submit, as `queued` (id, name, cmd) is read."""
     words = load_template(settings.ngc.job_template)
     shared = is_shared_db(db_url)
     base = {"run": run["name"], "db": without_password(db_url)}
     if settings.ngc.workers:
-        slots = str(settings.slots)
-        return [
-            (
-                None,
-                fill(
-                    words,
-                    {
-                        **base,
-                        "name": f"jq-{run['name']}-worker-{i}",
-                        "job_id": "",
-                        "experiment_cmd": _worker_cmd(db_url, settings, ["--run", run["name"], "--slots", slots]),
-                    },
-                ),
-            )
-            for i in range(settings.ngc.workers)
-        ]
-    commands = []
+        cmd = _worker_cmd(db_url, settings, ["--run", run["name"], "--slots", str(settings.slots)])
+        for i in range(settings.ngc.workers):
+            name = f"jq-{run['name']}-worker-{i}"
+            yield None, fill(words, {**base, "name": name, "job_id": "", "experiment_cmd": cmd})
+        return
     for job in queued:
         cmd = _worker_cmd(db_url, settings, ["--job", str(job["id"])]) if shared else job["cmd"]
-        commands.append(
-            (job["id"], fill(words, {**base, "name": job["name"], "job_id": str(job["id"]), "experiment_cmd": cmd}))
-        )
-    return commands
+        yield job["id"], fill(words, {**base, "name": job["name"], "job_id": str(job["id"]), "experiment_cmd": cmd})
 
 
 def parse_job_id(stdout: str) -> str | None:
@@ -148,11 +142,14 @@ def submit(argv: list[str]) -> tuple[int, str, str]:
 
 def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
     shared = is_shared_db(db.url)
-    already = {s["job_id"] for s in queue.run_submissions(db, run["id"], "ngc") if s["state"] == "submitted"}
-    queued = [j for j in queue.list_jobs(db, run["name"], JobState.QUEUED.value) if j["id"] not in already]
-    if not settings.ngc.workers and not queued:
-        print(f"{run['name']}: every queued job was already submitted to NGC; nothing to do")
-        return 0
+    queued: Iterable[dict] = ()
+    total = settings.ngc.workers
+    if not settings.ngc.workers:
+        total = queue.count_unsubmitted_jobs(db, run["id"], JobState.QUEUED.value, "ngc")
+        if not total:
+            print(f"{run['name']}: every queued job was already submitted to NGC; nothing to do")
+            return 0
+        queued = queue.unsubmitted_jobs(db, run["id"], JobState.QUEUED.value, "ngc", "id, name, cmd", page=PAGE)
     commands = plan_commands(db.url, run, settings, queued)
     if shared and has_password(db.url):
         print(
@@ -171,11 +168,11 @@ def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
             "and this DB records submissions, not execution"
         )
     mode = "workers" if settings.ngc.workers else "per-job"
-    total, failures = len(commands), 0
+    done = failures = 0
     # --max-parallel bounds the `ngc batch run` calls under way at once, as it bounds jobs at once locally.
     with ThreadPoolExecutor(max_workers=settings.max_parallel) as pool:
         for done, ((job_id, argv), (code, out, err)) in enumerate(
-            zip(commands, pool.map(lambda c: submit(c[1]), commands)), start=1
+            _answers(pool, commands, window=2 * settings.max_parallel), start=1
         ):
             ngc_id = parse_job_id(out) if code == 0 else None
             state = "submitted" if code == 0 and ngc_id else ("unconfirmed" if code == 0 else "failed")
@@ -208,9 +205,24 @@ def launch(db: Database, run: dict, settings: LaunchSettings) -> int:
                     flush=True,
                 )
     print(
-        f"{run['name']}: {total - failures} of {total} NGC jobs submitted; `jq status {run['name']} --refresh` shows their state"
+        f"{run['name']}: {done - failures} of {done} NGC jobs submitted; `jq status {run['name']} --refresh` shows their state"
     )
     return 1 if failures else 0
+
+
+def _answers(
+    pool: ThreadPoolExecutor, commands: Iterable[tuple[int | None, list[str]]], window: int
+) -> Iterator[tuple[tuple[int | None, list[str]], tuple[int, str, str]]]:
+    """Each command with ngc's answer to it, in the commands' order. The pool is handed `window` commands ahead of
+    the answer awaited, enough to keep it busy, not a whole run's."""
+    pending: deque = deque()
+    for command in commands:
+        pending.append((command, pool.submit(submit, command[1])))
+        if len(pending) >= window:
+            command, answer = pending.popleft()
+            yield command, answer.result()
+    for command, answer in pending:
+        yield command, answer.result()
 
 
 def _error_text(text: str) -> str:
@@ -223,9 +235,8 @@ def _error_text(text: str) -> str:
 def refresh_states(db: Database, run: str | None) -> None:
     runs = [queue.get_run(db, run)] if run else [queue.get_run(db, name) for name in queue.run_names(db).values()]
     for r in runs:
-        for sub in queue.run_submissions(db, r["id"], "ngc"):
-            if not sub["external_id"] or sub["state"] in ("failed", "cancelled", "FINISHED_SUCCESS"):
-                continue
+        unfinished = f"{_LIVE} AND state <> 'FINISHED_SUCCESS'"
+        for sub in queue.submissions_of_run(db, r["id"], "ngc", unfinished, "id, external_id", page=PAGE):
             code, out, err = submit(["ngc", "batch", "info", sub["external_id"], "--format_type", "json"])
             if code == 0:
                 try:
@@ -238,22 +249,43 @@ def refresh_states(db: Database, run: str | None) -> None:
 
 
 def cancel_run(db: Database, run: dict) -> list[str]:
-    subs = [
-        s
-        for s in queue.run_submissions(db, run["id"], "ngc")
-        if s["external_id"] and s["state"] not in ("failed", "cancelled")
-    ]
-    if not subs:
-        return []
+    """`ngc batch kill` the run's NGC jobs under way, KILL_CHUNK at a time; a message for the calls made."""
+    live = queue.submissions_of_run(db, run["id"], "ngc", _LIVE, "id, external_id", page=PAGE)
     if shutil.which("ngc") is None:
-        return [f"ngc is not on PATH: kill NGC jobs {','.join(s['external_id'] for s in subs)} by hand"]
-    ids = ",".join(s["external_id"] for s in subs)
-    code, out, err = submit(["ngc", "batch", "kill", ids])
-    if code != 0:
-        return [f"ngc batch kill {ids} failed: {_error_text(err or out)}"]
-    for sub in subs:
-        queue.update_submission(db, sub["id"], state="cancelled")
-    return [f"ngc batch kill {ids}"]
+        return _kill_by_hand(run, live)
+    calls = failures = killed = 0
+    command, failed = "", []
+    while chunk := list(islice(live, KILL_CHUNK)):
+        argv = ["ngc", "batch", "kill", ",".join(s["external_id"] for s in chunk)]
+        command, calls = " ".join(argv), calls + 1
+        code, out, err = submit(argv)
+        if code != 0:
+            failures += 1
+            if failures <= FAILED_KILLS_SHOWN:
+                failed.append(f"{command} failed: {_error_text(err or out)}")
+            continue
+        queue.set_submissions_state(db, [s["id"] for s in chunk], "cancelled")
+        killed += len(chunk)
+    if calls <= 1:
+        return failed or ([command] if command else [])
+    lines = [f"ngc batch kill: {killed} NGC jobs in {calls - failures} calls of up to {KILL_CHUNK}"] if killed else []
+    if failures:
+        lines += failed
+        lines.append(f"{failures} of {calls} `ngc batch kill` calls failed; `jq cancel {run['name']}` tries again")
+    return lines
+
+
+def _kill_by_hand(run: dict, live: Iterator[dict]) -> list[str]:
+    """The message for a cancel without `ngc`: the first SHOWN NGC ids, and how to list the rest."""
+    ids = [s["external_id"] for s in islice(live, SHOWN)]
+    if not ids:
+        return []
+    message = f"ngc is not on PATH: kill NGC jobs {','.join(ids)} by hand"
+    more = sum(1 for _ in live)
+    if more:
+        listing = f"SELECT external_id FROM submissions WHERE run_id = {run['id']} AND backend = 'ngc' AND {_LIVE}"
+        message += f', and {more} more: `jq sql "{listing}"` lists them all'
+    return [message]
 
 
 class NgcBackend:
