@@ -23,7 +23,7 @@ def cancel(db: Database, targets: list[str]) -> str:
     lines = [f"cancelled {count} jobs" + (f" ({len(running)} were running)" if running else "")]
     if run_name is not None:
         run = queue.get_run(db, run_name)
-        for backend in sorted({s["backend"] for s in queue.run_submissions(db, run["id"])}):
+        for backend in queue.submission_backends(db, run["id"]):
             lines += get_backend(backend).cancel(db, run)
     return "\n".join(lines)
 

@@ -305,10 +305,7 @@ def jobs_in_state(db: Database, run_id: int, state: str, columns: str = "id, nam
     query = (
         f"SELECT {columns} FROM jobs WHERE run_id = :run_id AND state = :state AND id > :after ORDER BY id LIMIT {page}"
     )
-    params = {"run_id": run_id, "state": state, "after": 0}
-    while rows := db.transact(lambda tx: tx.dicts(query, params), write=False):
-        yield from rows
-        params["after"] = rows[-1]["id"]
+    return _pages_by_id(db, query, {"run_id": run_id, "state": state})
 
 
 def job_pages(
@@ -955,6 +952,12 @@ def record_submission(db: Database, **values) -> int:
     return db.transact(lambda tx: tx.one(query, params))[0]
 
 
+def submission_backends(db: Database, run_id: int) -> list[str]:
+    """The backends the run was submitted to, by name."""
+    query = "SELECT DISTINCT backend FROM submissions WHERE run_id = :run_id ORDER BY backend"
+    return [backend for (backend,) in db.transact(lambda tx: tx.all(query, {"run_id": run_id}), write=False)]
+
+
 def run_submissions(db: Database, run_id: int, backend: str | None = None) -> list[dict]:
     query = "SELECT * FROM submissions WHERE run_id = :run_id" + (" AND backend = :backend" if backend else "")
     return db.transact(lambda tx: tx.dicts(query + " ORDER BY id", {"run_id": run_id, "backend": backend}), write=False)
@@ -968,21 +971,25 @@ def update_submission(db: Database, submission_id: int, **values) -> None:
 
 # --- a run's submissions, a page at a time: NGC's per-job launch, refresh and cancel on runs too big to hold ---------
 
+# A job-by-job submission still standing: submitted (or possibly submitted: `unconfirmed`), or in any state the
+# backend reported since (`jq status --refresh` stores NGC's: QUEUED, RUNNING, FINISHED_SUCCESS...), unless the
+# submission failed, was cancelled, or the backend says the job failed or was killed, when a launch submits it again.
+_STANDING = "state NOT IN ('failed', 'cancelled') AND substr(state, 1, 6) NOT IN ('FAILED', 'KILLED')"
 # The queued jobs without a job-by-job submission to the backend still standing. submissions is indexed by run only,
 # so each database gets the form it answers in one pass over the run's submissions: SQLite reads a NOT IN list once
 # per statement but runs a correlated NOT EXISTS once per job, while PostgreSQL hashes NOT EXISTS into an anti-join
 # and searches a NOT IN list too big for work_mem once per job.
 _NOT_SUBMITTED = {
     sql.SQLITE: "jobs.id NOT IN (SELECT job_id FROM submissions WHERE run_id = :run_id AND backend = :backend "
-    "AND state = 'submitted' AND job_id IS NOT NULL)",
+    f"AND {_STANDING} AND job_id IS NOT NULL)",
     sql.POSTGRESQL: "NOT EXISTS (SELECT 1 FROM submissions s WHERE s.run_id = :run_id AND s.job_id = jobs.id "
-    "AND s.backend = :backend AND s.state = 'submitted')",
+    f"AND s.backend = :backend AND {_STANDING.replace('state', 's.state')})",
 }
 _UNSUBMITTED = "FROM jobs WHERE run_id = :run_id AND state = :state AND {not_submitted}"
 
 
 def count_unsubmitted_jobs(db: Database, run_id: int, state: str, backend: str) -> int:
-    """How many of the run's jobs in `state` have no submission of their own to `backend` in state 'submitted'."""
+    """How many of the run's jobs in `state` have no submission of their own to `backend` still standing."""
     query = "SELECT count(*) " + _UNSUBMITTED.format(not_submitted=_NOT_SUBMITTED[db.dialect])
     params = {"run_id": run_id, "state": state, "backend": backend}
     return db.transact(lambda tx: tx.one(query, params)[0], write=False)

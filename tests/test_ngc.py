@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,21 @@ def test_a_cancel_without_ngc_lists_the_first_ids_to_kill_and_the_query_that_lis
     assert message.startswith(f"ngc is not on PATH: kill NGC jobs {','.join(ngc_ids[:5])} by hand, and 25 more: ")
     query = message.split('`jq sql "')[1].split('"`')[0]
     assert [s["external_id"] for s in p.sql(query)] == ngc_ids
+
+
+def test_a_launch_after_a_refresh_submits_only_the_jobs_whose_ngc_jobs_failed(ngc_project):
+    """`jq status --refresh` stores NGC's state in place of `submitted`: a job whose NGC job is running or done
+    is not submitted again; one NGC says failed or was killed is."""
+    p = ngc_project
+    launch = ["launch", "nasty", "--backend", "ngc", "--ngc-job-template", "ngc.template"]
+    p.jq(*launch, check=True)
+    p.jq("status", "nasty", "--refresh", env=p.env(FAKE_NGC_STATUS="RUNNING"), check=True)
+    again = p.jq(*launch, check=True)
+    assert "every queued job was already submitted to NGC; nothing to do" in again.stdout
+    with sqlite3.connect(p.db) as conn:  # what NGC would have said by the next refresh
+        for job_id, state in [(1, "FAILED"), (2, "FINISHED_SUCCESS"), (3, "KILLED_BY_USER")]:
+            conn.execute("update submissions set state = ? where job_id = ?", (state, job_id))
+    p.jq(*launch, check=True)
+    runs = [c for c in p.calls() if c[:2] == ["batch", "run"]]
+    assert len(runs) == 5  # three at first, then the failed one's and the killed one's again
+    assert [s["state"] for s in p.sql("select state from submissions order by id")][3:] == ["submitted", "submitted"]

@@ -158,6 +158,29 @@ def test_cancel_leaves_nothing_in_squeue_and_no_job_running(slurm_project):
     assert p.states() == {"cancelled": 4}
 
 
+def test_cancel_of_a_per_job_run_scancels_a_chunk_of_ids_a_call(slurm_project, monkeypatch):
+    """One sbatch per job: the cancel's scancel calls each name a bounded number of ids, not the whole run."""
+    from jobqueue.backends import slurm
+    from jobqueue.db import open_db
+
+    p = slurm_project
+    p.sweep("each", "sh -c 'sleep 60' job", 3)
+    p.jq("launch", "each", "--backend", "slurm", "--slurm-mode", "per-job", *SMALL, check=True)
+    ids = [s["external_id"] for s in p.sql("select external_id from submissions order by id")]
+    assert len(ids) == 3
+    for name, value in p.cluster.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(slurm, "SCANCEL_CHUNK", 2)
+    db = open_db(p.db)
+    try:
+        lines = slurm.cancel_run(db, {"id": 1, "name": "each"})
+    finally:
+        db.dispose()
+    assert lines == [f"scancel {ids[0]} {ids[1]}", f"scancel {ids[2]}"]
+    p.wait_for(lambda: not p.cluster.squeue(), timeout=30, what="an empty squeue")
+    assert [s["state"] for s in p.sql("select state from submissions")] == ["cancelled"] * 3
+
+
 def test_a_preempted_worker_hands_its_jobs_back_and_the_requeued_task_finishes_the_run(slurm_project):
     p = slurm_project
     p.sweep("preempt", TASK_JOB.format(secs=3), 3)

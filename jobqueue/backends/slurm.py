@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from string import Template
 
@@ -303,13 +304,21 @@ def live_states(slurm_ids: list[str]) -> dict[str, list[str]]:
     return states
 
 
-def _live_submissions(db: Database, run: dict) -> list[str]:
-    ids = [
-        s["external_id"]
-        for s in queue.run_submissions(db, run["id"], "slurm")
-        if s["external_id"] and s["state"] == "submitted"
-    ]
-    return list(live_states(ids))
+_SUBMITTED = "external_id IS NOT NULL AND state = 'submitted'"
+SCANCEL_CHUNK = 500  # Slurm job ids on one scancel command line
+
+
+def _submitted(db: Database, run: dict) -> Iterator[dict]:
+    return queue.submissions_of_run(db, run["id"], "slurm", _SUBMITTED, "id, external_id")
+
+
+def _live_submissions(db: Database, run: dict) -> bool:
+    """Whether any of the run's Slurm submissions is still queued or running, by squeue, a page of ids at a time."""
+    submitted = _submitted(db, run)
+    while ids := [s["external_id"] for s in islice(submitted, SCANCEL_CHUNK)]:
+        if live_states(ids):
+            return True
+    return False
 
 
 def describe_states(ids: list[str]) -> dict[str, str]:
@@ -329,18 +338,20 @@ def describe_states(ids: list[str]) -> dict[str, str]:
 
 
 def cancel_run(db: Database, run: dict) -> list[str]:
-    subs = [s for s in queue.run_submissions(db, run["id"], "slurm") if s["external_id"] and s["state"] == "submitted"]
-    if not subs:
-        return []
-    if not _which("scancel"):
-        return [f"scancel is not on PATH: cancel Slurm jobs {' '.join(s['external_id'] for s in subs)} by hand"]
-    ids = [s["external_id"] for s in subs]
-    proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60)
-    for sub in subs:
-        queue.update_submission(db, sub["id"], state="cancelled")
-    if proc.returncode != 0:
-        return [f"scancel {' '.join(ids)} failed: {proc.stderr.strip()}"]
-    return [f"scancel {' '.join(ids)}"]
+    """scancel the run's Slurm jobs, SCANCEL_CHUNK ids a call; a line for each call."""
+    submitted = _submitted(db, run)
+    lines = []
+    while chunk := list(islice(submitted, SCANCEL_CHUNK)):
+        ids = [s["external_id"] for s in chunk]
+        if not _which("scancel"):
+            more = sum(1 for _ in submitted)
+            return [
+                f"scancel is not on PATH: cancel Slurm jobs {' '.join(ids)}{f' and {more} more' if more else ''} by hand"
+            ]
+        proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60)
+        queue.set_submissions_state(db, [s["id"] for s in chunk], "cancelled")
+        lines.append(f"scancel {' '.join(ids)}" + (f" failed: {proc.stderr.strip()}" if proc.returncode != 0 else ""))
+    return lines
 
 
 class SlurmBackend:
