@@ -127,7 +127,7 @@ def watch_run(db: Database, run_name: str, *, interval: float = 2.0, progress: b
 
     contact = _outage_rider()
     run = contact.call(lambda: queue.get_run(db, run_name))
-    seen: dict[int, str] = {}
+    seen: dict = {}  # each submission's state by id; the counts of those of one job each by ("per-job", backend)
     counts: dict[str, int] = {}
     with ProgressView(db, run_name, enabled=progress, interval=min(interval, 0.5)) as view:
         say: Callable[[str], None] = view.say if progress else print
@@ -144,12 +144,23 @@ def watch_run(db: Database, run_name: str, *, interval: float = 2.0, progress: b
     return 1 if counts.get(JobState.FAILED.value) or counts.get(JobState.TIMEOUT.value) else 0
 
 
-def _submission_changes(db: Database, run: dict, seen: dict[int, str]) -> list[str]:
-    """A line for each of the run's submissions whose (live) state is new since the last call."""
+def _submission_changes(db: Database, run: dict, seen: dict) -> list[str]:
+    """A line for each of the run's submissions whose (live) state is new since the last call; those of one job
+    each, beyond PER_JOB_LISTED of them, as their counts by state, when these change."""
+    from jobqueue.report import PER_JOB_LISTED
+
+    per_job = queue.per_job_submission_counts(db, run["id"])
+    listed = sum(n for states in per_job.values() for n in states.values()) <= PER_JOB_LISTED
     by_backend: dict[str, list[dict]] = {}
-    for sub in queue.run_submissions(db, run["id"]):
+    for sub in queue.run_submissions(db, run["id"], per_job=listed):
         by_backend.setdefault(sub["backend"], []).append(sub)
     lines = []
+    if not listed:
+        for name, states in per_job.items():
+            counts = ", ".join(f"{n} {state}" for state, n in states.items())
+            if seen.get(("per-job", name)) != counts:
+                seen[("per-job", name)] = counts
+                lines.append(f"{run['name']}: {name} per-job submissions, one per job: {counts}")
     for name, subs in by_backend.items():
         live = get_backend(name).live_states(subs)
         for sub in subs:

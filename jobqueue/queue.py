@@ -958,9 +958,23 @@ def submission_backends(db: Database, run_id: int) -> list[str]:
     return [backend for (backend,) in db.transact(lambda tx: tx.all(query, {"run_id": run_id}), write=False)]
 
 
-def run_submissions(db: Database, run_id: int, backend: str | None = None) -> list[dict]:
+def run_submissions(db: Database, run_id: int, backend: str | None = None, per_job: bool = True) -> list[dict]:
+    """The run's submissions (to `backend`); per_job=False leaves out those of one job each, which grow with the run."""
     query = "SELECT * FROM submissions WHERE run_id = :run_id" + (" AND backend = :backend" if backend else "")
+    query += "" if per_job else " AND mode <> 'per-job'"
     return db.transact(lambda tx: tx.dicts(query + " ORDER BY id", {"run_id": run_id, "backend": backend}), write=False)
+
+
+def per_job_submission_counts(db: Database, run_id: int) -> dict[str, dict[str, int]]:
+    """How many of the run's submissions of one job each are in each state, by backend."""
+    query = (
+        "SELECT backend, state, count(*) FROM submissions WHERE run_id = :run_id AND mode = 'per-job' "
+        "GROUP BY backend, state ORDER BY backend, state"
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for backend, state, n in db.transact(lambda tx: tx.all(query, {"run_id": run_id}), write=False):
+        counts.setdefault(backend, {})[state] = n
+    return counts
 
 
 def update_submission(db: Database, submission_id: int, **values) -> None:

@@ -34,9 +34,17 @@ FAILED_SQL = (
     "LEFT JOIN attempts a ON a.job_id = j.id AND a.number = j.attempts "
     "WHERE j.run_id = (SELECT id FROM runs WHERE name = :run) AND j.state = 'failed' ORDER BY j.id DESC LIMIT :shown"
 )
+# A run's submissions are listed one by one, but those of one sbatch or NGC job per experiment only while a run has
+# at most PER_JOB_LISTED of them; beyond, they are counted by backend and state (a run of 100,000 jobs has 100,000).
+PER_JOB_LISTED = 20
+PER_JOB_COUNTS_SQL = (
+    "SELECT r.name, s.backend, s.state, count(*) FROM submissions s JOIN runs r ON r.id = s.run_id "
+    "WHERE s.mode = 'per-job' GROUP BY r.name, s.backend, s.state ORDER BY r.name, s.backend, s.state"
+)
 SUBMISSIONS_SQL = (
     "SELECT r.name, s.id, s.backend, s.mode, s.external_id, s.tasks, s.state, s.job_id, s.exit_code "
-    "FROM submissions s JOIN runs r ON r.id = s.run_id ORDER BY s.id"
+    "FROM submissions s JOIN runs r ON r.id = s.run_id WHERE s.mode <> 'per-job' OR s.run_id IN ({listed}) "
+    "ORDER BY s.id"
 )
 
 
@@ -89,8 +97,18 @@ def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, f
     failed = {
         name: _newest_failed(reader, name, failed_shown, tail_lines) if counts[name]["failed"] else [] for name in names
     }
+    per_job: dict[str, dict[str, dict[str, int]]] = {name: {} for name in names}
+    for name, backend, state, n in reader.rows(PER_JOB_COUNTS_SQL):
+        if name in per_job:
+            per_job[name].setdefault(backend, {})[state] = n
+    listed = [
+        run_id
+        for run_id, name, _ in runs
+        if sum(n for by in per_job.get(name, {}).values() for n in by.values()) <= PER_JOB_LISTED
+    ]
     submissions: dict[str, list] = {name: [] for name in names}
-    for name, sub_id, backend, mode, external_id, tasks, state, job_id, exit_code in reader.rows(SUBMISSIONS_SQL):
+    query = SUBMISSIONS_SQL.format(listed=", ".join(map(str, listed)) or "NULL")
+    for name, sub_id, backend, mode, external_id, tasks, state, job_id, exit_code in reader.rows(query):
         if name in submissions:
             submissions[name].append(
                 {
@@ -115,6 +133,7 @@ def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, f
                 "total": sum(counts[name].values()),
                 "failed": failed[name],
                 "submissions": submissions[name],
+                "per_job_submissions": per_job[name],  # counts by backend and state
                 "executes": (settings[name] or {}).get("executes", "workers"),
             }
             for name in names
@@ -205,3 +224,8 @@ def print_status(report: dict, console) -> None:
             console.print(
                 f"{r['run']}: {s['backend']} {s['mode']} submission {s['external_id'] or '-'} ({what}): {s['state']}"
             )
+        listed = {s["backend"] for s in r["submissions"] if s["mode"] == "per-job"}
+        for backend, states in r["per_job_submissions"].items():
+            if backend not in listed:  # too many to list: counted
+                counts = ", ".join(f"{n} {state}" for state, n in states.items())
+                console.print(f"{r['run']}: {backend} per-job submissions, one per job: {counts}")

@@ -1,5 +1,6 @@
 """The NGC backend, with a fake `ngc` first on PATH (NGC's cloud cannot run here) that records its exact argv."""
 
+import itertools
 import json
 import os
 import shlex
@@ -24,6 +25,9 @@ ngc batch run \\
   --result /result --total-runtime 72h --ace nv-us-west-2 \\
   --commandline "cd /workspace/project && {{ experiment_cmd }}"
 """
+
+
+_paged_dbs = itertools.count()
 
 
 @pytest.fixture
@@ -244,7 +248,8 @@ def paged(ngc_project, monkeypatch, request):
     in PostgreSQL (param "postgres"), whose query for the jobs not yet submitted is another."""
     p = ngc_project
     if getattr(request, "param", "sqlite") == "postgres":
-        p.db = request.getfixturevalue("postgres_server").create_database(f"jq_ngc_paged_{os.getpid()}")
+        name = f"jq_ngc_paged_{os.getpid()}_{next(_paged_dbs)}"  # a database for each test of this process
+        p.db = request.getfixturevalue("postgres_server").create_database(name)
     for name, value in p.env().items():
         monkeypatch.setenv(name, value)  # the fake ngc first on PATH, and its log
     monkeypatch.setattr(ngc, "PAGE", 7)
@@ -366,3 +371,45 @@ def test_a_launch_after_a_refresh_submits_only_the_jobs_whose_ngc_jobs_failed(ng
     runs = [c for c in p.calls() if c[:2] == ["batch", "run"]]
     assert len(runs) == 5  # three at first, then the failed one's and the killed one's again
     assert [s["state"] for s in p.sql("select state from submissions order by id")][3:] == ["submitted", "submitted"]
+
+
+@pytest.mark.parametrize("paged", ["sqlite", "postgres"], indirect=True)
+def test_status_counts_a_run_s_job_by_job_submissions_once_they_are_too_many_to_list(paged, monkeypatch):
+    """A run of one NGC job per experiment has a submission per job: `jq status` lists them while there are few and
+    counts them by state beyond (report.PER_JOB_LISTED), so its output does not grow with the run."""
+    from jobqueue import report
+
+    p = paged
+    monkeypatch.setenv("FAKE_NGC_FAIL_ON", "05_j_i_5")
+    ngc.launch(p.handle, p.run, p.settings())
+    status = json.loads(p.jq("status", "big", "--json", check=True).stdout)
+    (run,) = status["runs"]
+    assert run["per_job_submissions"] == {"ngc": {"failed": 1, "submitted": 29}}
+    assert run["submissions"] == []
+    text = p.jq("status", "big", check=True).stdout
+    assert "big: ngc per-job submissions, one per job: 1 failed, 29 submitted" in text
+    assert "per-job submission" not in text.replace("per-job submissions, one per job", "")
+
+    monkeypatch.setattr(report, "PER_JOB_LISTED", 30)  # few enough: listed one by one, as before
+    reader = report.open_reader(p.db)
+    try:
+        (run,) = report.status_report(reader, "big")["runs"]
+    finally:
+        reader.close()
+    assert [s["job_id"] for s in run["submissions"]] == list(range(1, 31))
+
+
+def test_launch_watch_tells_job_by_job_submissions_by_their_counts_once_they_are_too_many_to_list(paged):
+    """`jq launch --watch` says when a submission's state changes; for a run of one NGC job per experiment beyond
+    report.PER_JOB_LISTED, it says when their counts by state change, and reads only the counts."""
+    from jobqueue.launch import _submission_changes
+
+    p = paged
+    ngc.launch(p.handle, p.run, p.settings())
+    seen: dict = {}
+    assert _submission_changes(p.handle, p.run, seen) == ["big: ngc per-job submissions, one per job: 30 submitted"]
+    assert _submission_changes(p.handle, p.run, seen) == []
+    queue.set_submissions_state(p.handle, [1, 2], "RUNNING")
+    assert _submission_changes(p.handle, p.run, seen) == [
+        "big: ngc per-job submissions, one per job: 2 RUNNING, 28 submitted"
+    ]
