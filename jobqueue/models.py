@@ -115,6 +115,7 @@ submissions = sa.Table(
     sa.Column("exit_code", sa.Integer, nullable=True),
     sa.Column("submitted_at", sa.DateTime, nullable=False),
     sa.Index("ix_submissions_run", "run_id"),
+    sa.Index("ix_submissions_job", "job_id"),  # a job's own submissions (per-job mode), migration 0005
 )
 
 # --- metrics: what the jobs achieved (jobqueue/metrics.py reads them, jobqueue/results.py stores and reports) ---

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 DEFAULT_DB = "jobqueue.db"
-SCHEMA_HEAD = "0004"  # the newest migration; a test checks it against migrations/versions
+SCHEMA_HEAD = "0005"  # the newest migration; a test checks it against migrations/versions
 BUSY_TIMEOUT_MS = 30_000
 SQLITE_HEADER = b"SQLite format 3\x00"
 

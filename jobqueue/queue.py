@@ -989,22 +989,18 @@ def update_submission(db: Database, submission_id: int, **values) -> None:
 # backend reported since (`jq status --refresh` stores NGC's: QUEUED, RUNNING, FINISHED_SUCCESS...), unless the
 # submission failed, was cancelled, or the backend says the job failed or was killed, when a launch submits it again.
 _STANDING = "state NOT IN ('failed', 'cancelled') AND substr(state, 1, 6) NOT IN ('FAILED', 'KILLED')"
-# The queued jobs without a job-by-job submission to the backend still standing. submissions is indexed by run only,
-# so each database gets the form it answers in one pass over the run's submissions: SQLite reads a NOT IN list once
-# per statement but runs a correlated NOT EXISTS once per job, while PostgreSQL hashes NOT EXISTS into an anti-join
-# and searches a NOT IN list too big for work_mem once per job.
-_NOT_SUBMITTED = {
-    sql.SQLITE: "jobs.id NOT IN (SELECT job_id FROM submissions WHERE run_id = :run_id AND backend = :backend "
-    f"AND {_STANDING} AND job_id IS NOT NULL)",
-    sql.POSTGRESQL: "NOT EXISTS (SELECT 1 FROM submissions s WHERE s.run_id = :run_id AND s.job_id = jobs.id "
-    f"AND s.backend = :backend AND {_STANDING.replace('state', 's.state')})",
-}
+# The queued jobs without a job-by-job submission to the backend still standing: each job's submissions are found
+# by ix_submissions_job (migration 0005).
+_NOT_SUBMITTED = (
+    "NOT EXISTS (SELECT 1 FROM submissions s WHERE s.job_id = jobs.id AND s.run_id = :run_id "
+    f"AND s.backend = :backend AND {_STANDING.replace('state', 's.state')})"
+)
 _UNSUBMITTED = "FROM jobs WHERE run_id = :run_id AND state = :state AND {not_submitted}"
 
 
 def count_unsubmitted_jobs(db: Database, run_id: int, state: str, backend: str) -> int:
     """How many of the run's jobs in `state` have no submission of their own to `backend` still standing."""
-    query = "SELECT count(*) " + _UNSUBMITTED.format(not_submitted=_NOT_SUBMITTED[db.dialect])
+    query = "SELECT count(*) " + _UNSUBMITTED.format(not_submitted=_NOT_SUBMITTED)
     params = {"run_id": run_id, "state": state, "backend": backend}
     return db.transact(lambda tx: tx.one(query, params)[0], write=False)
 
@@ -1015,8 +1011,7 @@ def unsubmitted_jobs(
     """The jobs count_unsubmitted_jobs() counts, oldest first, paged as jobs_in_state() pages: a page is read after
     the caller has recorded the submissions of the page before."""
     query = (
-        f"SELECT {columns} {_UNSUBMITTED.format(not_submitted=_NOT_SUBMITTED[db.dialect])} "
-        f"AND id > :after ORDER BY id LIMIT {page}"
+        f"SELECT {columns} {_UNSUBMITTED.format(not_submitted=_NOT_SUBMITTED)} AND id > :after ORDER BY id LIMIT {page}"
     )
     return _pages_by_id(db, query, {"run_id": run_id, "state": state, "backend": backend})
 
