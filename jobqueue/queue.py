@@ -17,7 +17,9 @@ import functools
 import json
 import math
 import os
+import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -353,6 +355,34 @@ def job_attempts(db: Database, job_id: int) -> list[dict]:
 # --- workers -----------------------------------------------------------------------------------
 
 
+def slurm_identity(environ=os.environ) -> tuple[str | None, int | None]:
+    """(job id, array task id) of the Slurm job this process runs in: the array's id and the task's for an array
+    task, else the job's own id and None. An array variable that differs from SLURM_JOB_ID may be an array task's
+    or one inherited by a job submitted from inside an array task (see backends/slurm.py's ARRAY_VARIABLES): slurmctld says which."""
+    job, array, task = (environ.get(k) for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"))
+    if array is None or array == job or job is None:
+        return (array or job), _int_or_none(task) if array else None
+    try:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", "--oneliner", job], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        shown = ""
+    found = re.search(r"\bArrayJobId=(\d+) ArrayTaskId=(\d+)", shown)
+    if found:
+        return found.group(1), int(found.group(2))
+    if re.search(rf"\bJobId={job}\b", shown):
+        return job, None  # a job of its own: the array's variables are stale
+    return array, _int_or_none(task)  # Slurm cannot say: as the environment does
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -410,11 +440,7 @@ def register_worker(
 ) -> WorkerInfo:
     """A worker's row; `heartbeat_seconds` is how often it will heartbeat (None for a worker that does not)."""
     host, pid = socket.gethostname(), os.getpid()
-    slurm_job_id, slurm_array_task_id = None, None
-    if "SLURM_JOB_ID" in os.environ:
-        from jobqueue.backends.slurm import slurm_identity
-
-        slurm_job_id, slurm_array_task_id = slurm_identity()
+    slurm_job_id, slurm_array_task_id = slurm_identity() if "SLURM_JOB_ID" in os.environ else (None, None)
     values = dict(
         host=host,
         pid=pid,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -54,34 +53,6 @@ ARRAY_VARIABLES = (
 def sbatch_environment(extra: dict[str, str]) -> dict[str, str]:
     """The environment to run sbatch in: this one, without the array variables of a job we may run inside of."""
     return {k: v for k, v in os.environ.items() if k not in ARRAY_VARIABLES} | extra
-
-
-def slurm_identity(environ=os.environ) -> tuple[str | None, int | None]:
-    """(job id, array task id) of the Slurm job this process runs in: the array's id and the task's for an array
-    task, else the job's own id and None. An array variable that differs from SLURM_JOB_ID may be an array task's
-    or one inherited by a job submitted from inside an array task (see ARRAY_VARIABLES): slurmctld says which."""
-    job, array, task = (environ.get(k) for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"))
-    if array is None or array == job or job is None:
-        return (array or job), _int_or_none(task) if array else None
-    try:
-        shown = subprocess.run(
-            ["scontrol", "show", "job", "--oneliner", job], capture_output=True, text=True, timeout=30
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        shown = ""
-    found = re.search(r"\bArrayJobId=(\d+) ArrayTaskId=(\d+)", shown)
-    if found:
-        return found.group(1), int(found.group(2))
-    if re.search(rf"\bJobId={job}\b", shown):
-        return job, None  # a job of its own: the array's variables are stale
-    return array, _int_or_none(task)  # Slurm cannot say: as the environment does
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def check_settings(settings: LaunchSettings) -> None:
