@@ -101,10 +101,10 @@ def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, f
     for name, backend, state, n in reader.rows(PER_JOB_COUNTS_SQL):
         if name in per_job:
             per_job[name].setdefault(backend, {})[state] = n
-    listed = [
+    listed = [  # the runs shown whose submissions of one job each are few enough to list
         run_id
         for run_id, name, _ in runs
-        if sum(n for by in per_job.get(name, {}).values() for n in by.values()) <= PER_JOB_LISTED
+        if name in per_job and sum(n for by in per_job[name].values() for n in by.values()) <= PER_JOB_LISTED
     ]
     submissions: dict[str, list] = {name: [] for name in names}
     query = SUBMISSIONS_SQL.format(listed=", ".join(map(str, listed)) or "NULL")
