@@ -343,6 +343,25 @@ def test_refresh_and_cancel_page_through_the_submissions_and_kill_a_chunk_of_ids
     assert ngc.cancel_run(p.handle, p.run) == [] and len(p.calls()) == 31 + 30 + 8
 
 
+def test_a_kill_call_that_fails_is_told_its_jobs_stay_under_way_and_the_next_cancel_tries_them_again(
+    paged, monkeypatch
+):
+    p = paged
+    ngc.launch(p.handle, p.run, p.settings())
+    ngc_ids = [s["external_id"] for s in p.sql("select external_id from submissions order by id")]
+    monkeypatch.setenv("FAKE_NGC_FAIL_ON", ngc_ids[9])  # in the third call's chunk of 4
+    assert ngc.cancel_run(p.handle, p.run) == [
+        "ngc batch kill: 26 NGC jobs in 7 calls of up to 4",
+        f"ngc batch kill {','.join(ngc_ids[8:12])} failed: Job '{ngc_ids[9]}' could not be killed.",
+        "1 of 8 `ngc batch kill` calls failed; `jq cancel big` tries again",
+    ]
+    standing = p.sql("select external_id from submissions where state = 'submitted' order by id")
+    assert [s["external_id"] for s in standing] == ngc_ids[8:12]
+    monkeypatch.delenv("FAKE_NGC_FAIL_ON")
+    assert ngc.cancel_run(p.handle, p.run) == [f"ngc batch kill {','.join(ngc_ids[8:12])}"]
+    assert p.sql("select distinct state from submissions") == [{"state": "cancelled"}]
+
+
 def test_a_cancel_without_ngc_lists_the_first_ids_to_kill_and_the_query_that_lists_them_all(paged, monkeypatch):
     p = paged
     ngc.launch(p.handle, p.run, p.settings())
@@ -413,3 +432,30 @@ def test_launch_watch_tells_job_by_job_submissions_by_their_counts_once_they_are
     assert _submission_changes(p.handle, p.run, seen) == [
         "big: ngc per-job submissions, one per job: 2 RUNNING, 28 submitted"
     ]
+
+
+def test_the_status_of_one_run_reads_no_submission_of_another_run_one_by_one(paged):
+    """`jq status other` counts the submissions of the runs it does not show, whatever their number, and lists none."""
+    from jobqueue import report
+
+    p = paged
+    ngc.launch(p.handle, p.run, p.settings())  # 30 per-job submissions of "big"
+    one = RunDescription("other", [Experiment("k", "app", ParamGrid([("i", [0])]).generate_params())])
+    queue.enqueue(p.handle, "other", expand(one), sweep="s", train_dir="t")
+    reader = report.open_reader(p.db)
+    listed = []
+    rows = reader.rows
+
+    def counting(query, params=None):
+        found = rows(query, params)
+        if query.startswith(report.SUBMISSIONS_SQL.split("{")[0]):
+            listed.extend(found)
+        return found
+
+    reader.rows = counting
+    try:
+        (run,) = report.status_report(reader, "other")["runs"]
+    finally:
+        reader.close()
+    assert run["submissions"] == [] and run["per_job_submissions"] == {}
+    assert listed == []
