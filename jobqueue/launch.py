@@ -147,20 +147,20 @@ def watch_run(db: Database, run_name: str, *, interval: float = 2.0, progress: b
 def _submission_changes(db: Database, run: dict, seen: dict) -> list[str]:
     """A line for each of the run's submissions whose (live) state is new since the last call; those of one job
     each, beyond PER_JOB_LISTED of them, as their counts by state, when these change."""
-    from jobqueue.report import PER_JOB_LISTED
+    from jobqueue.report import per_job_line, too_many_to_list
 
     per_job = queue.per_job_submission_counts(db, run["id"])
-    listed = sum(n for states in per_job.values() for n in states.values()) <= PER_JOB_LISTED
+    listed = not too_many_to_list(per_job)
     by_backend: dict[str, list[dict]] = {}
     for sub in queue.run_submissions(db, run["id"], per_job=listed):
         by_backend.setdefault(sub["backend"], []).append(sub)
     lines = []
     if not listed:
         for name, states in per_job.items():
-            counts = ", ".join(f"{n} {state}" for state, n in states.items())
-            if seen.get(("per-job", name)) != counts:
-                seen[("per-job", name)] = counts
-                lines.append(f"{run['name']}: {name} per-job submissions, one per job: {counts}")
+            line = per_job_line(run["name"], name, states)
+            if seen.get(("per-job", name)) != line:
+                seen[("per-job", name)] = line
+                lines.append(line)
     for name, subs in by_backend.items():
         live = get_backend(name).live_states(subs)
         for sub in subs:

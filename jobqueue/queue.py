@@ -617,6 +617,12 @@ def _claim(
         job_id, name, number, log_dir = row[0], row[2], row[7], row[9]
         opened = {**params, "job_id": job_id, "number": number, "log_dir": log_dir, "name": name}
         row = row[:9] + tx.one(_OPEN_ATTEMPT, opened)
+    return _claimed(row)
+
+
+def _claimed(row: tuple) -> ClaimedJob:
+    """A claim's row: the job's (id, run_id, name, argv, cmd, env, cwd, attempts, timeout), its attempt's (id,
+    log_path)."""
     job_id, run_id, name, argv, cmd, env, cwd, number, timeout, attempt_id, log_path = row
     return ClaimedJob(
         job_id, run_id, name, sql.argv_of(argv, cmd), sql.from_json(env), cwd, number, attempt_id, timeout, log_path
@@ -635,12 +641,7 @@ def _claim_many(
     for (job, _, name, *_, number, _, log_dir), (slot, gpus) in zip(rows, slots):
         values += [job, number, worker.id, worker.host, gpus, slot, log_dir, name, number]
     opened = {job: (attempt_id, log_path) for attempt_id, job, log_path in tx.all(_open_attempts(len(rows)), values)}
-    claimed = []
-    for job, run, name, argv, cmd, env, cwd, number, timeout, _ in rows:
-        attempt_id, log_path = opened[job]
-        argv = sql.argv_of(argv, cmd)
-        claimed.append(ClaimedJob(job, run, name, argv, sql.from_json(env), cwd, number, attempt_id, timeout, log_path))
-    return claimed
+    return [_claimed(row[:9] + opened[row[0]]) for row in rows]
 
 
 @functools.lru_cache(maxsize=64)

@@ -41,6 +41,18 @@ PER_JOB_COUNTS_SQL = (
     "SELECT r.name, s.backend, s.state, count(*) FROM submissions s JOIN runs r ON r.id = s.run_id "
     "WHERE s.mode = 'per-job' GROUP BY r.name, s.backend, s.state ORDER BY r.name, s.backend, s.state"
 )
+
+
+def too_many_to_list(per_job: dict[str, dict[str, int]]) -> bool:
+    """Whether a run's submissions of one job each, counted by backend and state, are counted rather than listed."""
+    return sum(n for states in per_job.values() for n in states.values()) > PER_JOB_LISTED
+
+
+def per_job_line(run: str, backend: str, states: dict[str, int]) -> str:
+    """The line that counts a run's submissions of one job each to `backend`, by state."""
+    return f"{run}: {backend} per-job submissions, one per job: {', '.join(f'{n} {s}' for s, n in states.items())}"
+
+
 SUBMISSIONS_SQL = (
     "SELECT r.name, s.id, s.backend, s.mode, s.external_id, s.tasks, s.state, s.job_id, s.exit_code "
     "FROM submissions s JOIN runs r ON r.id = s.run_id WHERE s.mode <> 'per-job' OR s.run_id IN ({listed}) "
@@ -101,11 +113,8 @@ def status_report(reader: Reader, run: str | None = None, tail_lines: int = 3, f
     for name, backend, state, n in reader.rows(PER_JOB_COUNTS_SQL):
         if name in per_job:
             per_job[name].setdefault(backend, {})[state] = n
-    listed = [  # the runs shown whose submissions of one job each are few enough to list
-        run_id
-        for run_id, name, _ in runs
-        if name in per_job and sum(n for by in per_job[name].values() for n in by.values()) <= PER_JOB_LISTED
-    ]
+    # the runs shown whose submissions of one job each are few enough to list
+    listed = [run_id for run_id, name, _ in runs if name in per_job and not too_many_to_list(per_job[name])]
     submissions: dict[str, list] = {name: [] for name in names}
     query = SUBMISSIONS_SQL.format(listed=", ".join(map(str, listed)) or "NULL")
     for name, sub_id, backend, mode, external_id, tasks, state, job_id, exit_code in reader.rows(query):
@@ -227,5 +236,4 @@ def print_status(report: dict, console) -> None:
         listed = {s["backend"] for s in r["submissions"] if s["mode"] == "per-job"}
         for backend, states in r["per_job_submissions"].items():
             if backend not in listed:  # too many to list: counted
-                counts = ", ".join(f"{n} {state}" for state, n in states.items())
-                console.print(f"{r['run']}: {backend} per-job submissions, one per job: {counts}")
+                console.print(per_job_line(r["run"], backend, states))

@@ -60,8 +60,8 @@ IN_LIST_CHUNK = 500
 @functools.lru_cache(maxsize=1024)
 def render(query: str, dialect: str) -> str:
     """`query` for one driver: `:name` -> `%(name)s` and `?` -> `%s` on psycopg; {now} -> the DB's clock, {ago} -> the
-    clock minus :lease_seconds, and {ago_beats} -> the clock minus the heartbeat intervals (ago_beats()) of the
-    workers `w`."""
+    clock minus :lease_seconds, and {ago_beats} -> the clock minus MISSED_BEATS heartbeat intervals of the workers
+    `w` (their own, or the default)."""
     query = query.format(now=NOW[dialect].format(""), ago=ago(":lease_seconds", dialect), ago_beats=_AGO_BEATS[dialect])
     if dialect == POSTGRESQL:
         query = _PARAM.sub(r"%(\1)s", query).replace("?", "%s")

@@ -170,7 +170,7 @@ def test_cancel_of_a_per_job_run_scancels_a_chunk_of_ids_a_call(slurm_project, m
     assert len(ids) == 3
     for name, value in p.cluster.env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(slurm, "SCANCEL_CHUNK", 2)
+    monkeypatch.setattr(slurm, "IDS_PER_CALL", 2)
     db = open_db(p.db)
     try:
         lines = slurm.cancel_run(db, {"id": 1, "name": "each"})

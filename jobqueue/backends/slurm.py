@@ -276,7 +276,7 @@ def live_states(slurm_ids: list[str]) -> dict[str, list[str]]:
 
 
 _SUBMITTED = "external_id IS NOT NULL AND state = 'submitted'"
-SCANCEL_CHUNK = 500  # Slurm job ids on one scancel command line
+IDS_PER_CALL = 500  # Slurm job ids on one scancel or squeue command line
 
 
 def _submitted(db: Database, run: dict) -> Iterator[dict]:
@@ -286,7 +286,7 @@ def _submitted(db: Database, run: dict) -> Iterator[dict]:
 def _live_submissions(db: Database, run: dict) -> bool:
     """Whether any of the run's Slurm submissions is still queued or running, by squeue, a page of ids at a time."""
     submitted = _submitted(db, run)
-    while ids := [s["external_id"] for s in islice(submitted, SCANCEL_CHUNK)]:
+    while ids := [s["external_id"] for s in islice(submitted, IDS_PER_CALL)]:
         if live_states(ids):
             return True
     return False
@@ -309,10 +309,10 @@ def describe_states(ids: list[str]) -> dict[str, str]:
 
 
 def cancel_run(db: Database, run: dict) -> list[str]:
-    """scancel the run's Slurm jobs, SCANCEL_CHUNK ids a call; a line for each call."""
+    """scancel the run's Slurm jobs, IDS_PER_CALL ids a call; a line for each call."""
     submitted = _submitted(db, run)
     lines = []
-    while chunk := list(islice(submitted, SCANCEL_CHUNK)):
+    while chunk := list(islice(submitted, IDS_PER_CALL)):
         ids = [s["external_id"] for s in chunk]
         if not _which("scancel"):
             more = sum(1 for _ in submitted)
