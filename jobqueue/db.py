@@ -34,6 +34,7 @@ from jobqueue.paths import (
     SCHEMA_HEAD,
     SQLITE_HEADER,
     data_path,
+    file_lock,
     redacted,
     resolve_url,
     scrub,
@@ -668,9 +669,7 @@ def _ensure_schema(database: Database) -> None:
         return
     _check_known(revision, database)
     if database.is_sqlite:
-        from filelock import FileLock
-
-        with FileLock(str(database.path) + ".lock"):
+        with file_lock(Path(str(database.path) + ".lock")):
             _migrate(database)
     else:
         import sqlalchemy as sa

@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from jobqueue.paths import SCHEMA_HEAD, data_path, sqlite_readonly_connection
+from jobqueue.paths import SCHEMA_HEAD, data_path, file_lock, sqlite_readonly_connection
 
 
 def migrations_digest(migrations: Path | None = None) -> str:
@@ -99,10 +99,8 @@ def _backup(template: Path, target: sqlite3.Connection) -> bool:
 
 def _make(path: Path, migrate: Callable[[Path], None]) -> None:
     """Run the migrations on a file beside the template, then move it into place: a template is whole or absent."""
-    from filelock import FileLock
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    with file_lock(path.with_name(path.name + ".lock")):
         if path.exists():  # another process made it while we waited
             return
         partial = path.with_name(path.name + ".partial")  # only the lock's holder writes it: left over, it is stale

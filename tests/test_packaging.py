@@ -6,7 +6,9 @@ import sqlite3
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -14,7 +16,7 @@ from alembic.script import ScriptDirectory
 
 from jobqueue.db import SCHEMA_HEAD, _alembic_config, _migrate_new_file, close_all, open_db
 from jobqueue.models import metadata
-from jobqueue.paths import data_path
+from jobqueue.paths import data_path, file_lock
 from jobqueue.template_db import cached_template, migrations_digest, shipped_template
 from tests.conftest import REPO
 
@@ -164,6 +166,28 @@ def test_processes_making_new_dbs_at_once_with_an_empty_cache_make_one_template(
     for i in range(8):
         assert schema_of(p.path / f"db{i}.db") == expected
         assert sqlite3.connect(p.path / f"db{i}.db").execute("select count(*) from jobs").fetchone() == (3,)
+
+
+def test_a_new_db_gets_its_schema_only_while_it_holds_the_db_lock(sqlite_project):
+    """Two processes meeting at one new DB must not both copy the template into it (the second copy would drop what
+    the first had written): the schema is made under the DB's lock, which this test holds meanwhile."""
+    p = sqlite_project
+    p.sweep("few", "true", 2)
+    with file_lock(Path(p.db + ".lock")):
+        enqueue = p.start("enqueue", "few")
+        with pytest.raises(subprocess.TimeoutExpired):
+            enqueue.wait(3)
+        assert sqlite3.connect(p.db).execute("select count(*) from sqlite_master").fetchone() == (0,)
+    assert enqueue.wait(60) == 0, enqueue.stderr.read()
+    assert len(p.jobs()) == 2
+
+
+def test_the_lock_file_is_never_a_symlink_followed(tmp_path):
+    target = tmp_path / "elsewhere"
+    (tmp_path / "db.lock").symlink_to(target)
+    with pytest.raises(OSError), file_lock(tmp_path / "db.lock"):
+        pass
+    assert not target.exists()
 
 
 def test_a_changed_migration_gets_a_template_of_its_own(tmp_path):
