@@ -40,6 +40,34 @@ RUN_DESCRIPTION = RunDescription("{name}", experiments=[
 """
 
 
+# The least a launcher written in Python does that keeps a log per job, as jq does: os.posix_spawn, one log file per
+# job, a pidfd per child, 8 at a time; no DB, no threads, no messages. What is left between it and xargs is Python's
+# start and per-job cost and the log files; what is left between jq and it is jq's own.
+BARE_PYTHON = r"""
+import os, select, shlex, sys
+commands, slots, logs = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+os.makedirs(logs)
+argvs = [shlex.split(line) for line in open(commands).read().splitlines()]
+devnull = os.open(os.devnull, os.O_RDONLY)
+poller, running, started, ended = select.poll(), {}, 0, 0
+while ended < len(argvs):
+    while started < len(argvs) and len(running) < slots:
+        log = os.open(os.path.join(logs, f"{started}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        pid = os.posix_spawnp(argvs[started][0], argvs[started], os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2)])
+        os.close(log)
+        pidfd = os.pidfd_open(pid)
+        poller.register(pidfd, select.POLLIN)
+        running[pidfd] = pid
+        started += 1
+    for pidfd, _ in poller.poll():
+        poller.unregister(pidfd)
+        os.waitpid(running.pop(pidfd), 0)
+        os.close(pidfd)
+        ended += 1
+"""
+
+
 def timed(argv, cwd, stdin=None, cache: str | None = None) -> float:
     # Pending writes are flushed first, so that no run pays for the one before it: on this project's machines,
     # creating 1,000 files took 0.02-0.7 s depending on what the disk had pending, and the same launch 1.03 s
@@ -77,9 +105,9 @@ def sweep_commands(cwd: str, module: str) -> list[str]:
     return [" ".join(job["argv"][len(shlex.split(job["cmd"].split(" --")[0])) :]) for job in json.loads(out)]
 
 
-def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float, float, float, float]:
+def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float, float, float, float, float]:
     """(jq launch into a new DB, into a DB that already exists, xargs -P, jq into the first DB with an empty cache,
-    making n empty files)."""
+    making n empty files, the bare Python launcher)."""
     write_sweep(cwd, name, SWEEP.format(name=name, cmd=cmd, n=n))
     launch = jq_command() + ["launch", name, "--max-parallel", str(slots), "--no-progress"]
 
@@ -104,24 +132,29 @@ def one(cwd: str, name: str, cmd: str, n: int, slots: int) -> tuple[float, float
     program = shlex.split(cmd)
     xargs = timed(["xargs", "-P", str(slots), "-L", "1"] + program, cwd, stdin=args.encode())
     first = jq_into("first", cache=os.path.join(cwd, f"{name}_empty_cache"))
-    return fresh, existing, xargs, first, make_files(os.path.join(cwd, f"{name}_files"), n)
+    commands = os.path.join(cwd, f"{name}_commands")
+    with open(commands, "w") as f:
+        f.writelines(f"{cmd} {line}\n" for line in args.splitlines())
+    bare = timed([sys.executable, "-c", BARE_PYTHON, commands, str(slots), os.path.join(cwd, f"{name}_bare")], cwd)
+    return fresh, existing, xargs, first, make_files(os.path.join(cwd, f"{name}_files"), n), bare
 
 
 def rounds(
     cwd: str, name: str, cmd: str, n: int, slots: int, count: int
-) -> list[tuple[float, float, float, float, float]]:
-    """one()'s five times for each of `count` rounds, each round printed as it ends, with its ratios."""
+) -> list[tuple[float, float, float, float, float, float]]:
+    """one()'s six times for each of `count` rounds, each round printed as it ends, with its ratios."""
     results = []
     for i in range(count):
-        fresh, existing, xargs, first, files = one(cwd, f"{name}{i}", cmd, n, slots)
+        fresh, existing, xargs, first, files, bare = one(cwd, f"{name}{i}", cmd, n, slots)
         print(
             f"  round {i + 1}: jq launch {fresh:.2f} s into a new DB, {existing:.2f} s into an existing one, "
             f"{first:.2f} s into the first DB (empty cache); xargs -P {slots} {xargs:.2f} s "
             f"({fresh / xargs:.2f}x / {existing / xargs:.2f}x / {first / xargs:.2f}x); "
+            f"the bare Python launcher {bare:.2f} s ({bare / xargs:.2f}x; jq into a new DB {fresh / bare:.2f}x it); "
             f"{n} empty files made in {files:.2f} s",
             flush=True,
         )
-        results.append((fresh, existing, xargs, first, files))
+        results.append((fresh, existing, xargs, first, files, bare))
     return results
 
 
@@ -145,22 +178,24 @@ def main() -> None:
         print(f"{args.jobs} x true, {args.slots} slots:")
         timings = rounds(cwd, "bench_true", "true", args.jobs, args.slots, args.rounds)
         # Each round's ratio pairs a jq run with the xargs run seconds after it, which this machine's drift spares.
-        fresh, existing, xargs, first, files = (median(t[k] for t in timings) for k in range(5))
+        fresh, existing, xargs, first, files, bare = (median(t[k] for t in timings) for k in range(6))
         print(
             f"  median ratio to xargs -P {args.slots}: {median(t[0] / t[2] for t in timings):.2f}x into a new DB, "
             f"{median(t[1] / t[2] for t in timings):.2f}x into an existing one, "
-            f"{median(t[3] / t[2] for t in timings):.2f}x into the first DB (target <= 1.5x); medians: jq "
-            f"{fresh:.2f} s / {existing:.2f} s / {first:.2f} s, xargs {xargs:.2f} s, {args.jobs} empty files "
-            f"{files:.2f} s; load average {os.getloadavg()[0]:.1f}"
+            f"{median(t[3] / t[2] for t in timings):.2f}x into the first DB (target <= 1.5x); the bare Python "
+            f"launcher {median(t[5] / t[2] for t in timings):.2f}x, jq into a new DB "
+            f"{median(t[0] / t[5] for t in timings):.2f}x the bare Python launcher; medians: jq "
+            f"{fresh:.2f} s / {existing:.2f} s / {first:.2f} s, xargs {xargs:.2f} s, the bare Python launcher "
+            f"{bare:.2f} s, {args.jobs} empty files {files:.2f} s; load average {os.getloadavg()[0]:.1f}"
         )
         ideal = args.sleeps / args.slots
         print(f"{args.sleeps} x sleep 1, {args.slots} slots (ideal {ideal:.0f} s):")
         timings = rounds(cwd, "bench_sleep", "sh -c 'sleep 1' sleep", args.sleeps, args.slots, args.rounds)
-        fresh, existing, xargs, first, _ = (median(t[k] for t in timings) for k in range(5))
+        fresh, existing, xargs, first, _, bare = (median(t[k] for t in timings) for k in range(6))
         print(
             f"  median: jq launch {fresh:.2f} s (+{fresh - ideal:.2f} s) into a new DB, {existing:.2f} s "
             f"(+{existing - ideal:.2f} s) into an existing one, {first:.2f} s (+{first - ideal:.2f} s) into the "
-            f"first DB (target +0.25 s); xargs -P {args.slots} {xargs:.2f} s"
+            f"first DB (target +0.25 s); xargs -P {args.slots} {xargs:.2f} s; the bare Python launcher {bare:.2f} s"
         )
 
 
