@@ -513,7 +513,8 @@ _RUNNING = literal(AttemptState.RUNNING)
 def _claim_query(dialect: str, by_run: bool, by_job: bool, many: bool = False) -> str:
     """Take the oldest queued job, guarded by its state so that two claimers never share one. On PostgreSQL the
     same statement opens its attempt (an UPDATE and an INSERT in one WITH), so that a claim is one round trip; on
-    SQLite, where a statement changes one table, _OPEN_ATTEMPT follows it in the transaction."""
+    SQLite, where a statement changes one table, _OPEN_ATTEMPT follows it in the transaction. many: the oldest
+    :count jobs, the oldest to the first slot; on PostgreSQL with their attempts again, the slots given as arrays."""
     oldest = f"SELECT id FROM jobs WHERE {job_state_is(Operation.CLAIM, JobState.RUNNING)}"
     if by_run:
         oldest += " AND run_id = :run_id"
@@ -522,29 +523,49 @@ def _claim_query(dialect: str, by_run: bool, by_job: bool, many: bool = False) -
     oldest += " ORDER BY id LIMIT :count" if many else " ORDER BY id LIMIT 1"
     if dialect == sql.POSTGRESQL:
         oldest += " FOR UPDATE SKIP LOCKED"  # SQLite's BEGIN IMMEDIATE already serializes
+    # PostgreSQL picks several ids once, in a CTE of their own: as `id IN (...)` the planner may run the locking
+    # subquery again for each row, each run skipping the rows the statement has already moved, and take more jobs
+    # than there are slots.
+    picked = "SELECT id FROM picked" if many and dialect == sql.POSTGRESQL else oldest
     take = (
         f"UPDATE jobs SET state = {literal(JobState.RUNNING)}, attempts = attempts + 1, worker_id = :worker_id, "
         "started_at = {now}, updated_at = {now}, ended_at = NULL, exit_code = NULL, signal = NULL "
-        f"WHERE {job_state_is(Operation.CLAIM, JobState.RUNNING)} AND id {'IN' if many else '='} ({oldest}) "
+        f"WHERE {job_state_is(Operation.CLAIM, JobState.RUNNING)} AND id {'IN' if many else '='} ({picked}) "
         "RETURNING id, run_id, name, argv, cmd, env, cwd, attempts, timeout, log_dir"
     )
     if dialect == sql.SQLITE:
         return take
-    log_path = _LOG_PATH.format(dir="log_dir", name="name", number="attempts")
+    returned = "c.id, c.run_id, c.name, c.argv, c.cmd, c.env, c.cwd, c.attempts, c.timeout, o.id, o.log_path"
+    if not many:
+        log_path = _LOG_PATH.format(dir="log_dir", name="name", number="attempts")
+        return (
+            f"WITH claimed AS ({take}), opened AS (INSERT INTO attempts ({_ATTEMPT_COLUMNS}) "
+            f"SELECT id, attempts, :worker_id, :host, :gpus, :slot, {_RUNNING}, {{now}}, {log_path} FROM claimed "
+            f"RETURNING id, log_path) SELECT {returned} FROM claimed c, opened o"
+        )
+    log_path = _LOG_PATH.format(dir="c.log_dir", name="c.name", number="c.attempts")
     return (
-        f"WITH claimed AS ({take}), opened AS (INSERT INTO attempts ({_ATTEMPT_COLUMNS}) "
-        f"SELECT id, attempts, :worker_id, :host, :gpus, :slot, {_RUNNING}, {{now}}, {log_path} FROM claimed "
-        "RETURNING id, log_path) "
-        "SELECT c.id, c.run_id, c.name, c.argv, c.cmd, c.env, c.cwd, c.attempts, c.timeout, o.id, o.log_path "
-        "FROM claimed c, opened o"
+        f"WITH picked AS MATERIALIZED ({oldest}), claimed AS ({take}), "
+        "numbered AS (SELECT c.*, row_number() OVER (ORDER BY c.id) AS k FROM claimed c), "
+        "slots AS (SELECT * FROM unnest(CAST(:slots AS integer[]), CAST(:gpus AS text[])) WITH ORDINALITY AS s(slot, gpus, k)), "
+        f"opened AS (INSERT INTO attempts ({_ATTEMPT_COLUMNS}) "
+        f"SELECT c.id, c.attempts, :worker_id, :host, s.gpus, s.slot, {_RUNNING}, {{now}}, {log_path} "
+        "FROM numbered c JOIN slots s ON s.k = c.k RETURNING id, job_id, log_path) "
+        f"SELECT {returned} FROM claimed c JOIN opened o ON o.job_id = c.id ORDER BY c.id"
     )
 
 
 _CLAIM_QUERIES = {
     (d, r, j): _claim_query(d, r, j) for d in (sql.SQLITE, sql.POSTGRESQL) for r in (False, True) for j in (False, True)
 }
-# SQLite: the oldest :count queued jobs at once (a worker's free slots), their attempts opened by one INSERT.
-_CLAIM_MANY = {(r, j): _claim_query(sql.SQLITE, r, j, many=True) for r in (False, True) for j in (False, True)}
+# The oldest :count queued jobs at once (a worker's free slots): on PostgreSQL one statement, on SQLite the jobs, then
+# their attempts opened by one INSERT.
+_CLAIM_MANY = {
+    (d, r, j): _claim_query(d, r, j, many=True)
+    for d in (sql.SQLITE, sql.POSTGRESQL)
+    for r in (False, True)
+    for j in (False, True)
+}
 _OPEN_ATTEMPT = (
     f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES (:job_id, :number, :worker_id, :host, :gpus, :slot, {_RUNNING}, "
     f"{{now}}, {_LOG_PATH.format(dir=':log_dir', name=':name', number=':number')}) RETURNING id, log_path"
@@ -586,15 +607,10 @@ def finish_then_claim(
 
     def _batch(tx):
         states = [_finish(tx, f, worker.id) for f in finished]
-        if tx.dialect == sql.SQLITE and len(slots) > 1:
+        if len(slots) > 1:
             return states, _claim_many(tx, worker, slots, run_id, job_id)
-        claimed = []
-        for slot, gpus in slots:
-            job = _claim(tx, worker, slot, gpus, run_id, job_id)
-            if job is None:
-                break
-            claimed.append(job)
-        return states, claimed
+        job = _claim(tx, worker, *slots[0], run_id, job_id) if slots else None
+        return states, [job] if job is not None else []
 
     return db.transact(_batch)
 
@@ -632,9 +648,14 @@ def _claimed(row: tuple) -> ClaimedJob:
 def _claim_many(
     tx: Transaction, worker: WorkerInfo, slots: list[tuple[int, str | None]], run_id: int | None, job_id: int | None
 ) -> list[ClaimedJob]:
-    """_claim() for each of `slots` in two statements (SQLite): the oldest queued jobs, the oldest to the first slot."""
+    """_claim() for each of `slots`, the oldest queued job to the first slot: one statement on PostgreSQL, two on
+    SQLite."""
     params = {"worker_id": worker.id, "run_id": run_id, "job_id": job_id, "count": len(slots)}
-    rows = sorted(tx.all(_CLAIM_MANY[run_id is not None, job_id is not None], params))
+    query = _CLAIM_MANY[tx.dialect, run_id is not None, job_id is not None]
+    if tx.dialect == sql.POSTGRESQL:
+        params.update(host=worker.host, slots=[slot for slot, _ in slots], gpus=[gpus for _, gpus in slots])
+        return [_claimed(row) for row in tx.all(query, params)]
+    rows = sorted(tx.all(query, params))
     if not rows:
         return []
     values: list = []
