@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from itertools import islice
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
+from typing import Any
 
 from jobqueue import sql
 from jobqueue.db import Database, Transaction
@@ -650,7 +651,7 @@ def _claim_many(
 ) -> list[ClaimedJob]:
     """_claim() for each of `slots`, the oldest queued job to the first slot: one statement on PostgreSQL, two on
     SQLite."""
-    params = {"worker_id": worker.id, "run_id": run_id, "job_id": job_id, "count": len(slots)}
+    params: dict[str, Any] = {"worker_id": worker.id, "run_id": run_id, "job_id": job_id, "count": len(slots)}
     query = _CLAIM_MANY[tx.dialect, run_id is not None, job_id is not None]
     if tx.dialect == sql.POSTGRESQL:
         params.update(host=worker.host, slots=[slot for slot, _ in slots], gpus=[gpus for _, gpus in slots])
