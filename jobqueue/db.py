@@ -34,7 +34,7 @@ from jobqueue.paths import (
     SCHEMA_HEAD,
     SQLITE_HEADER,
     data_path,
-    file_lock,
+    lock_file,
     redacted,
     resolve_url,
     scrub,
@@ -669,8 +669,18 @@ def _ensure_schema(database: Database) -> None:
         return
     _check_known(revision, database)
     if database.is_sqlite:
-        with file_lock(Path(str(database.path) + ".lock")):
+        lock = Path(f"{database.path}.lock")
+        try:
+            held = lock_file(lock)
+        except OSError as exc:
+            raise UserError(
+                f"--db {database.path}: cannot lock {lock} to make or upgrade its schema ({exc.strerror}); "
+                "make the directory writable, or remove the lock file if it is a symlink"
+            ) from None
+        try:
             _migrate(database)
+        finally:
+            os.close(held)
     else:
         import sqlalchemy as sa
 

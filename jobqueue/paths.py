@@ -86,16 +86,26 @@ def sqlite_readonly_connection(path: Path) -> sqlite3.Connection:
     return conn
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Holds an exclusive lock on `path` (made if missing, left behind): for what only one process may do at a time,
-    such as making a new DB's schema. Released when the holder ends, however it ends: the lock dies with its file
-    descriptor. flock(2) is what the filelock package calls on POSIX, and jobqueue is POSIX-only (pidfds,
-    posix_spawn); the package's import took ~35 ms of a 0.25 s `jq launch` (docs/performance.md). O_NOFOLLOW: a
+def lock_file(path: Path) -> int:
+    """Takes an exclusive lock on `path` (made if missing, left behind), waiting for it: the file descriptor, whose
+    closing releases it, however its holder ends. For what only one process may do at a time, such as making a new
+    DB's schema. flock(2) is what the filelock package calls on POSIX, and jobqueue is POSIX-only (pidfds,
+    posix_spawn); the package's import took ~40 ms of a 0.25 s `jq launch` (docs/performance.md). O_NOFOLLOW: a
     symlink planted at the lock's path is refused, not followed (the package's CVE-2025-68146)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """lock_file() for the length of a `with`."""
+    fd = lock_file(path)
+    try:
         yield
     finally:
         os.close(fd)

@@ -149,6 +149,9 @@ def test_db_errors_are_one_clear_line(sqlite_project, tmp_path):
     (tmp_path / "notadb.db").write_text("hello, I am a text file\n" * 10)
     cases.append((["--db", str(tmp_path / "notadb.db")], "is not an SQLite database"))
     cases.append((["--db", "sqlite://q.db"], "not an SQLite URL jobqueue can open"))  # two slashes: no path
+    # A symlink planted where a new DB's migration lock goes is refused, not followed to what it points at.
+    (tmp_path / "planted.db.lock").symlink_to(tmp_path / "elsewhere")
+    cases.append((["--db", str(tmp_path / "planted.db")], "planted.db.lock to make or upgrade its schema"))
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -163,6 +166,7 @@ def test_db_errors_are_one_clear_line(sqlite_project, tmp_path):
         proc = p.jq("enqueue", "good", *args)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert (tmp_path / "notadb.db").read_text().startswith("hello")
+    assert not (tmp_path / "elsewhere").exists()
     if os.geteuid() == 0:
         subprocess.run(["umount", "-l", str(ro)], capture_output=True)
     assert read_only, "the read-only directory case was not tried"

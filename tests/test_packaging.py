@@ -182,14 +182,6 @@ def test_a_new_db_gets_its_schema_only_while_it_holds_the_db_lock(sqlite_project
     assert len(p.jobs()) == 2
 
 
-def test_the_lock_file_is_never_a_symlink_followed(tmp_path):
-    target = tmp_path / "elsewhere"
-    (tmp_path / "db.lock").symlink_to(target)
-    with pytest.raises(OSError), file_lock(tmp_path / "db.lock"):
-        pass
-    assert not target.exists()
-
-
 def test_a_changed_migration_gets_a_template_of_its_own(tmp_path):
     migrations = shutil.copytree(
         data_path("migrations"), tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__")
