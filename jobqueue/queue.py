@@ -515,7 +515,8 @@ def _claim_query(dialect: str, by_run: bool, by_job: bool, many: bool = False) -
     """Take the oldest queued job, guarded by its state so that two claimers never share one. On PostgreSQL the
     same statement opens its attempt (an UPDATE and an INSERT in one WITH), so that a claim is one round trip; on
     SQLite, where a statement changes one table, _OPEN_ATTEMPT follows it in the transaction. many: the oldest
-    :count jobs, the oldest to the first slot; on PostgreSQL with their attempts again, the slots given as arrays."""
+    :count jobs, the oldest to the first slot; on PostgreSQL their attempts are opened in the same statement, the
+    slots and their GPUs given as two arrays."""
     oldest = f"SELECT id FROM jobs WHERE {job_state_is(Operation.CLAIM, JobState.RUNNING)}"
     if by_run:
         oldest += " AND run_id = :run_id"
