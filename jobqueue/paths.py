@@ -89,9 +89,10 @@ def sqlite_readonly_connection(path: Path) -> sqlite3.Connection:
 def lock_file(path: Path) -> int:
     """Waits for an exclusive lock on `path` (made if missing, left behind) and returns the descriptor that holds
     it: closing it releases the lock, and so does the holder's end, however it ends. For what only one process may
-    do at a time, such as making a new DB's schema. flock(2) is what the filelock package calls on POSIX, and jobqueue is POSIX-only (pidfds,
-    posix_spawn); the package's import took ~40 ms of a 0.25 s `jq launch` (docs/performance.md). O_NOFOLLOW: a
-    symlink planted at the lock's path is refused, not followed (the package's CVE-2025-68146)."""
+    do at a time, such as making a new DB's schema. flock(2) is what the filelock package calls on POSIX, and
+    jobqueue is POSIX-only (pidfds, posix_spawn); the package's import took ~40 ms of a 0.25 s `jq launch`
+    (docs/performance.md). O_NOFOLLOW: a symlink planted at the lock's path is refused, not followed (the
+    package's CVE-2025-68146)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
